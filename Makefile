@@ -1,0 +1,30 @@
+# Set-up and main jobs. Override the interpreter with `make PYTHON=/path/to/python3.12`.
+PYTHON ?= $(shell scripts/find_python.sh)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench shapes clean
+
+install: $(STAMP)
+
+# One venv with every pinned dependency CI installs (requirements/ci.txt) and the package itself.
+$(STAMP): pyproject.toml requirements/ci.txt
+	@test -n "$(PYTHON)" || { echo "No Python 3.12 found: run 'make PYTHON=/path/to/python3.12 ...'"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -r requirements/ci.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/shapes/shapes.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/loss_cost.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
