@@ -1,0 +1,178 @@
+"""Spring coefficients k_ij(y) of the pair energy, selected by name (SPEC §2).
+
+A scheme is a function ``fn(pairs: PairContext, **params) -> Tensor (E,)`` returning springs in
+eV/Å² for each pair from the *reference* structure only. Coefficients never carry gradient.
+
+Built-in schemes (``d`` = reference distance in Å):
+
+=================  ============================================  ===========================
+name               k_ij                                          parameters (defaults)
+=================  ============================================  ===========================
+constant           k0                                            k0=1.0
+inverse            k0 / d                                        k0=1.0
+inverse_square     k0 / d²                                       k0=1.0
+exp                k0 exp(-d / length_scale)                     k0=1.0, length_scale=1.0
+bond_aware         k_bond if bonded else k0 / d²                 k_bond=1.0, k0=1.0
+morse              φ''(d), φ = D (1 - e^{-a(r - r0)})²           D=1.0, a=2.0, r0=None, params, k_min
+lennard_jones      φ''(d), φ = ε((r_min/r)^12 - 2(r_min/r)^6)    epsilon=1.0, r_min=None, params, k_min
+=================  ============================================  ===========================
+
+For the pair potentials, ``r0`` (Morse) and ``r_min`` (LJ; σ = r_min / 2^{1/6}) default to the sum
+of covalent radii of the two elements, so the potential's minimum sits at a typical bond length;
+``params`` maps an element pair ``(Z_a, Z_b)`` to its own parameter dict. Their second derivative
+is negative beyond the inflection point, so k is clipped below at ``k_min`` (default 1e-3) to keep
+every pair a (weak) spring and the minimiser set unchanged.
+
+Register a custom scheme with :func:`register_coefficients`, or pass a callable directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from energyloss_plugins import _checks
+
+CoefficientFn = Callable[..., Tensor]
+
+_REGISTRY: dict[str, CoefficientFn] = {}
+_NEEDS: dict[str, set[str]] = {}
+
+
+@dataclass
+class PairContext:
+    """What a coefficient scheme may use about each pair of the reference structure.
+
+    Attributes:
+        distance: ``(E,)`` reference distance |y_i - y_j| in Å.
+        z_i, z_j: ``(E,)`` atomic numbers of the two atoms, or None if not given.
+        bonded: ``(E,)`` bool, True for covalent bonds, or None if no bond list was given.
+    """
+
+    distance: Tensor
+    z_i: Tensor | None = None
+    z_j: Tensor | None = None
+    bonded: Tensor | None = None
+
+
+def register_coefficients(name: str, needs: tuple[str, ...] = ()) -> Callable[[CoefficientFn], CoefficientFn]:
+    """Decorator adding a scheme to the registry. ``needs`` lists required inputs ("numbers", "bonds")."""
+
+    def deco(fn: CoefficientFn) -> CoefficientFn:
+        _REGISTRY[name] = fn
+        _NEEDS[name] = set(needs)
+        return fn
+
+    return deco
+
+
+def coefficient_names() -> list[str]:
+    """Names of the registered schemes."""
+    return sorted(_REGISTRY)
+
+
+def resolve_coefficients(scheme: str | CoefficientFn, params: Mapping | None = None) -> Callable[[PairContext], Tensor]:
+    """Turn a scheme name or callable plus parameters into ``fn(PairContext) -> (E,)`` springs."""
+    params = dict(params or {})
+    if callable(scheme):
+        fn, name = scheme, getattr(scheme, "__name__", "custom")
+    else:
+        _checks.check_choice("coefficient scheme", scheme, _REGISTRY)
+        fn, name = _REGISTRY[scheme], scheme
+
+    def evaluate(ctx: PairContext) -> Tensor:
+        with torch.no_grad():
+            if "numbers" in _NEEDS.get(name, ()) and ctx.z_i is None:
+                raise ValueError(f"Coefficient scheme {name!r} needs atomic numbers: pass numbers=.")
+            if "bonds" in _NEEDS.get(name, ()) and ctx.bonded is None:
+                raise ValueError(f"Coefficient scheme {name!r} needs a bond list: pass bonds= (2, M) atom pairs.")
+            k = fn(ctx, **params)
+            if not isinstance(k, Tensor) or k.shape != ctx.distance.shape:
+                raise ValueError(f"Coefficient scheme {name!r} must return a tensor of shape {tuple(ctx.distance.shape)}.")
+            if k.numel() and (not bool(torch.isfinite(k).all()) or bool((k < 0).any())):
+                raise ValueError(f"Coefficient scheme {name!r} returned negative or non-finite springs; k must be >= 0.")
+            return k.to(ctx.distance.dtype)
+
+    return evaluate
+
+
+@register_coefficients("constant")
+def constant(ctx: PairContext, k0: float = 1.0) -> Tensor:
+    return torch.full_like(ctx.distance, k0)
+
+
+@register_coefficients("inverse")
+def inverse(ctx: PairContext, k0: float = 1.0) -> Tensor:
+    return k0 / ctx.distance.clamp_min(1e-6)
+
+
+@register_coefficients("inverse_square")
+def inverse_square(ctx: PairContext, k0: float = 1.0) -> Tensor:
+    return k0 / ctx.distance.clamp_min(1e-6) ** 2
+
+
+@register_coefficients("exp")
+def exp(ctx: PairContext, k0: float = 1.0, length_scale: float = 1.0) -> Tensor:
+    return k0 * torch.exp(-ctx.distance / length_scale)
+
+
+@register_coefficients("bond_aware", needs=("bonds",))
+def bond_aware(ctx: PairContext, k_bond: float = 1.0, k0: float = 1.0) -> Tensor:
+    assert ctx.bonded is not None
+    return torch.where(ctx.bonded, torch.full_like(ctx.distance, k_bond), k0 / ctx.distance.clamp_min(1e-6) ** 2)
+
+
+# Covalent radii in Å (Cordero et al., Dalton Trans. 2008), H..Ar; other elements use 1.5 Å.
+_COVALENT_RADII = torch.tensor(
+    [0.0, 0.31, 0.28, 1.28, 0.96, 0.84, 0.76, 0.71, 0.66, 0.57, 0.58,
+     1.66, 1.41, 1.21, 1.11, 1.07, 1.05, 1.02, 1.06],
+    dtype=torch.float64,
+)
+
+
+def covalent_radius(z: Tensor) -> Tensor:
+    """Covalent radius in Å for atomic numbers ``z`` (1.5 Å beyond argon)."""
+    table = _COVALENT_RADII.to(z.device)
+    return torch.where(z < table.numel(), table[z.clamp(max=table.numel() - 1)], torch.full_like(table[:1], 1.5).expand(z.shape))
+
+
+def _pair_params(ctx: PairContext, defaults: dict[str, float | None], params: Mapping | None) -> dict[str, Tensor]:
+    """Per-pair parameter tensors from global defaults and ``{(Za, Zb): {...}}`` overrides."""
+    out = {}
+    for key, value in defaults.items():
+        if value is None:  # length defaults to the sum of covalent radii
+            if ctx.z_i is None:
+                raise ValueError(f"Pass numbers= or an explicit {key}= for the pair-potential coefficients.")
+            out[key] = (covalent_radius(ctx.z_i) + covalent_radius(ctx.z_j)).to(ctx.distance.dtype)
+        else:
+            out[key] = torch.full_like(ctx.distance, float(value))
+    for (za, zb), override in (params or {}).items():
+        if ctx.z_i is None:
+            raise ValueError("Element-pair parameters need atomic numbers: pass numbers=.")
+        sel = ((ctx.z_i == za) & (ctx.z_j == zb)) | ((ctx.z_i == zb) & (ctx.z_j == za))
+        for key, value in override.items():
+            if key not in out:
+                raise ValueError(f"Unknown pair-potential parameter {key!r}; valid: {', '.join(out)}.")
+            out[key] = torch.where(sel, torch.full_like(out[key], float(value)), out[key])
+    return out
+
+
+@register_coefficients("morse")
+def morse(ctx: PairContext, D: float = 1.0, a: float = 2.0, r0: float | None = None,
+          params: Mapping | None = None, k_min: float = 1e-3) -> Tensor:
+    p = _pair_params(ctx, {"D": D, "a": a, "r0": r0}, params)
+    e = torch.exp(-p["a"] * (ctx.distance - p["r0"]))
+    return (2 * p["D"] * p["a"] ** 2 * e * (2 * e - 1)).clamp_min(k_min)
+
+
+@register_coefficients("lennard_jones")
+def lennard_jones(ctx: PairContext, epsilon: float = 1.0, r_min: float | None = None,
+                  params: Mapping | None = None, k_min: float = 1e-3) -> Tensor:
+    # φ = ε((r_min/r)^12 - 2 (r_min/r)^6), i.e. σ = r_min / 2^{1/6}; φ''(r_min) = 72 ε / r_min².
+    p = _pair_params(ctx, {"epsilon": epsilon, "r_min": r_min}, params)
+    d = ctx.distance.clamp_min(1e-6)
+    x6 = (p["r_min"] / d) ** 6
+    return (p["epsilon"] * (156 * x6**2 - 84 * x6) / d**2).clamp_min(k_min)

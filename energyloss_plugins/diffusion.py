@@ -1,0 +1,183 @@
+"""Diffusion and flow matching with the energy loss (SPEC §3), in the flat layout.
+
+Variance-preserving diffusion: x_t = α_t x + σ_t ε with α_t² + σ_t² = 1, t ∈ [0, 1].
+Whatever the network predicts (ε, v, x0, or a flow-matching velocity), the implied clean sample x̂
+is recovered and the loss is w_t · E(x̂, x), where w_t makes it equal to the usual MSE objective
+when E is the MSE: α²/σ² for ε, 1/σ² for v, 1 for x0, 1/t² for flow-matching velocity.
+
+Molecular positions live in the zero-centre-of-mass subspace: noise is sampled there and the
+samplers project every step onto it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from energyloss_plugins import _checks
+from energyloss_plugins.layouts import segment_mean
+from energyloss_plugins.losses import get_loss
+
+PARAMETERIZATIONS = ("eps", "v", "x0", "velocity")
+SCHEDULES = ("cosine", "polynomial")
+
+#: Denoiser signature: ``fn(x_t (N, d), t (B,), batch (N,)) -> (N, d)`` model output.
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def remove_com(x: Tensor, batch: Tensor, n_structures: int | None = None) -> Tensor:
+    """Project ``(N, d)`` positions onto zero centre of mass (unweighted mean) per structure."""
+    if n_structures is None:
+        n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    return x - segment_mean(x, batch, n_structures)[batch]
+
+
+def com_free_noise(like: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian noise ``(N, d)`` projected onto the zero-centre-of-mass subspace of each structure."""
+    eps = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+    return remove_com(eps, batch)
+
+
+@dataclass
+class NoiseSchedule:
+    """Variance-preserving schedule α_t, σ_t on continuous t ∈ [0, 1].
+
+    Args:
+        kind: ``cosine`` (Nichol & Dhariwal) or ``polynomial`` (EDM: α_t² = (1 − t²)², squeezed by ``precision``).
+        precision: keeps α_1 > 0 and σ_0 > 0 so every weight stays finite.
+    """
+
+    kind: str = "polynomial"
+    precision: float = 1e-4
+
+    def __post_init__(self):
+        _checks.check_choice("noise schedule", self.kind, SCHEDULES)
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """α_t and σ_t for ``t`` in [0, 1] (any shape)."""
+        if self.kind == "cosine":
+            s = 0.008
+            f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+            alpha2 = f.clamp(0.0, 1.0)
+        else:
+            alpha2 = (1 - t**2) ** 2
+        alpha2 = (1 - 2 * self.precision) * alpha2 + self.precision
+        return alpha2.sqrt(), (1 - alpha2).sqrt()
+
+
+def noise_batch(x0: Tensor, batch: Tensor, schedule: NoiseSchedule | None = None, t: Tensor | None = None,
+                n_structures: int | None = None, generator: torch.Generator | None = None,
+                flow_matching: bool = False) -> dict[str, Tensor]:
+    """Noise a clean flat batch for training.
+
+    Args:
+        x0: ``(N, d)`` clean positions (Å); centred per structure here.
+        batch: ``(N,)`` structure index.
+        t: ``(B,)`` times in [0, 1]; default uniform.
+        flow_matching: use the linear path x_t = (1 − t) x + t ε instead of the VP schedule.
+
+    Returns:
+        dict with ``x0`` (centred), ``x_t``, ``eps`` ``(N, d)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``.
+    """
+    if n_structures is None:
+        n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    x0 = remove_com(x0, batch, n_structures)
+    if t is None:
+        t = torch.rand(n_structures, dtype=x0.dtype, device=x0.device, generator=generator)
+    eps = com_free_noise(x0, batch, generator)
+    if flow_matching:
+        alpha, sigma = 1 - t, t
+    else:
+        alpha, sigma = (schedule or NoiseSchedule()).alpha_sigma(t)
+    x_t = alpha[batch].unsqueeze(1) * x0 + sigma[batch].unsqueeze(1) * eps
+    return {"x0": x0, "x_t": x_t, "eps": eps, "t": t, "alpha": alpha, "sigma": sigma}
+
+
+def predicted_x0(output: Tensor, x_t: Tensor, batch: Tensor, alpha: Tensor, sigma: Tensor,
+                 parameterization: str) -> tuple[Tensor, Tensor]:
+    """The clean sample x̂ implied by a model output, and the per-structure weight w_t ``(B,)``.
+
+    ``alpha``/``sigma`` are ``(B,)``; for ``velocity`` (flow matching) pass α = 1 − t, σ = t.
+    With these weights, w_t · |x̂ − x|² equals the usual objective |output − true output|².
+    """
+    _checks.check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    a, s = alpha[batch].unsqueeze(1), sigma[batch].unsqueeze(1)
+    if parameterization == "eps":
+        return (x_t - s * output) / a, alpha**2 / sigma**2
+    if parameterization == "v":  # v = α ε − σ x  ⇒  x = α x_t − σ v
+        return a * x_t - s * output, 1 / sigma**2
+    if parameterization == "velocity":  # u = ε − x, x_t = (1 − t) x + t ε  ⇒  x = x_t − t u
+        return x_t - s * output, 1 / sigma**2
+    return output, torch.ones_like(alpha)
+
+
+def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *, loss: str = "energy",
+                   parameterization: str = "eps", max_weight: float | None = 1e3,
+                   loss_kwargs: Mapping | None = None) -> Tensor:
+    """One-call diffusion/flow-matching loss on a noised batch: mean_b w_t(b) · L(x̂_b, x_b).
+
+    Args:
+        output: ``(N, d)`` model output for ``noised["x_t"]``.
+        noised: the dict of :func:`noise_batch`.
+        loss: ``energy`` (the pair energy) or a baseline name (``mse``, ``mae``, ``kabsch``).
+        max_weight: clip w_t (at t → 0 the weight of an ε-model diverges; EDM-style training clips
+            or uses L_simple). None disables.
+        loss_kwargs: passed to the loss (coefficients, graph, numbers, ...).
+    """
+    x_hat, weight = predicted_x0(output, noised["x_t"], batch, noised["alpha"], noised["sigma"], parameterization)
+    if max_weight is not None:
+        weight = weight.clamp(max=max_weight)
+    per_structure = get_loss(loss)(x_hat, noised["x0"], batch, reduction="none", **dict(loss_kwargs or {}))
+    if per_structure.numel() == 0:
+        return output.sum() * 0.0
+    return (weight.detach().to(per_structure.dtype) * per_structure).mean()
+
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, batch: Tensor, dim: int = 3, *, steps: int = 100, method: str = "ancestral",
+           parameterization: str = "eps", schedule: NoiseSchedule | None = None,
+           generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+           progress: bool = False) -> Tensor:
+    """Generate positions ``(N, dim)`` for the structures of ``batch`` (their atom counts).
+
+    Args:
+        denoiser: ``fn(x_t, t, batch) -> output`` in ``parameterization``.
+        method: ``ancestral`` (DDPM posterior sampling), ``ddim`` (deterministic, η = 0) or
+            ``euler`` (flow matching with a ``velocity`` model, t from 1 to 0).
+        steps: number of denoising steps.
+    """
+    _checks.check_choice("sampler", method, ("ancestral", "ddim", "euler"))
+    n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    schedule = schedule or NoiseSchedule()
+    x = com_free_noise(torch.empty(batch.shape[0], dim, dtype=dtype, device=batch.device), batch, generator)
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=dtype, device=batch.device)
+    iterator = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"sampling ({method})")
+    for step in iterator:
+        t, s = times[step], times[step + 1]
+        t_b = t.expand(n_structures)
+        out = denoiser(x, t_b, batch)
+        if method == "euler":
+            x = remove_com(x - (t - s) * out, batch, n_structures)
+            continue
+        a_t, s_t = schedule.alpha_sigma(t)
+        a_s, s_s = schedule.alpha_sigma(s)
+        x0_hat, _ = predicted_x0(out, x, batch, a_t.expand(n_structures), s_t.expand(n_structures), parameterization)
+        if method == "ddim" or step == steps - 1:
+            eps_hat = (x - a_t * x0_hat) / s_t
+            x = a_s * x0_hat + s_s * eps_hat if step < steps - 1 else x0_hat
+        else:
+            a_ts = a_t / a_s
+            var_ts = s_t**2 - a_ts**2 * s_s**2
+            mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0_hat
+            std = (var_ts * s_s**2 / s_t**2).sqrt()
+            x = mean + std * com_free_noise(x, batch, generator)
+        x = remove_com(x, batch, n_structures)
+    return x

@@ -1,0 +1,279 @@
+"""Edge sets G of the pair energy, selected by name (SPEC §2).
+
+A :class:`PairSet` holds the unordered atom pairs (i < j, each once) of a flat batch. The complete
+graph is generated lazily in chunks, so one structure of 30,000 atoms (4.5·10^8 pairs) never
+materialises its pair list; the other edge sets are explicit ``(2, E)`` index tensors.
+
+Names: ``complete``, ``radius`` (cutoff on the reference), ``bonds`` (a given bond list) and
+``rigid_sparse`` (a random 2d-regular graph per structure, globally rigid; complete graph for
+n ≤ 2d, where no 2d-regular graph exists and the complete graph is as cheap).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from energyloss_plugins import _checks
+from energyloss_plugins.layouts import structure_counts
+
+GRAPH_NAMES = ("complete", "radius", "bonds", "rigid_sparse")
+
+
+@dataclass
+class PairSet:
+    """Unordered pairs of atoms of a flat batch.
+
+    Either ``index`` is an explicit ``(2, E)`` tensor, or it is None and the set is the complete
+    graph of each structure of ``batch``, generated on demand.
+    """
+
+    batch: Tensor
+    n_structures: int
+    index: Tensor | None = None
+
+    def chunks(self, max_pairs: int) -> Iterator[Tensor]:
+        """Yield ``(2, E_c)`` pair chunks with ``E_c ≤ max_pairs`` (one whole row of a structure may exceed it)."""
+        if self.index is not None:
+            for start in range(0, self.index.shape[1], max_pairs):
+                yield self.index[:, start : start + max_pairs]
+            return
+        yield from _complete_chunks(self.batch, self.n_structures, max_pairs)
+
+    def materialize(self) -> Tensor:
+        """The whole ``(2, E)`` pair list (use only when E fits in memory)."""
+        if self.index is not None:
+            return self.index
+        return torch.cat(list(self.chunks(2**62)), dim=1)
+
+
+def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterator[Tensor]:
+    """All pairs i < j inside each structure, in chunks of consecutive first atoms.
+
+    Atom ``a`` with local index ``l`` in a structure of ``n`` atoms pairs with the ``n - 1 - l``
+    atoms after it, so each chunk is built without a Python loop over structures.
+    """
+    n_atoms = batch.shape[0]
+    device = batch.device
+    if n_atoms == 0:
+        return
+    order = None
+    if n_atoms > 1 and bool((batch[1:] < batch[:-1]).any()):
+        order = torch.argsort(batch, stable=True)
+        batch = batch[order]
+    counts = structure_counts(batch, n_structures)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(n_atoms, device=device) - starts[batch]
+    n_partners = counts[batch] - 1 - local
+    ends = torch.cumsum(n_partners, 0)
+    lo = 0
+    while lo < n_atoms:
+        # Largest atom range [lo, hi) whose pairs fit in max_pairs (at least one atom).
+        base = int(ends[lo - 1]) if lo else 0
+        hi = int(torch.searchsorted(ends, base + max_pairs, right=True))
+        hi = min(max(hi, lo + 1), n_atoms)
+        atoms = torch.arange(lo, hi, device=device)
+        reps = n_partners[lo:hi]
+        i = torch.repeat_interleave(atoms, reps)
+        first = torch.cumsum(reps, 0) - reps
+        j = i + 1 + torch.arange(i.shape[0], device=device) - torch.repeat_interleave(first, reps)
+        pairs = torch.stack([i, j])
+        yield pairs if order is None else order[pairs]
+        lo = hi
+
+
+def build_pairs(
+    graph: str,
+    target: Tensor,
+    batch: Tensor,
+    n_structures: int,
+    *,
+    cutoff: float | None = None,
+    bonds: Tensor | None = None,
+    seed: int = 0,
+    pool_size: int = 8,
+    symmetrize: bool = False,
+    numbers: Tensor | None = None,
+    distance_fn=None,
+) -> PairSet:
+    """Build the edge set ``graph`` over a flat batch.
+
+    Args:
+        graph: one of ``complete``, ``radius``, ``bonds``, ``rigid_sparse``.
+        target: ``(N_total, d)`` reference positions (Å): the radius cutoff and the automorphisms
+            for symmetrisation are taken on the reference, never on the prediction.
+        batch: ``(N_total,)`` structure index; ``n_structures``: B.
+        cutoff: ``radius`` only, Å.
+        bonds: ``bonds`` only, ``(2, M)`` flat atom indices.
+        seed, pool_size: ``rigid_sparse`` only: graphs are drawn from a cached pool of
+            ``pool_size`` verified graphs per atom count generated from ``seed``; which pool member
+            a structure gets is drawn from torch's global RNG at each call (as in the paper).
+        symmetrize: ``rigid_sparse`` only: close the edge set under the automorphisms of the
+            reference distance matrix (and ``numbers``) so symmetric atoms get symmetric gradients.
+        distance_fn: ``(2, E) -> (E,)`` reference distances (minimum image for periodic input).
+    """
+    _checks.check_choice("graph", graph, GRAPH_NAMES)
+    if distance_fn is None:
+        distance_fn = lambda p: (target[p[1]] - target[p[0]]).norm(dim=-1)  # noqa: E731
+    if graph == "complete":
+        return PairSet(batch, n_structures)
+    if graph == "radius":
+        if cutoff is None or cutoff <= 0:
+            raise ValueError("graph='radius' needs a positive cutoff= in Å (graph_kwargs={'cutoff': 5.0}).")
+        kept = [p[:, distance_fn(p) < cutoff] for p in _complete_chunks(batch, n_structures, 2**24)]
+        index = torch.cat(kept, 1) if kept else torch.zeros(2, 0, dtype=torch.long, device=batch.device)
+        return PairSet(batch, n_structures, index)
+    if graph == "bonds":
+        if bonds is None:
+            raise ValueError("graph='bonds' needs bonds= as a (2, M) tensor of bonded atom pairs (flat indices).")
+        _checks.check_edge_index(bonds, batch.shape[0])
+        if bool((batch[bonds[0]] != batch[bonds[1]]).any()):
+            raise ValueError("bonds connect atoms of different structures; bond indices must be flat atom indices.")
+        return PairSet(batch, n_structures, unique_pairs(bonds))
+    index = rigid_sparse_pairs(batch, n_structures, target.shape[1], seed=seed, pool_size=pool_size)
+    if symmetrize:
+        index = symmetrize_pairs(index, target, batch, numbers)
+    return PairSet(batch, n_structures, index)
+
+
+def unique_pairs(edge_index: Tensor) -> Tensor:
+    """Unordered unique pairs (i < j) from a directed or duplicated ``(2, E)`` list (e.g. a neighbour list)."""
+    lo = torch.minimum(edge_index[0], edge_index[1])
+    hi = torch.maximum(edge_index[0], edge_index[1])
+    pairs = torch.unique(torch.stack([lo, hi]), dim=1)
+    return pairs[:, pairs[0] != pairs[1]]
+
+
+# ----------------------------------------------------------------------------- rigid sparse graphs
+
+
+def rigidity_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator) -> bool:
+    """Infinitesimal rigidity at generic positions: rank of the rigidity matrix is ``d n - d(d+1)/2``.
+
+    Args:
+        edges: ``(E, 2)`` local pairs; n atoms; d dimensions.
+    """
+    if n <= d + 1:
+        return len({tuple(sorted(e)) for e in edges.tolist()}) == n * (n - 1) // 2
+    pos = rng.standard_normal((n, d))
+    return int(np.linalg.matrix_rank(_rigidity_matrix(edges, pos))) == d * n - d * (d + 1) // 2
+
+
+def stress_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator) -> bool:
+    """Global rigidity test (Connelly; Gortler–Healy–Thurston): at generic positions a random
+    equilibrium stress has a stress matrix of rank ``n - d - 1``."""
+    if n <= d + 1:
+        return rigidity_rank_ok(edges, n, d, rng)
+    pos = rng.standard_normal((n, d))
+    r = _rigidity_matrix(edges, pos)
+    # Equilibrium stresses ω span the left null space of R (ωᵀ R = 0).
+    u, s, _ = np.linalg.svd(r, full_matrices=True)
+    rank = int((s > s.max() * max(r.shape) * np.finfo(float).eps).sum())
+    stresses = u[:, rank:]
+    if stresses.shape[1] == 0:
+        return False
+    omega = stresses @ rng.standard_normal(stresses.shape[1])
+    mat = np.zeros((n, n))
+    i, j = edges[:, 0], edges[:, 1]
+    np.add.at(mat, (i, j), -omega)
+    np.add.at(mat, (j, i), -omega)
+    mat[np.arange(n), np.arange(n)] = -mat.sum(1)
+    return int(np.linalg.matrix_rank(mat)) == n - d - 1
+
+
+def _rigidity_matrix(edges: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    n, d = pos.shape
+    r = np.zeros((len(edges), n * d))
+    diff = pos[edges[:, 0]] - pos[edges[:, 1]]
+    rows = np.arange(len(edges))
+    for c in range(d):
+        r[rows, edges[:, 0] * d + c] = diff[:, c]
+        r[rows, edges[:, 1] * d + c] = -diff[:, c]
+    return r
+
+
+@functools.lru_cache(maxsize=4096)
+def rigid_sparse_graph(n: int, d: int, seed: int = 0, member: int = 0, verify_max_n: int = 300) -> Tensor:
+    """``(2, E)`` local pairs of a random 2d-regular graph on ``n`` vertices, cached.
+
+    Complete graph for ``n ≤ 2d`` (no simple 2d-regular graph exists there). Graphs with
+    ``n ≤ verify_max_n`` are verified rigid and globally rigid by the rank tests at generic
+    positions and redrawn if they fail; larger ones are globally rigid with high probability
+    (paper, App. A.5) and are not checked, since the dense rank tests cost O(n³).
+    """
+    import networkx as nx
+
+    if n <= 2 * d:
+        idx = torch.triu_indices(n, n, offset=1)
+        return idx
+    rng = np.random.default_rng([seed, n, d, member])
+    for _ in range(100):
+        g = nx.random_regular_graph(2 * d, n, seed=int(rng.integers(2**31)))
+        edges = np.array(g.edges(), dtype=np.int64).reshape(-1, 2)
+        if n > verify_max_n or (rigidity_rank_ok(edges, n, d, rng) and stress_rank_ok(edges, n, d, rng)):
+            edges.sort(axis=1)
+            return torch.from_numpy(edges.T.copy())
+    raise RuntimeError(f"No globally rigid {2 * d}-regular graph on {n} vertices found in 100 draws.")
+
+
+def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, pool_size: int = 8) -> Tensor:
+    """``(2, E)`` flat pairs: one random rigid 2d-regular graph per structure, drawn from a cached pool."""
+    device = batch.device
+    counts = structure_counts(batch, n_structures)
+    order = torch.argsort(batch, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    out = []
+    for n in torch.unique(counts).tolist():
+        if n < 2:
+            continue
+        structs = torch.nonzero(counts == n).squeeze(1)
+        members = torch.randint(pool_size, (structs.numel(),), device=device)
+        for member in torch.unique(members).tolist():  # only the pool members in use are generated
+            local = rigid_sparse_graph(n, d, seed, member).to(device)
+            sel = structs[members == member]
+            sorted_pos = local.unsqueeze(0) + starts[sel].view(-1, 1, 1)  # (S, 2, E_n) in batch-sorted order
+            out.append(order[sorted_pos].permute(1, 0, 2).reshape(2, -1))
+    if not out:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    return torch.cat(out, dim=1)
+
+
+def symmetrize_pairs(index: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,
+                     tol: float = 1e-3, max_automorphisms: int = 1000) -> Tensor:
+    """Close an edge set under the automorphisms of each structure's reference distance matrix.
+
+    An automorphism is an atom permutation g preserving all reference distances (to ``tol`` Å)
+    and the elements; the result is ∪_g g(E) (paper, App. A.5, Eq. 57). Uses networkx's VF2.
+    """
+    import networkx as nx
+    from networkx.algorithms.isomorphism import GraphMatcher
+
+    out = [index]
+    for s in torch.unique(batch).tolist():
+        atoms = torch.nonzero(batch == s).squeeze(1)
+        n = atoms.numel()
+        if n < 3:
+            continue
+        pos = target[atoms].detach().double().cpu()
+        dist = torch.cdist(pos, pos)
+        bins = torch.round(dist / tol).long().numpy()
+        g = nx.complete_graph(n)
+        z = numbers[atoms].tolist() if numbers is not None else [0] * n
+        nx.set_node_attributes(g, dict(enumerate(z)), "z")
+        nx.set_edge_attributes(g, {(a, b): int(bins[a, b]) for a, b in g.edges()}, "d")
+        matcher = GraphMatcher(g, g, node_match=lambda x, y: x["z"] == y["z"], edge_match=lambda x, y: abs(x["d"] - y["d"]) <= 1)
+        local_of = torch.full((batch.shape[0],), -1, dtype=torch.long)
+        local_of[atoms.cpu()] = torch.arange(n)
+        mine = index[:, batch[index[0]] == s].cpu()
+        local_edges = local_of[mine]
+        for count, perm in enumerate(matcher.isomorphisms_iter()):
+            if count >= max_automorphisms:
+                break
+            p = torch.tensor([perm[a] for a in range(n)])
+            out.append(atoms[p[local_edges]].to(index.device))
+    return unique_pairs(torch.cat(out, dim=1))
