@@ -69,3 +69,14 @@ def aligned_rmsd(pred: Tensor, target: Tensor, batch: Tensor | None = None, n_st
     aligned = kabsch_align(pred, target, batch, n_structures)
     sq = ((aligned - target) ** 2).sum(-1)
     return segment_mean(sq, batch, n_structures).sqrt()
+
+
+def random_rotations(n: int, dim: int = 3, *, dtype: torch.dtype = torch.float32, device=None,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """``(n, dim, dim)`` uniformly random proper rotations (QR of Gaussian matrices, sign-fixed)."""
+    a = torch.randn(n, dim, dim, dtype=torch.float64, generator=generator)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)  # Haar measure on O(d)
+    det = torch.linalg.det(q)
+    q[:, :, 0] = q[:, :, 0] * det.unsqueeze(1)  # reflections → rotations
+    return q.to(dtype=dtype, device=device)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.layouts import segment_mean
-from energyloss_plugins.losses import get_loss
+from energyloss_plugins.losses import call_loss
 
 PARAMETERIZATIONS = ("eps", "v", "x0", "velocity")
 SCHEDULES = ("cosine", "polynomial")
@@ -131,7 +131,8 @@ def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, 
     x_hat, weight = predicted_x0(output, noised["x_t"], batch, noised["alpha"], noised["sigma"], parameterization)
     if max_weight is not None:
         weight = weight.clamp(max=max_weight)
-    per_structure = get_loss(loss)(x_hat, noised["x0"], batch, reduction="none", **dict(loss_kwargs or {}))
+    options = {**dict(loss_kwargs or {}), "reduction": "none"}
+    per_structure = call_loss(loss, x_hat, noised["x0"], batch, **options)
     if per_structure.numel() == 0:
         return output.sum() * 0.0
     return (weight.detach().to(per_structure.dtype) * per_structure).mean()

@@ -253,7 +253,25 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+#: Options every loss takes; the rest (coefficients, graph, numbers, bonds, ...) are the energy's own.
+COMMON_OPTIONS = ("reduction", "normalize")
+
+
 def get_loss(name: str) -> Callable[..., Tensor]:
     """The functional loss called ``name`` (``energy``, ``mse``, ``mae``, ``kabsch``)."""
     _checks.check_choice("loss", name, LOSSES)
     return LOSSES[name]
+
+
+def loss_options(name: str, options: Mapping) -> dict:
+    """``options`` restricted to what loss ``name`` takes, so that one config switches losses with one key."""
+    _checks.check_choice("loss", name, LOSSES)
+    if name == "energy":
+        return dict(options)
+    return {key: value for key, value in options.items() if key in COMMON_OPTIONS}
+
+
+def call_loss(name: str, pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Tensor | None = None,
+              **options) -> Tensor:
+    """Evaluate loss ``name``; energy-only options (numbers, bonds, coefficients, ...) are dropped for baselines."""
+    return get_loss(name)(pred, target, batch, mask, **loss_options(name, options))

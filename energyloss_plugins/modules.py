@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from energyloss_plugins import _checks
 from energyloss_plugins.coefficients import CoefficientFn
-from energyloss_plugins.losses import kabsch_mse_loss, mae_loss, mse_loss, pair_energy_loss
+from energyloss_plugins.losses import kabsch_mse_loss, loss_options, mae_loss, mse_loss, pair_energy_loss
 
 
 class PairEnergyLoss(nn.Module):
@@ -102,6 +102,4 @@ def make_loss(name: str, **kwargs) -> nn.Module:
     baselines, so one config can switch losses with one key.
     """
     _checks.check_choice("loss", name, LOSS_MODULES)
-    if name != "energy":
-        kwargs = {k: v for k, v in kwargs.items() if k in ("reduction", "normalize")}
-    return LOSS_MODULES[name](**kwargs)
+    return LOSS_MODULES[name](**loss_options(name, kwargs))

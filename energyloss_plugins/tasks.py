@@ -1,0 +1,91 @@
+"""Training objectives shared by the SchNetPack and TorchMD-Net adapters (one copy of the task logic).
+
+The adapters only map their framework's batch (SchNetPack ``inputs`` dict, PyG ``Data``) onto
+flat tensors — positions ``(N, 3)`` Å, ``batch`` ``(N,)``, ``numbers`` ``(N,)`` — and call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from energyloss_plugins import _checks
+from energyloss_plugins.diffusion import Denoiser, NoiseSchedule, diffusion_loss, noise_batch, sample
+from energyloss_plugins.losses import LOSSES, call_loss
+
+
+class StructureObjective:
+    """Structure prediction: input geometry → equilibrium geometry.
+
+    Args:
+        loss: ``energy``, ``mse``, ``mae`` or ``kabsch``.
+        loss_kwargs: options of the loss (coefficients, coefficient_kwargs, graph, graph_kwargs,
+            reduction, normalize); energy-only options are ignored by the baselines.
+    """
+
+    def __init__(self, loss: str = "energy", loss_kwargs: Mapping | None = None):
+        _checks.check_choice("loss", loss, LOSSES)
+        self.loss_name = loss
+        self.loss_kwargs = dict(loss_kwargs or {})
+
+    def loss(self, pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,
+             bonds: Tensor | None = None) -> Tensor:
+        """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``."""
+        options = dict(self.loss_kwargs)
+        if numbers is not None:
+            options.setdefault("numbers", numbers)
+        if bonds is not None:
+            options.setdefault("bonds", bonds)
+        return call_loss(self.loss_name, pred, target, batch, **options)
+
+    @staticmethod
+    def metrics(pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor,
+                bonds: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-batch structure metrics (aligned RMSD, bond/angle MAE, stability) for logging."""
+        from energyloss_plugins.metrics import structure_metrics
+
+        with torch.no_grad():
+            return structure_metrics(pred.detach(), target.detach(), batch, numbers, bonds=bonds)
+
+
+class DiffusionObjective:
+    """Denoising diffusion or flow matching on equilibrium structures with the energy loss (SPEC §3).
+
+    Args:
+        loss: ``energy`` or a baseline name, applied to the implied clean sample x̂.
+        parameterization: what the network predicts: ``eps``, ``v``, ``x0`` or ``velocity``
+            (``velocity`` means flow matching).
+        schedule: ``polynomial`` or ``cosine`` (VP diffusion; unused for flow matching).
+        loss_kwargs: options of the loss.
+        max_weight: clip of the time weight w_t (see :func:`energyloss_plugins.diffusion.diffusion_loss`).
+    """
+
+    def __init__(self, loss: str = "energy", parameterization: str = "eps", schedule: str = "polynomial",
+                 loss_kwargs: Mapping | None = None, max_weight: float | None = 1e3):
+        _checks.check_choice("loss", loss, LOSSES)
+        self.loss_name = loss
+        self.parameterization = parameterization
+        self.flow_matching = parameterization == "velocity"
+        self.schedule = NoiseSchedule(schedule)
+        self.loss_kwargs = dict(loss_kwargs or {})
+        self.max_weight = max_weight
+
+    def noise(self, x0: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Noised batch: dict with ``x0``, ``x_t``, ``eps`` ``(N, 3)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``."""
+        return noise_batch(x0, batch, self.schedule, generator=generator, flow_matching=self.flow_matching)
+
+    def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None) -> Tensor:
+        options = dict(self.loss_kwargs)
+        if numbers is not None:
+            options.setdefault("numbers", numbers)
+        return diffusion_loss(output, noised, batch, loss=self.loss_name, parameterization=self.parameterization,
+                              max_weight=self.max_weight, loss_kwargs=options)
+
+    def sample(self, denoiser: Denoiser, batch: Tensor, *, steps: int = 100, method: str | None = None,
+               progress: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Positions ``(N, 3)`` for the structures of ``batch``; ``method`` defaults to euler for flow matching, else ancestral."""
+        method = method or ("euler" if self.flow_matching else "ancestral")
+        return sample(denoiser, batch, 3, steps=steps, method=method, parameterization=self.parameterization,
+                      schedule=self.schedule, progress=progress, generator=generator)
