@@ -1,0 +1,85 @@
+"""The plugin's loss entry for SchNetPack YAML configs.
+
+``EnergyLoss`` is what a ``loss_fn:`` entry of a :class:`schnetpack_ext.StructureOutput` or
+:class:`schnetpack_ext.DiffusionOutput` instantiates. It is a thin configuration holder around the
+core's :class:`energyloss_plugins.tasks.StructureObjective`: one key (``loss``) switches between the
+pair energy and the baselines, the other keys configure the energy (coefficient scheme, edge set);
+options only the energy takes are ignored by the baselines, so one config serves all four::
+
+    loss_fn:
+      _target_: schnetpack_ext.EnergyLoss
+      loss: energy            # energy | mse | mae | kabsch
+      coefficients: exp       # constant | inverse | inverse_square | exp | bond_aware | morse | lennard_jones
+      coefficient_kwargs: {k0: 1.0, length_scale: 1.0}
+      graph: complete         # complete | radius | bonds | rigid_sparse
+    loss_weight: 1.0          # on the output, as for every SchNetPack ModelOutput
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from energyloss_plugins.tasks import StructureObjective
+
+
+def _plain(value):
+    """OmegaConf containers (what Hydra passes) → plain Python, so the loss pickles into checkpoints cleanly."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a dependency of the adapter
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class EnergyLoss(nn.Module):
+    """Structure loss selected by name, evaluated per structure with SchNetPack's ``_idx_m``.
+
+    Args:
+        loss: ``energy`` (the pair energy, SPEC §2), ``mse``, ``mae`` or ``kabsch``.
+        coefficients: spring scheme of the energy (see :mod:`energyloss_plugins.coefficients`).
+        coefficient_kwargs: its parameters, e.g. ``{"k0": 1.0, "length_scale": 1.0}``.
+        graph: edge set of the energy (``complete``, ``radius``, ``bonds``, ``rigid_sparse``).
+        graph_kwargs: e.g. ``{"cutoff": 5.0}``.
+        reduction: ``mean`` over structures (default) or ``sum``.
+        normalize: divide each structure's value by its atom count (default True).
+
+    Called as ``loss(pred (N, 3), target (N, 3), batch=(N,), numbers=(N,))``; the adapter's
+    outputs pass ``batch`` and ``numbers`` from the task.
+    """
+
+    #: Tells :class:`schnetpack_ext.StructureOutput` to pass the structure index and atomic numbers.
+    takes_batch = True
+
+    def __init__(self, loss: str = "energy", coefficients: str = "exp", coefficient_kwargs: Mapping | None = None,
+                 graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean",
+                 normalize: bool = True):
+        super().__init__()
+        from energyloss_plugins.modules import make_loss
+
+        options = {"coefficients": _plain(coefficients), "coefficient_kwargs": dict(_plain(coefficient_kwargs) or {}),
+                   "graph": graph, "graph_kwargs": dict(_plain(graph_kwargs) or {}), "reduction": reduction,
+                   "normalize": normalize}
+        make_loss(loss, **options)  # validate names now (a typo fails at instantiation, not at the first batch)
+        self.loss_name = loss
+        self.options = options
+        self.objective = StructureObjective(loss, options)
+
+    def forward(self, pred: Tensor, target: Tensor, batch: Tensor | None = None, numbers: Tensor | None = None,
+                bonds: Tensor | None = None) -> Tensor:
+        return self.objective.loss(pred, target, batch if batch is not None else _single(pred), numbers, bonds)
+
+    def extra_repr(self) -> str:
+        if self.loss_name != "energy":
+            return f"loss={self.loss_name!r}"
+        return (f"loss='energy', coefficients={self.options['coefficients']!r}, "
+                f"coefficient_kwargs={self.options['coefficient_kwargs']}, graph={self.options['graph']!r}")
+
+
+def _single(pred: Tensor) -> Tensor:
+    import torch
+
+    return torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)

@@ -1,0 +1,109 @@
+"""SchNetPack ``ModelOutput`` subclasses that give the loss the structure index.
+
+SchNetPack calls ``output.calculate_loss(pred, targets)`` with ``targets`` holding only the target
+properties; a structure loss also needs ``_idx_m`` (which atoms form one structure) and the atomic
+numbers. :class:`schnetpack_ext.StructureTask` / :class:`schnetpack_ext.DiffusionTask` add them to
+``targets`` (see ``BATCH_CONTEXT``); these outputs read them. Metrics (``metrics:`` torchmetrics on
+the output) work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+import schnetpack.properties as properties
+from schnetpack.task import ModelOutput
+
+from energyloss_plugins.tasks import DiffusionObjective
+
+#: Batch entries the adapter's tasks copy into ``targets`` for the losses and metrics.
+BATCH_CONTEXT = (properties.idx_m, properties.Z, properties.R, properties.n_atoms)
+
+
+def _need(targets: Dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
+    if key not in targets:
+        raise KeyError(f"{what} needs targets[{key!r}]: use it inside schnetpack_ext.StructureTask or "
+                       "schnetpack_ext.DiffusionTask (task._target_ in the YAML), which pass the batch context.")
+    return targets[key]
+
+
+class StructureOutput(ModelOutput):
+    """Predicted positions ``(N, 3)`` against reference positions, with a structure loss.
+
+    Args:
+        name: key of the prediction (the ``output_key`` of the :class:`schnetpack_ext.PositionHead`).
+        target_property: key of the reference positions in the batch (``target_positions`` in
+            databases from ``energyloss-data build``).
+        loss_fn: :class:`schnetpack_ext.EnergyLoss` (or any ``fn(pred, target)``, e.g. ``torch.nn.MSELoss``).
+        loss_weight, metrics, constraints: as for :class:`schnetpack.task.ModelOutput`.
+    """
+
+    def __init__(self, name: str = "positions_pred", loss_fn: Optional[nn.Module] = None, loss_weight: float = 1.0,
+                 metrics: Optional[Dict[str, nn.Module]] = None, constraints: Optional[List[nn.Module]] = None,
+                 target_property: Optional[str] = "target_positions"):
+        super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
+                         constraints=constraints, target_property=target_property)
+
+    def calculate_loss(self, pred, target):
+        if self.loss_weight == 0 or self.loss_fn is None:
+            return 0.0
+        if getattr(self.loss_fn, "takes_batch", False):
+            value = self.loss_fn(pred[self.name], target[self.target_property],
+                                 batch=_need(target, properties.idx_m, type(self).__name__),
+                                 numbers=target.get(properties.Z))
+        else:
+            value = self.loss_fn(pred[self.name], target[self.target_property])
+        return self.loss_weight * value
+
+
+class DiffusionOutput(ModelOutput):
+    """Denoising diffusion / flow matching output: the loss of the implied clean sample (SPEC §3).
+
+    The network output ``pred[name]`` is in ``parameterization`` (``eps``, ``v``, ``x0`` or
+    ``velocity`` for flow matching). The loss is w_t · L(x̂, x) with L chosen by the same
+    :class:`schnetpack_ext.EnergyLoss` entry as for structure prediction (one key switches energy,
+    MSE, MAE, Kabsch). Schedules, weights and samplers are the core's
+    :class:`energyloss_plugins.tasks.DiffusionObjective`.
+
+    Args:
+        name: key of the network output (the ``output_key`` of a :class:`schnetpack_ext.PositionHead`
+            with ``add_positions: false``).
+        loss_fn: :class:`schnetpack_ext.EnergyLoss` (its ``loss`` and options configure the objective).
+        parameterization, schedule, max_weight: see :class:`energyloss_plugins.tasks.DiffusionObjective`.
+        target_property: batch key the task fills with the true network target (ε, v, x0 or u), for
+            SchNetPack's metrics (e.g. MAE of the predicted noise).
+    """
+
+    def __init__(self, name: str = "diffusion_output", loss_fn: Optional[nn.Module] = None,
+                 loss_weight: float = 1.0, metrics: Optional[Dict[str, nn.Module]] = None,
+                 constraints: Optional[List[nn.Module]] = None, target_property: Optional[str] = "diffusion_target",
+                 parameterization: str = "eps", schedule: str = "polynomial", max_weight: Optional[float] = 1e3):
+        super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
+                         constraints=constraints, target_property=target_property)
+        loss_name = getattr(loss_fn, "loss_name", "energy")
+        options = dict(getattr(loss_fn, "options", {}))
+        self.objective = DiffusionObjective(loss=loss_name, parameterization=parameterization, schedule=schedule,
+                                            loss_kwargs=options, max_weight=max_weight)
+
+    def network_target(self, noised: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """What a perfect network outputs for this noised batch (for metrics)."""
+        x0, eps = noised["x0"], noised["eps"]
+        a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
+        p = self.objective.parameterization
+        if p == "eps":
+            return eps
+        if p == "v":
+            return a * eps - s * x0
+        if p == "velocity":
+            return eps - x0
+        return x0
+
+    def calculate_loss(self, pred, target):
+        if self.loss_weight == 0 or self.loss_fn is None:
+            return 0.0
+        noised = _need(target, "_noised", type(self).__name__)
+        return self.loss_weight * self.objective.loss(pred[self.name], noised, _need(target, properties.idx_m, "DiffusionOutput"),
+                                                      numbers=target.get(properties.Z))

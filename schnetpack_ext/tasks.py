@@ -1,0 +1,279 @@
+"""``AtomisticTask`` subclasses for structure prediction and denoising diffusion.
+
+Both keep SchNetPack's own training/validation/test steps (losses, ``train_loss``/``val_loss``
+logging, torchmetrics, checkpoints, EMA, ``spktrain``'s best-model export). They only
+
+1. pass the batch context (``_idx_m``, atomic numbers, input positions) into ``targets`` so that
+   the outputs' structure losses see which atoms form one structure;
+2. log the core's structure metrics (aligned RMSD, bond-length MAE, ...) per epoch
+   (``val_aligned_rmsd``, ...), next to SchNetPack's own metrics in TensorBoard/CSV;
+3. for diffusion, noise the clean positions before the forward pass and rebuild the neighbour list
+   on the noisy positions, and sample new structures as ASE ``Atoms``.
+
+The loss, schedule, sampler and metric logic are the core's (:mod:`energyloss_plugins.tasks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any, Dict, List, Optional, Type
+
+import torch
+
+import schnetpack.properties as properties
+from schnetpack.model.base import AtomisticModel
+from schnetpack.task import AtomisticTask, ModelOutput
+
+from energyloss_plugins.tasks import StructureObjective
+from schnetpack_ext.heads import DIFFUSION_TIME
+from schnetpack_ext.outputs import BATCH_CONTEXT, DiffusionOutput, StructureOutput
+
+log = logging.getLogger(__name__)
+_SUBSETS = ("train", "val", "test")
+
+
+class _ContextTask(AtomisticTask):
+    """AtomisticTask whose outputs also receive the batch context in ``targets``."""
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: Optional[bool] = None, **kwargs):
+        """As Lightning's, but a full pickle by default (SchNetPack tasks store modules as hyperparameters;
+        see :mod:`schnetpack_ext.checkpoint`). Only load checkpoints you trust."""
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=False if weights_only is None else weights_only,
+                                            **kwargs)
+
+    _batch: Optional[Dict[str, torch.Tensor]] = None
+    _extra_targets: Optional[Dict[str, Any]] = None
+
+    @contextlib.contextmanager
+    def _context(self, batch, extra=None):
+        self._batch, self._extra_targets = batch, extra or {}
+        try:
+            yield
+        finally:
+            self._batch, self._extra_targets = None, None
+
+    def apply_constraints(self, pred, targets):
+        # Called by every SchNetPack step right before loss_fn and log_metrics: the one hook that
+        # sees the targets dict, so the context is added here (not in copies of the steps).
+        if self._batch is not None:
+            for key in BATCH_CONTEXT:
+                if key in self._batch and key not in targets:
+                    targets[key] = self._batch[key]
+            targets.update(self._extra_targets or {})
+        return super().apply_constraints(pred, targets)
+
+    def training_step(self, batch, batch_idx):
+        with self._context(batch):
+            return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        with self._context(batch):
+            return super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        with self._context(batch):
+            return super().test_step(batch, batch_idx)
+
+
+class StructureTask(_ContextTask):
+    """Structure prediction: input geometry (``_positions``) → equilibrium geometry (``target_positions``).
+
+    Args:
+        model, outputs, optimizer_cls, optimizer_args, scheduler_cls, scheduler_args,
+        scheduler_monitor, warmup_steps: as :class:`schnetpack.task.AtomisticTask`.
+        structure_metrics: subsets (``train``, ``val``, ``test``) on which the core's structure
+            metrics are logged per epoch for every :class:`StructureOutput`.
+    """
+
+    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
+                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
+                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
+                 warmup_steps: int = 0, structure_metrics: Sequence[str] = ("val", "test")):
+        outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
+        super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
+                         optimizer_args=optimizer_args or {"lr": 5e-4}, scheduler_cls=scheduler_cls,
+                         scheduler_args=scheduler_args, scheduler_monitor=scheduler_monitor, warmup_steps=warmup_steps)
+        unknown = set(structure_metrics or ()) - set(_SUBSETS)
+        if unknown:
+            raise ValueError(f"structure_metrics: unknown subsets {sorted(unknown)}; choose from {list(_SUBSETS)}.")
+        self.structure_metric_subsets = tuple(structure_metrics or ())
+
+    def log_metrics(self, pred, targets, subset):
+        super().log_metrics(pred, targets, subset)
+        if subset not in self.structure_metric_subsets or properties.idx_m not in targets:
+            return
+        n_structures = int(targets[properties.n_atoms].shape[0]) if properties.n_atoms in targets else None
+        for output in self.outputs:
+            if not isinstance(output, StructureOutput):
+                continue
+            values = structure_metric_values(pred[output.name], targets[output.target_property],
+                                             targets[properties.idx_m], targets[properties.Z])
+            prefix = f"{subset}_" if len(self.outputs) == 1 else f"{subset}_{output.name}_"
+            for key, value in values.items():
+                self.log(prefix + key, value, on_step=False, on_epoch=True, prog_bar=key == "aligned_rmsd",
+                         batch_size=n_structures, sync_dist=subset != "train")
+
+
+def structure_metric_values(pred, target, batch, numbers) -> Dict[str, torch.Tensor]:
+    """Scalar per-batch structure metrics from the core (``energyloss_plugins.metrics``)."""
+    try:
+        values = StructureObjective.metrics(pred, target, batch, numbers)
+    except ImportError:  # the metrics package is optional at run time: fall back to the core's aligned RMSD
+        from energyloss_plugins.alignment import aligned_rmsd
+
+        warnings.warn("energyloss_plugins.metrics is not available: logging aligned_rmsd only.", stacklevel=2)
+        with torch.no_grad():
+            values = {"aligned_rmsd": aligned_rmsd(pred.detach(), target.detach(), batch)}
+    out = {}
+    for key, value in values.items():
+        value = torch.as_tensor(value).detach().float()
+        if value.numel() > 1:
+            value = value.nanmean()
+        out[key] = value.reshape(())
+    return out
+
+
+def full_neighbor_list(idx_m: torch.Tensor, cutoff: Optional[float] = None,
+                       positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """All ordered atom pairs (i ≠ j) inside each structure, optionally within ``cutoff`` Å of ``positions``.
+
+    Returns SchNetPack's ``_idx_i``, ``_idx_j`` and zero ``_offsets`` (non-periodic molecules).
+    O(N²) in the batch's atom count: meant for molecules (diffusion rebuilds it every step).
+    """
+    same = idx_m.unsqueeze(0) == idx_m.unsqueeze(1)
+    same.fill_diagonal_(False)
+    if cutoff is not None and positions is not None:
+        same &= torch.cdist(positions.detach(), positions.detach()) < cutoff
+    idx_i, idx_j = same.nonzero(as_tuple=True)
+    dtype = positions.dtype if positions is not None else torch.float32
+    return {properties.idx_i: idx_i, properties.idx_j: idx_j,
+            properties.offsets: torch.zeros(idx_i.shape[0], 3, dtype=dtype, device=idx_m.device)}
+
+
+class DiffusionTask(_ContextTask):
+    """Denoising diffusion (conformer generation given the atoms) on equilibrium structures.
+
+    Each step noises the clean positions with the core's schedule (centre-of-mass-free noise),
+    gives the network x_t and t (``inputs["diffusion_t"]``, read by :class:`schnetpack_ext.TimeEmbedding`),
+    rebuilds the neighbour list on x_t, and the :class:`schnetpack_ext.DiffusionOutput` computes
+    w_t · L(x̂, x). Trains on any SchNetPack database: only atomic numbers and positions are used.
+
+    Args:
+        clean_positions: batch key of the clean structure; None for the database geometry
+            (``_positions``), ``target_positions`` for databases from ``energyloss-data build``.
+        cutoff: neighbour cutoff (Å) on the noisy positions; None for all pairs in a molecule.
+        val_seed: seed of the noise in validation/test (fixed, so that ``val_loss`` is comparable
+            across epochs).
+        (other arguments as :class:`schnetpack.task.AtomisticTask`)
+    """
+
+    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
+                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
+                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
+                 warmup_steps: int = 0, clean_positions: Optional[str] = None, cutoff: Optional[float] = None,
+                 val_seed: int = 1234):
+        outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
+        super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
+                         optimizer_args=optimizer_args or {"lr": 5e-4}, scheduler_cls=scheduler_cls,
+                         scheduler_args=scheduler_args, scheduler_monitor=scheduler_monitor, warmup_steps=warmup_steps)
+        diffusion = [o for o in self.outputs if isinstance(o, DiffusionOutput)]
+        if len(diffusion) != 1:
+            raise ValueError(f"DiffusionTask needs exactly one DiffusionOutput among its outputs, got {len(diffusion)}.")
+        self.clean_positions = clean_positions
+        self.cutoff = cutoff
+        self.val_seed = val_seed
+
+    @property
+    def diffusion_output(self) -> DiffusionOutput:
+        return next(o for o in self.outputs if isinstance(o, DiffusionOutput))
+
+    def _noised_batch(self, batch, generator=None):
+        output = self.diffusion_output
+        idx_m = batch[properties.idx_m]
+        x0 = batch[self.clean_positions or properties.R].to(batch[properties.R].dtype)
+        noised = output.objective.noise(x0, idx_m, generator=generator)
+        new = dict(batch)
+        new[properties.R] = noised["x_t"]
+        new[DIFFUSION_TIME] = noised["t"]
+        new.update(full_neighbor_list(idx_m, self.cutoff, noised["x_t"]))
+        new[output.target_property] = output.network_target(noised, idx_m)
+        return new, {"_noised": noised}
+
+    def _generator(self, batch_idx, device):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
+        return generator
+
+    def training_step(self, batch, batch_idx):
+        new, extra = self._noised_batch(batch)
+        with self._context(new, extra):
+            return AtomisticTask.training_step(self, new, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
+        with self._context(new, extra):
+            return AtomisticTask.validation_step(self, new, batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
+        with self._context(new, extra):
+            return AtomisticTask.test_step(self, new, batch_idx)
+
+    @torch.no_grad()
+    def sample(self, molecules: Sequence, *, steps: int = 100, method: Optional[str] = None, batch_size: int = 64,
+               seed: Optional[int] = None, progress: bool = False) -> list:
+        """Generate one conformer per entry of ``molecules`` (ASE ``Atoms`` or atomic-number sequences).
+
+        Args:
+            steps: denoising steps.
+            method: ``ancestral`` (default for diffusion), ``ddim``, or ``euler`` (flow matching).
+            batch_size: molecules per network call.
+            seed: seed of the sampler's noise.
+
+        Returns:
+            a list of ``ase.Atoms`` with the generated positions (Å, centred).
+        """
+        from ase import Atoms
+
+        numbers_list = [torch.as_tensor(m.numbers if hasattr(m, "numbers") else m, dtype=torch.long) for m in molecules]
+        device = next(self.parameters()).device
+        dtype = next(self.parameters()).dtype
+        generator = torch.Generator(device=device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        was_training, pp = self.training, self.model.do_postprocessing
+        self.eval()
+        self.model.do_postprocessing = False
+        name = self.diffusion_output.name
+        result = []
+        try:
+            for start in range(0, len(numbers_list), batch_size):
+                chunk = numbers_list[start : start + batch_size]
+                counts = torch.tensor([len(z) for z in chunk], device=device)
+                numbers = torch.cat(chunk).to(device)
+                idx_m = torch.repeat_interleave(torch.arange(len(chunk), device=device), counts)
+
+                def denoiser(x, t, batch, numbers=numbers, counts=counts):
+                    inputs = {properties.Z: numbers, properties.R: x.to(dtype), properties.idx_m: batch,
+                              properties.n_atoms: counts, DIFFUSION_TIME: t.to(dtype),
+                              properties.cell: torch.zeros(len(counts), 3, 3, dtype=dtype, device=device),
+                              properties.pbc: torch.zeros(len(counts), 3, dtype=torch.bool, device=device)}
+                    inputs.update(full_neighbor_list(batch, self.cutoff, x.to(dtype)))
+                    return self.model(inputs)[name]
+
+                x = self.diffusion_output.objective.sample(denoiser, idx_m, steps=steps, method=method,
+                                                           progress=progress, generator=generator)
+                for positions, z in zip(torch.split(x.cpu(), counts.tolist()), chunk):
+                    result.append(Atoms(numbers=z.numpy(), positions=positions.double().numpy()))
+        finally:
+            self.train(was_training)
+            self.model.do_postprocessing = pp
+        return result

@@ -1,0 +1,46 @@
+"""SchNetPack data transforms of the adapter (usable in ``data.transforms`` of a YAML config)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+import schnetpack.properties as properties
+from schnetpack.transform.base import Transform
+
+from energyloss_plugins.alignment import random_rotations
+
+
+class RotateTarget(Transform):
+    """Rotate the target positions of each sample by a fixed random rotation about their centroid.
+
+    Simulates data that arrives in arbitrary frames: the input geometry and the target no longer
+    share a frame. The rotation depends only on ``seed`` and the sample's database index, so every
+    epoch (and every process) sees the same rotated target. A rotation-invariant loss (energy) does
+    not care; MSE does (SPEC §6).
+
+    Args:
+        property: key of the target positions.
+        seed: base seed of the rotations.
+        enabled: False makes the transform a no-op (so a YAML flag can switch it).
+    """
+
+    is_preprocessor: bool = True
+    is_postprocessor: bool = False
+
+    def __init__(self, property: str = "target_positions", seed: int = 0, enabled: bool = True):
+        super().__init__()
+        self.enabled = bool(enabled)
+        self.property = property
+        self.seed = seed
+
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if not self.enabled:
+            return inputs
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(inputs[properties.idx].reshape(-1)[0]))
+        target = inputs[self.property]
+        rotation = random_rotations(1, 3, dtype=target.dtype, generator=generator)[0]
+        centre = target.mean(0, keepdim=True)
+        inputs[self.property] = (target - centre) @ rotation.T + centre
+        return inputs
