@@ -6,7 +6,7 @@ logging, torchmetrics, checkpoints, EMA, ``spktrain``'s best-model export). They
 1. pass the batch context (``_idx_m``, atomic numbers, input positions) into ``targets`` so that
    the outputs' structure losses see which atoms form one structure;
 2. log the core's structure metrics (aligned RMSD, bond-length MAE, ...) per epoch
-   (``val_aligned_rmsd``, ...), next to SchNetPack's own metrics in TensorBoard/CSV;
+   (``val_rmsd``, ``val_bond_mae``, ...), next to SchNetPack's own metrics in TensorBoard/CSV;
 3. for diffusion, noise the clean positions before the forward pass and rebuild the neighbour list
    on the noisy positions, and sample new structures as ASE ``Atoms``.
 
@@ -117,7 +117,7 @@ class StructureTask(_ContextTask):
                                              targets[properties.idx_m], targets[properties.Z])
             prefix = f"{subset}_" if len(self.outputs) == 1 else f"{subset}_{output.name}_"
             for key, value in values.items():
-                self.log(prefix + key, value, on_step=False, on_epoch=True, prog_bar=key == "aligned_rmsd",
+                self.log(prefix + key, value, on_step=False, on_epoch=True, prog_bar=key == "rmsd",
                          batch_size=n_structures, sync_dist=subset != "train")
 
 
@@ -128,9 +128,9 @@ def structure_metric_values(pred, target, batch, numbers) -> Dict[str, torch.Ten
     except ImportError:  # the metrics package is optional at run time: fall back to the core's aligned RMSD
         from energyloss_plugins.alignment import aligned_rmsd
 
-        warnings.warn("energyloss_plugins.metrics is not available: logging aligned_rmsd only.", stacklevel=2)
+        warnings.warn("energyloss_plugins.metrics is not available: logging the aligned RMSD only.", stacklevel=2)
         with torch.no_grad():
-            values = {"aligned_rmsd": aligned_rmsd(pred.detach(), target.detach(), batch)}
+            values = {"rmsd": aligned_rmsd(pred.detach(), target.detach(), batch)}
     out = {}
     for key, value in values.items():
         value = torch.as_tensor(value).detach().float()

@@ -1,0 +1,62 @@
+"""Small helpers shared by the adapter's tests, demo and benchmarks (not part of the public API)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def tiny_structure_db(directory: str, n_molecules: int = 12, max_heavy_atoms: int = 6, seed: int = 0,
+                      inputs=("cheap", "thermal")) -> str:
+    """Build (once) a small structure database with ``energyloss-data``'s builder from RDKit's bundled NCI set."""
+    from energyloss_plugins.data import build_dataset
+
+    path = os.path.join(directory, "data.db")
+    if not os.path.exists(os.path.join(directory, "split.npz")):
+        build_dataset("nci", path, method="mmff", inputs=inputs, max_molecules=n_molecules,
+                      max_heavy_atoms=max_heavy_atoms, seed=seed, progress=False)
+    return path
+
+
+def small_painn(n_atom_basis: int = 16, n_interactions: int = 2, cutoff: float = 5.0, electronic_embeddings=None):
+    import schnetpack as spk
+
+    return spk.representation.PaiNN(n_atom_basis=n_atom_basis, n_interactions=n_interactions,
+                                    radial_basis=spk.nn.GaussianRBF(n_rbf=10, cutoff=cutoff),
+                                    cutoff_fn=spk.nn.CosineCutoff(cutoff), electronic_embeddings=electronic_embeddings)
+
+
+def small_so3net(n_atom_basis: int = 16, n_interactions: int = 2, cutoff: float = 5.0, electronic_embeddings=None):
+    import schnetpack as spk
+
+    return spk.representation.SO3net(n_atom_basis=n_atom_basis, n_interactions=n_interactions, lmax=1,
+                                     radial_basis=spk.nn.GaussianRBF(n_rbf=10, cutoff=cutoff),
+                                     cutoff_fn=spk.nn.CosineCutoff(cutoff), electronic_embeddings=electronic_embeddings)
+
+
+def structure_task(loss: str = "energy", representation=None, lr: float = 1e-3, **loss_kwargs):
+    """A small PaiNN structure task built in Python (what the YAML experiment instantiates)."""
+    import schnetpack as spk
+
+    from schnetpack_ext import EnergyLoss, PositionHead, StructureOutput, StructureTask
+
+    representation = representation or small_painn()
+    model = spk.model.NeuralNetworkPotential(
+        representation=representation, input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[PositionHead(n_in=representation.n_atom_basis, output_key="positions_pred")])
+    output = StructureOutput(name="positions_pred", target_property="target_positions",
+                             loss_fn=EnergyLoss(loss=loss, **loss_kwargs))
+    return StructureTask(model=model, outputs=[output], optimizer_cls=torch.optim.Adam, optimizer_args={"lr": lr})
+
+
+def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0, shuffle: bool = False,
+           load_properties=("target_positions",)):
+    import schnetpack as spk
+    import schnetpack.transform as trn
+
+    dataset = spk.data.ASEAtomsData(datapath, load_properties=list(load_properties),
+                                    transforms=[trn.MatScipyNeighborList(cutoff=cutoff), trn.CastTo32()])
+    if indices is not None:
+        dataset = dataset.subset(list(indices))
+    return spk.data.AtomsLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0)
