@@ -25,7 +25,7 @@ def kabsch_rotation(mobile: Tensor, reference: Tensor, batch: Tensor, n_structur
     r = reference - segment_mean(reference, batch, n_structures)[batch]
     # Covariance per structure in float64: SVD of near-degenerate (planar, linear) structures
     # is ill-conditioned in float32.
-    outer = (m.double().unsqueeze(2) * r.double().unsqueeze(1)).reshape(m.shape[0], -1)
+    outer = (m.double().unsqueeze(2) * r.double().unsqueeze(1)).reshape(m.shape[0], m.shape[1] * m.shape[1])
     d = mobile.shape[1]
     cov = outer.new_zeros(n_structures, d * d).index_add_(0, batch, outer).view(n_structures, d, d)
     u, _, vh = torch.linalg.svd(cov)

@@ -56,7 +56,8 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
     """All pairs i < j inside each structure, in chunks of consecutive first atoms.
 
     Atom ``a`` with local index ``l`` in a structure of ``n`` atoms pairs with the ``n - 1 - l``
-    atoms after it, so each chunk is built without a Python loop over structures.
+    atoms after it, so each chunk is built without a Python loop over structures. Inside a chunk
+    the pairs are ordered by offset j - i (i.e. by diagonals of the pair matrix).
     """
     n_atoms = batch.shape[0]
     device = batch.device
@@ -77,13 +78,21 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
         base = int(ends[lo - 1]) if lo else 0
         hi = int(torch.searchsorted(ends, base + max_pairs, right=True))
         hi = min(max(hi, lo + 1), n_atoms)
-        atoms = torch.arange(lo, hi, device=device)
         reps = n_partners[lo:hi]
-        i = torch.repeat_interleave(atoms, reps)
-        first = torch.cumsum(reps, 0) - reps
-        j = i + 1 + torch.arange(i.shape[0], device=device) - torch.repeat_interleave(first, reps)
-        pairs = torch.stack([i, j])
-        yield pairs if order is None else order[pairs]
+        max_offset = int(reps.max())
+        if max_offset > 0:
+            # Pairs (a, a + o) ordered by offset o, then by atom: consecutive pairs never share an
+            # atom, so the loss's scatter-adds onto either atom do not serialise on one address.
+            atoms = torch.argsort(reps, descending=True, stable=True)  # local atoms with ≥ o partners come first
+            n_with = torch.bincount(reps, minlength=max_offset + 1).flip(0).cumsum(0).flip(0)[1:]
+            offsets = torch.repeat_interleave(torch.arange(1, max_offset + 1, device=device), n_with)
+            first = torch.cumsum(n_with, 0) - n_with
+            rank = torch.arange(offsets.shape[0], device=device) - torch.repeat_interleave(first, n_with)
+            i = atoms.index_select(0, rank) + lo
+            pairs = torch.stack([i, i + offsets])
+            yield pairs if order is None else order[pairs]
+        else:
+            yield torch.zeros(2, 0, dtype=torch.long, device=device)
         lo = hi
 
 
@@ -158,23 +167,27 @@ def rigidity_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator
     Args:
         edges: ``(E, 2)`` local pairs; n atoms; d dimensions.
     """
-    if n <= d + 1:
-        return len({tuple(sorted(e)) for e in edges.tolist()}) == n * (n - 1) // 2
-    pos = rng.standard_normal((n, d))
-    return int(np.linalg.matrix_rank(_rigidity_matrix(edges, pos))) == d * n - d * (d + 1) // 2
+    return _rigidity_tests(edges, n, d, rng, stress=False)
 
 
 def stress_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator) -> bool:
     """Global rigidity test (Connelly; Gortler–Healy–Thurston): at generic positions a random
-    equilibrium stress has a stress matrix of rank ``n - d - 1``."""
-    if n <= d + 1:
-        return rigidity_rank_ok(edges, n, d, rng)
-    pos = rng.standard_normal((n, d))
-    r = _rigidity_matrix(edges, pos)
-    # Equilibrium stresses ω span the left null space of R (ωᵀ R = 0).
+    equilibrium stress has a stress matrix of rank ``n - d - 1`` (requires rigidity)."""
+    return _rigidity_tests(edges, n, d, rng, stress=True)
+
+
+def _rigidity_tests(edges: np.ndarray, n: int, d: int, rng: np.random.Generator, stress: bool) -> bool:
+    """Rigidity rank test, then (with ``stress``) the stress-matrix rank test, from one SVD."""
+    if n <= d + 1:  # a simplex: rigid and globally rigid exactly when complete
+        return len({tuple(sorted(e)) for e in edges.tolist()}) == n * (n - 1) // 2
+    r = _rigidity_matrix(edges, rng.standard_normal((n, d)))
     u, s, _ = np.linalg.svd(r, full_matrices=True)
     rank = int((s > s.max() * max(r.shape) * np.finfo(float).eps).sum())
-    stresses = u[:, rank:]
+    if rank != d * n - d * (d + 1) // 2:
+        return False
+    if not stress:
+        return True
+    stresses = u[:, rank:]  # equilibrium stresses ω span the left null space of R (ωᵀ R = 0)
     if stresses.shape[1] == 0:
         return False
     omega = stresses @ rng.standard_normal(stresses.shape[1])
@@ -215,7 +228,7 @@ def rigid_sparse_graph(n: int, d: int, seed: int = 0, member: int = 0, verify_ma
     for _ in range(100):
         g = nx.random_regular_graph(2 * d, n, seed=int(rng.integers(2**31)))
         edges = np.array(g.edges(), dtype=np.int64).reshape(-1, 2)
-        if n > verify_max_n or (rigidity_rank_ok(edges, n, d, rng) and stress_rank_ok(edges, n, d, rng)):
+        if n > verify_max_n or stress_rank_ok(edges, n, d, rng):
             edges.sort(axis=1)
             return torch.from_numpy(edges.T.copy())
     raise RuntimeError(f"No globally rigid {2 * d}-regular graph on {n} vertices found in 100 draws.")
