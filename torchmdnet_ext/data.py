@@ -1,0 +1,35 @@
+"""TorchMD-Net ``DataModule`` that also understands the offline builder's ``split.npz``."""
+
+from __future__ import annotations
+
+import os
+
+from torchmdnet import datasets
+from torchmdnet.data import DataModule
+
+from torchmdnet_ext.datasets import convert_split
+
+
+class PositionDataModule(DataModule):
+    """TorchMD-Net's ``DataModule`` plus split handling for position datasets.
+
+    ``splits`` may be TorchMD-Net's npz (``idx_train/idx_val/idx_test``, dataset indices) or the
+    builder's (``train_idx/val_idx/test_idx``, 0-based database rows, mapped through the dataset's
+    ``input_kinds`` filter). Without ``splits``, an :class:`~torchmdnet_ext.datasets.EnergyLossDB`
+    uses the ``split.npz`` beside its database (split by molecule) when it exists, else TorchMD-Net's
+    random ``train_size/val_size/test_size`` split.
+    """
+
+    def setup(self, stage):
+        if self.dataset is None and self.hparams["dataset"] not in (None, "Custom"):
+            dataset_arg = dict(self.hparams["dataset_arg"] or {})
+            if self.hparams["dataset"] == "HDF5":
+                dataset_arg["dataset_preload_limit"] = self.hparams["dataset_preload_limit"]
+            self.dataset = getattr(datasets, self.hparams["dataset"])(self.hparams["dataset_root"], **dataset_arg)
+        split_file = self.hparams["splits"]
+        if split_file is None and getattr(self.dataset, "split_file", None) and os.path.exists(self.dataset.split_file):
+            split_file = self.dataset.split_file
+        if split_file is not None and hasattr(self.dataset, "dataset_indices"):
+            out = os.path.join(self.hparams["log_dir"], "source_splits.npz")
+            self.hparams["splits"] = convert_split(self.dataset, split_file, out)
+        super().setup(stage)

@@ -1,0 +1,57 @@
+"""Using trained position models: predictions, denoisers and sampling (the core's samplers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from energyloss_plugins.tasks import DiffusionObjective
+
+
+def objective_from_checkpoint(path: str) -> DiffusionObjective:
+    """The diffusion objective (parameterisation, schedule) a checkpoint was trained with."""
+    from torchmdnet_ext.module import make_objective, prepare_hparams
+
+    hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+    h = prepare_hparams(hparams)
+    if h["task"] != "diffusion":
+        raise ValueError(f"{path} was trained on task {h['task']!r}, not diffusion.")
+    return make_objective(h)
+
+
+def denoiser(model, z: Tensor, box=None, q=None, s=None):
+    """``fn(x_t, t, batch) -> output`` of a ``NoiseOutput`` TorchMD-Net model (the core sampler's signature)."""
+    from torchmdnet_ext.module import run_denoiser
+
+    def fn(x_t: Tensor, t: Tensor, batch: Tensor) -> Tensor:
+        return run_denoiser(model, z, x_t.to(z.device), batch, t[batch].to(x_t.dtype), box=box, q=q, s=s)
+
+    return fn
+
+
+@torch.no_grad()
+def sample_positions(model, z: Tensor, batch: Tensor, *, objective: DiffusionObjective | None = None,
+                     checkpoint: str | None = None, steps: int = 100, method: str | None = None,
+                     generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """Generate ``(N, 3)`` positions (Å, zero centre of mass) for atoms ``z`` grouped by ``batch``.
+
+    Give the training ``objective`` or the ``checkpoint`` path it is read from.
+    """
+    if objective is None:
+        if checkpoint is None:
+            raise ValueError("sample_positions needs objective= or checkpoint= (for the parameterisation and schedule).")
+        objective = objective_from_checkpoint(checkpoint)
+    was_training = model.training
+    model.eval()
+    try:
+        return objective.sample(denoiser(model, z), batch, steps=steps, method=method, progress=progress,
+                                generator=generator)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict_positions(model, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+    """Predicted equilibrium positions ``(N, 3)`` of a structure-task model for input geometries ``pos``."""
+    y, _ = model(z, pos, batch=batch)
+    return y

@@ -1,0 +1,244 @@
+"""``PositionLNNP``: TorchMD-Net's ``LNNP`` trained on position targets (structure prediction or diffusion).
+
+The stock ``LNNP`` trains energies ``y`` and forces ``neg_dy`` with element-wise losses and no batch
+vector. This subclass keeps its optimiser, learning-rate schedule, EMA-free logging layout
+(``{stage}_total_{loss}``), checkpoints and hyper-parameters, and replaces the step:
+
+- ``task: structure``: the model (a :mod:`torchmdnet_ext.heads` ``PositionOutput``) maps the input
+  geometry ``pos`` to positions; the loss compares them with ``pos_target`` through the core's
+  :class:`energyloss_plugins.tasks.StructureObjective` (with the batch vector, atomic numbers, bonds);
+  validation and test also log the core's structure metrics (aligned RMSD, bond-length MAE,
+  stability) as ``{stage}_{metric}``.
+- ``task: diffusion``: ``pos_target`` (or ``pos`` if absent) is noised by the core's
+  :class:`energyloss_plugins.tasks.DiffusionObjective`; a ``NoiseOutput`` head predicts ε/v/x0/velocity
+  with the time as input, and the objective's loss (energy on the implied clean sample) is used.
+
+``train_loss`` names: see :mod:`torchmdnet_ext.losses` (``energy_loss``, ``kabsch_loss``, ``mse_loss``,
+``l1_loss``); ``train_loss_arg`` holds the core loss options, e.g. ``{coefficients: exp, graph: complete}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections import defaultdict
+from collections.abc import Mapping
+
+import torch
+import yaml
+from torchmdnet.module import LNNP
+
+from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
+from torchmdnet_ext import heads
+from torchmdnet_ext.losses import CORE_NAMES, core_name
+
+TASKS = ("structure", "diffusion")
+
+#: Hyper-parameters this package adds (also console-script options); defaults.
+PLUGIN_DEFAULTS = {
+    "task": "structure",
+    "parameterization": "eps",
+    "noise_schedule": "polynomial",
+    "max_weight": 1000.0,
+    "sampling_steps": 100,
+    "log_structure_metrics": True,
+}
+
+#: Losses logged besides ``train_loss`` during validation (l1_loss first, as in TorchMD-Net).
+MONITOR_LOSSES = ("l1_loss", "mse_loss")
+
+
+def _parse_mapping(value, name: str) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a mapping (YAML dict), got {value!r}.")
+    return dict(value)
+
+
+def prepare_hparams(hparams) -> dict:
+    """Validate and complete the hyper-parameters of a position task (also used by the console script)."""
+    if isinstance(hparams, argparse.Namespace):
+        hparams = vars(hparams)
+    h = dict(hparams)
+    for key, value in PLUGIN_DEFAULTS.items():
+        if h.get(key) is None:
+            h[key] = value
+    if h["task"] not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {h['task']!r}.")
+    h.setdefault("train_loss", "energy_loss")
+    if h["train_loss"] not in CORE_NAMES:
+        raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of {sorted(CORE_NAMES)} "
+                         "(energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, l1_loss).")
+    h["train_loss_arg"] = _parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
+    _check_loss_options(h["train_loss"], h["train_loss_arg"], h["task"])
+    if h.get("derivative"):
+        raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; set derivative: false.")
+    if h.get("standardize"):
+        raise ValueError("standardize: true rescales energies; it does not apply to position targets.")
+    if h.get("remove_ref_energy"):
+        raise ValueError("remove_ref_energy does not apply to position targets.")
+    if h.get("prior_model"):
+        raise ValueError("Prior models add energies; position heads do not take them (remove prior_model).")
+    wanted = "PositionOutput" if h["task"] == "structure" else "NoiseOutput"
+    output = h.get("output_model") or "Scalar"
+    if output == "Scalar":  # TorchMD-Net's default: pick the head of the task
+        output = wanted
+    if heads.base_name(output) != wanted:
+        raise ValueError(f"task {h['task']!r} needs output_model: {wanted} (a per-atom vector head), got {output!r}.")
+    h["output_model"] = heads.checkpoint_name(output)
+    for key in ("precision", "load_model", "charge", "spin", "remove_ref_energy"):
+        h.setdefault(key, {"precision": 32}.get(key))
+    h["remove_ref_energy"] = bool(h["remove_ref_energy"])
+    return h
+
+
+def _check_loss_options(train_loss: str, options: dict, task: str):
+    name = core_name(train_loss)
+    if name == "energy":
+        from energyloss_plugins.modules import PairEnergyLoss
+
+        energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize", "chunk_size"}
+        unknown = set(options) - energy_keys
+        if unknown:
+            raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; valid: {sorted(energy_keys)}.")
+        PairEnergyLoss(**options)  # fails now for a misspelt scheme or graph
+        if task == "diffusion" and (options.get("graph") == "bonds" or options.get("coefficients") == "bond_aware"):
+            raise ValueError("Bond-based energy options (graph: bonds, coefficients: bond_aware) are not available for "
+                             "task: diffusion (the core DiffusionObjective takes no bonds); use them with task: structure.")
+    else:
+        unknown = set(options) - {"reduction", "normalize"}
+        if unknown:
+            warnings.warn(f"train_loss_arg {sorted(unknown)} ignored by {train_loss} (energy-only options).", stacklevel=3)
+
+
+def make_objective(h: Mapping, train_loss: str | None = None):
+    """The core objective of a position task; ``train_loss`` overrides the configured loss (monitors)."""
+    name = train_loss or h["train_loss"]
+    options = h["train_loss_arg"] if name == h["train_loss"] else {}
+    if h["task"] == "structure":
+        return StructureObjective(core_name(name), options)
+    return DiffusionObjective(core_name(name), parameterization=h["parameterization"], schedule=h["noise_schedule"],
+                              loss_kwargs=options, max_weight=h["max_weight"])
+
+
+def run_denoiser(model, z, x_t, batch, t_atoms, box=None, q=None, s=None):
+    """Output of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times ``t_atoms``."""
+    x, v, z, pos, batch = model.representation_model(z, x_t, batch, box=box, q=q, s=s)
+    return model.output_model.pre_reduce(x, v, z, pos, batch, box=box, t=t_atoms)
+
+
+class PositionLNNP(LNNP):
+    """LNNP for position targets; same constructor as TorchMD-Net's ``LNNP``."""
+
+    def __init__(self, hparams, prior_model=None, mean=None, std=None):
+        hparams = prepare_hparams(hparams)
+        super().__init__(hparams, prior_model=None, mean=None, std=None)
+        self.objective = make_objective(self.hparams)
+        self._monitors = {name: make_objective(self.hparams, name) for name in MONITOR_LOSSES}
+        self._metrics_warned = False
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, [self.hparams.train_loss], "train")
+
+    def validation_step(self, batch, batch_idx, *args):
+        is_val = len(args) == 0 or args[0] == 0
+        stage = "val" if is_val else "test"
+        names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
+        return self.step(batch, names if is_val else ["l1_loss"], stage)
+
+    def test_step(self, batch, batch_idx):
+        names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
+        return self.step(batch, names, "test")
+
+    def _objective(self, name):
+        return self.objective if name == self.hparams.train_loss else self._monitors[name]
+
+    def _conditioning(self, batch):
+        box = batch.box if "box" in batch else None
+        q = batch.q if self.hparams.charge else None
+        s = batch.s if self.hparams.spin else None
+        return box, q, s
+
+    def step(self, batch, loss_names, stage):
+        batch = self.data_transform(batch)
+        z, b = batch.z, batch.batch
+        target = batch.pos_target if "pos_target" in batch else batch.pos
+        bonds = batch.bond_index if "bond_index" in batch else None
+        box, q, s = self._conditioning(batch)
+        values = {}
+        with torch.set_grad_enabled(stage == "train"):
+            if self.hparams.task == "structure":
+                pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
+                for name in loss_names:
+                    values[name] = self._objective(name).loss(pred, target, b, numbers=z, bonds=bonds)
+            else:
+                noised = self.objective.noise(target, b)
+                out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
+                for name in loss_names:
+                    values[name] = self._objective(name).loss(out, noised, b, numbers=z)
+        for name, value in values.items():
+            self.losses[stage]["y"][name].append(value.detach())
+            self.losses[stage]["total"][name].append(value.detach())
+        if stage != "train" and self.hparams.task == "structure" and self.hparams.log_structure_metrics:
+            self._record_metrics(stage, pred, target, b, z, bonds)
+        return values[loss_names[-1]]
+
+    def _record_metrics(self, stage, pred, target, b, z, bonds):
+        try:
+            metrics = StructureObjective.metrics(pred, target, b, z, bonds=bonds)
+        except ImportError as err:  # metrics module missing: aligned RMSD from the core alignment
+            if not self._metrics_warned:
+                warnings.warn(f"energyloss_plugins.metrics unavailable ({err}); logging aligned RMSD only.", stacklevel=2)
+                self._metrics_warned = True
+            from energyloss_plugins.alignment import aligned_rmsd
+
+            metrics = {"rmsd": aligned_rmsd(pred.detach(), target, b)}
+        for key, value in metrics.items():
+            value = torch.as_tensor(value, dtype=torch.float32, device=self.device).detach()
+            value = value.nanmean() if value.numel() > 1 else value.reshape(())
+            self.losses[stage]["metric"][key].append(value)
+
+    def predict_step(self, batch, batch_idx):
+        """Predicted positions ``(N, 3)`` (structure) or generated positions (diffusion, ``sampling_steps``)."""
+        batch = self.data_transform(batch)
+        box, q, s = self._conditioning(batch)
+        if self.hparams.task == "structure":
+            return self(batch.z, batch.pos, batch=batch.batch, box=box, q=q, s=s)[0]
+        from torchmdnet_ext.inference import sample_positions
+
+        return sample_positions(self.model, batch.z, batch.batch, objective=self.objective,
+                                steps=self.hparams.sampling_steps)
+
+    # --------------------------------------------------------------- logging
+    def _reset_losses_dict(self):
+        super()._reset_losses_dict()
+        for stage in ("train", "val", "test"):
+            self.losses[stage]["metric"] = defaultdict(list)
+
+    def _metric_means(self, stages) -> dict:
+        out = {}
+        for stage in stages:
+            for key, values in self.losses[stage]["metric"].items():
+                if values:
+                    out[f"{stage}_{key}"] = torch.stack(values).nanmean()
+        return out
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            metrics = self._metric_means(("val", "test"))
+            if metrics:
+                self.log_dict(metrics, sync_dist=True)
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            metrics = self._metric_means(("test",))
+            if metrics:
+                self.log_dict(metrics, sync_dist=True)
+        super().on_test_epoch_end()
