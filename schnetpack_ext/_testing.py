@@ -51,7 +51,7 @@ def structure_task(loss: str = "energy", representation=None, lr: float = 1e-3, 
 
 
 def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0, shuffle: bool = False,
-           load_properties=("target_positions",)):
+           load_properties=("target_positions",), sampler=None):
     import schnetpack as spk
     import schnetpack.transform as trn
 
@@ -59,4 +59,59 @@ def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0
                                     transforms=[trn.MatScipyNeighborList(cutoff=cutoff), trn.CastTo32()])
     if indices is not None:
         dataset = dataset.subset(list(indices))
-    return spk.data.AtomsLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0)
+    return spk.data.AtomsLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, sampler=sampler)
+
+
+try:
+    import pytorch_lightning as _pl
+
+    _Callback = _pl.Callback
+except ImportError:  # pragma: no cover
+    _Callback = object
+
+
+class RecordSteps(_Callback):
+    """Lightning callback (top level, so ddp_spawn can pickle it): per-rank step losses and final parameters."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.losses = []
+        self.indices = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss.detach()))
+        if "_idx" in batch:
+            self.indices.append(batch["_idx"].tolist())
+
+    def on_train_end(self, trainer, pl_module):
+        import json
+
+        rank = trainer.global_rank
+        with open(os.path.join(self.directory, f"losses_rank{rank}.json"), "w") as f:
+            json.dump(self.losses, f)
+        with open(os.path.join(self.directory, f"indices_rank{rank}.json"), "w") as f:
+            json.dump(self.indices, f)
+        torch.save({k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+                   os.path.join(self.directory, f"params_rank{rank}.pt"))
+
+
+class InterleavedSampler(torch.utils.data.Sampler):
+    """Indices ``rank::world_size`` of ``range(n)`` in order (rank read at iteration time, so it pickles for ddp_spawn)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def _slice(self):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return list(range(self.n))[dist.get_rank()::dist.get_world_size()]
+        return list(range(self.n))
+
+    def __iter__(self):
+        return iter(self._slice())
+
+    def __len__(self):
+        return len(self._slice())
