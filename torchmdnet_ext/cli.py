@@ -29,6 +29,14 @@ from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS, _parse_mapping, prepar
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
 
 
+def _bool(text) -> bool:
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
 def get_argparse() -> argparse.ArgumentParser:
     from torchmdnet.scripts.train import get_argparse as tmd_argparse
 
@@ -52,7 +60,7 @@ def get_argparse() -> argparse.ArgumentParser:
                        help="Clip of the diffusion time weight w_t.")
     group.add_argument("--sampling-steps", default=PLUGIN_DEFAULTS["sampling_steps"], type=int,
                        help="Denoising steps used by predict_step (diffusion).")
-    group.add_argument("--log-structure-metrics", default=PLUGIN_DEFAULTS["log_structure_metrics"], type=bool,
+    group.add_argument("--log-structure-metrics", default=PLUGIN_DEFAULTS["log_structure_metrics"], type=_bool,
                        help="Log aligned RMSD, bond-length MAE and stability in validation/test (structure task).")
     return parser
 
