@@ -116,6 +116,8 @@ def main():
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--settings", nargs="+", default=["same", "random"])
     p.add_argument("--losses", nargs="+", default=list(LOSSES))
+    p.add_argument("--db", default=None, help="reuse a database built the same way (split.npz beside it), e.g. the "
+                   "SchNetPack benchmark's, so both adapters train on the same molecules and split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
@@ -123,7 +125,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     import torchmdnet_ext  # noqa: F401
 
-    db = build(a.out, a.molecules, a.seed)
+    db = os.path.abspath(a.db) if a.db else build(a.out, a.molecules, a.seed)
+    split_file = os.path.join(os.path.dirname(db), "split.npz")
     path = os.path.join(a.out, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else []
     done = {(r["model"], r["setting"], r["loss"]) for r in results}
@@ -131,7 +134,7 @@ def main():
         from torchmdnet_ext.datasets import EnergyLossDB
 
         ds = EnergyLossDB(db)
-        test_rows = np.load(os.path.join(a.out, "split.npz"))["test_idx"]
+        test_rows = np.load(split_file)["test_idx"]
         from torch_geometric.loader import DataLoader
 
         b = next(iter(DataLoader([ds[int(i)] for i in ds.dataset_indices(test_rows)], batch_size=10**6)))
