@@ -171,6 +171,18 @@ def test_prepare_hparams_errors():
     assert h["output_model"].startswith("PositionOutput") and h["train_loss_arg"] == {"coefficients": "inverse"}
 
 
+def test_cli_task_resolution(tmp_path):
+    from torchmdnet_ext.cli import get_args
+
+    stock = get_args(["--dataset", "QM9", "--log-dir", str(tmp_path / "a")])
+    assert stock.task == "energy" and stock.output_model == "Scalar"  # TorchMD-Net's own training, unchanged
+    pos = get_args(["--dataset", "EnergyLossDB", "--log-dir", str(tmp_path / "b"), "--log-structure-metrics", "false",
+                    "--train-loss", "kabsch_loss", "--dataset-arg", "{target_frame: random}"])
+    assert pos.task == "structure" and pos.output_model.startswith("PositionOutput")
+    assert pos.log_structure_metrics is False and pos.dataset_arg == {"target_frame": "random"}
+    assert (tmp_path / "b" / "input.yaml").exists()
+
+
 # --------------------------------------------------------------------------------------- datasets
 def test_datasets_db_hdf5_frames_and_splits(db_path, tmp_path):
     from torch_geometric.loader import DataLoader
