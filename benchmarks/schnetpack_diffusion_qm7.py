@@ -38,7 +38,7 @@ def main(argv=None):
     run_id = f"diffusion_{args.loss}"
     overrides = ["globals.clean_positions=target_positions", "data.load_properties=[target_positions]",
                  "data.batch_size=32", "globals.lr=1e-3", "model.representation.n_atom_basis=64",
-                 "model.representation.n_interactions=3", "trainer.enable_model_summary=false",
+                 "model.representation.n_interactions=2", "trainer.enable_model_summary=false",
                  "+trainer.enable_progress_bar=false", "+seed=0"]
     run_dir = os.path.join(args.out, "runs", run_id)
     if not glob.glob(os.path.join(run_dir, "checkpoints", "*.ckpt")):

@@ -41,7 +41,7 @@ def main(argv=None):
                    help="copy the first N frames of the source to <out>/source_head.extxyz before building "
                         "(ASE parses all 7,101 QM7 frames slowly; the builder works in source order, so the result "
                         "is the same as with the whole file as long as N covers --molecules)")
-    p.add_argument("--budget", type=int, default=180, help="training seconds per run")
+    p.add_argument("--budget", type=int, default=240, help="training seconds per run")
     p.add_argument("--only", default="mse,kabsch,energy", help="losses to train")
     p.add_argument("--settings", default="same,rotated")
     p.add_argument("--tag", default="", help="suffix of the run names (for tuning variants)")
@@ -61,8 +61,8 @@ def main(argv=None):
     results = json.load(open(results_file)) if os.path.exists(results_file) else {}
     results.setdefault("target itself (reference)", evaluate_targets(datapath))
     results.setdefault("MMFF94 input (no model)", evaluate_inputs(datapath))
-    common = ["data.batch_size=16", "globals.lr=1e-3", "model.representation.n_atom_basis=64",
-              "model.representation.n_interactions=3", "trainer.enable_model_summary=false",
+    common = ["data.batch_size=16", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
+              "model.representation.n_interactions=2", "globals.displacement_scale=0.1", "trainer.enable_model_summary=false",
               "+trainer.enable_progress_bar=false", "+seed=0"]
     for setting in args.settings.split(","):
         for loss in args.only.split(","):

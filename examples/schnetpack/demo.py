@@ -45,6 +45,7 @@ def main(argv=None):
                                   overrides=["data.batch_size=8", "globals.lr=1e-3",
                                              "model.representation.n_atom_basis=32",
                                              "model.representation.n_interactions=2",
+                                             "globals.displacement_scale=0.1",
                                              "trainer.enable_model_summary=false"])
 
     print("\n[3/3] evaluating on the test molecules", flush=True)
