@@ -1,0 +1,70 @@
+"""ASE bridge: energy landscapes of the pair energy loss as ASE calculators (needs ``ase``).
+
+- :class:`EnergyLossCalculator`: E(atoms, reference) in eV as a standard ASE calculator.
+- :func:`coefficients_from_calculator`: non-negative pair springs fitted to any calculator's Hessian.
+- :func:`boltzmann_sample`: Langevin samples of the surrogate at temperature T.
+- :class:`MMFFCalculator`: RDKit MMFF94 as an ASE calculator; :class:`TorchMDNetCalculator`.
+- :func:`predict_structures`, :func:`sample_structures`: run structure / diffusion models on Atoms.
+
+See docs/ase.md.
+"""
+
+from energyloss_plugins.ase._utils import (
+    bonds_from_atoms,
+    frequencies_cm,
+    n_rigid_modes,
+    normal_modes,
+    pairs_for_atoms,
+)
+from energyloss_plugins.ase.calculator import EnergyLossCalculator
+from energyloss_plugins.ase.mmff import MMFFCalculator, mmff_relax, mol_from_atoms
+from energyloss_plugins.ase.models import (
+    TorchMDNetCalculator,
+    atoms_to_batch,
+    batch_to_atoms,
+    predict_structures,
+    sample_structures,
+)
+from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy
+from energyloss_plugins.ase.springs import (
+    SpringFitReport,
+    add_springs_to_db,
+    coefficients_from_calculator,
+    collate_springs,
+    compute_hessian,
+    fit_springs,
+    spring_hessian,
+    springs_from_data,
+    springs_to_data,
+    store_springs,
+)
+
+__all__ = [
+    "BoltzmannSamples",
+    "EnergyLossCalculator",
+    "MMFFCalculator",
+    "SpringFitReport",
+    "TorchMDNetCalculator",
+    "add_springs_to_db",
+    "atoms_to_batch",
+    "batch_to_atoms",
+    "boltzmann_sample",
+    "bonds_from_atoms",
+    "coefficients_from_calculator",
+    "collate_springs",
+    "compute_hessian",
+    "equipartition_energy",
+    "fit_springs",
+    "frequencies_cm",
+    "mmff_relax",
+    "mol_from_atoms",
+    "n_rigid_modes",
+    "normal_modes",
+    "pairs_for_atoms",
+    "predict_structures",
+    "sample_structures",
+    "spring_hessian",
+    "springs_from_data",
+    "springs_to_data",
+    "store_springs",
+]

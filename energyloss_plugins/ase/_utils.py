@@ -1,0 +1,209 @@
+"""Shared helpers of the ASE bridge: tensors from Atoms, edge sets, rigid motions, frequencies.
+
+Units: positions in Å, energies in eV, Hessians and springs in eV/Å², masses in amu,
+frequencies in cm⁻¹ (imaginary frequencies are reported as negative numbers, as ASE does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from torch import Tensor
+
+from energyloss_plugins.graphs import GRAPH_NAMES, build_pairs, unique_pairs
+from energyloss_plugins.periodic import MinimumImage
+
+#: ħ ω in eV for a mass-weighted Hessian eigenvalue λ in eV/(Å² amu): ħω = _HBAR_SQRT · sqrt(λ) (as in ase.vibrations).
+_HBAR_SQRT = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
+
+
+def is_periodic(atoms: Atoms) -> bool:
+    """True if any direction of ``atoms`` is periodic."""
+    return bool(np.any(atoms.pbc))
+
+
+def reference_tensors(atoms: Atoms, dtype: torch.dtype = torch.float64) -> dict:
+    """Positions ``(n, 3)``, numbers ``(n,)`` and (if periodic) cell ``(3, 3)``, pbc ``(3,)`` of ``atoms``."""
+    out = {
+        "positions": torch.tensor(np.asarray(atoms.positions), dtype=dtype),
+        "numbers": torch.tensor(np.asarray(atoms.numbers), dtype=torch.long),
+        "cell": None,
+        "pbc": None,
+    }
+    if is_periodic(atoms):
+        out["cell"] = torch.tensor(np.asarray(atoms.cell[:]), dtype=dtype)
+        out["pbc"] = torch.tensor(np.asarray(atoms.pbc), dtype=torch.bool)
+    return out
+
+
+def bonds_from_atoms(atoms: Atoms, mult: float = 1.2) -> Tensor:
+    """``(2, M)`` covalent bonds (i < j) from ASE's neighbour analysis with natural (covalent-radius) cutoffs.
+
+    Two atoms are bonded when their distance is below ``mult`` times the sum of their
+    covalent radii (``ase.neighborlist.natural_cutoffs``; C–H: 1.28 Å, C–C: 1.82 Å with the
+    default 1.2); periodic images count.
+    """
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    cutoffs = natural_cutoffs(atoms, mult=mult)
+    nl = NeighborList(cutoffs, self_interaction=False, bothways=False, skin=0.0)
+    nl.update(atoms)
+    pairs = []
+    for i in range(len(atoms)):
+        neighbours, _ = nl.get_neighbors(i)
+        pairs.extend((i, int(j)) for j in neighbours if int(j) != i)
+    if not pairs:
+        return torch.zeros(2, 0, dtype=torch.long)
+    return unique_pairs(torch.tensor(pairs, dtype=torch.long).T)
+
+
+def as_edge_index(edge_index, n_atoms: int | None) -> Tensor:
+    """Validate a pair list given as ``(2, E)`` or ``(E, 2)`` integers; returns ``(2, E)`` long (order kept).
+
+    ``n_atoms`` bounds the indices (None: no bound check).
+    """
+    if isinstance(edge_index, Tensor):
+        edge_index = edge_index.detach().cpu()
+    e = torch.tensor(np.array(edge_index), dtype=torch.long)
+    if e.dim() == 2 and e.shape[0] != 2 and e.shape[1] == 2:
+        e = e.T
+    if e.dim() != 2 or e.shape[0] != 2:
+        raise ValueError(f"edge_index must be (2, E) or (E, 2) atom pairs, got shape {tuple(e.shape)}.")
+    if e.numel() and int(e.min()) < 0:
+        raise ValueError("edge_index contains negative atom indices.")
+    if e.numel() and n_atoms is not None and int(e.max()) >= n_atoms:
+        raise ValueError(
+            f"edge_index refers to atoms {int(e.min())}..{int(e.max())} but there are only {n_atoms} atoms."
+        )
+    if bool((e[0] == e[1]).any()):
+        raise ValueError("edge_index contains self-pairs (i, i).")
+    return e.contiguous()
+
+
+def pairs_for_atoms(
+    atoms: Atoms,
+    graph: str = "complete",
+    graph_kwargs: Mapping | None = None,
+    bonds: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """The ``(2, E)`` edge set ``graph`` of one structure, built by the core on its positions (deterministic).
+
+    Args:
+        atoms: reference structure (minimum-image distances if periodic).
+        graph: ``complete``, ``radius`` (``graph_kwargs={"cutoff": Å}``), ``bonds`` (``bonds`` or
+            ASE's covalent-radius neighbour analysis) or ``rigid_sparse`` (drawn with ``seed``).
+        bonds: ``(2, M)`` bonded pairs for ``graph="bonds"``.
+    """
+    if graph not in GRAPH_NAMES:
+        raise ValueError(f"Unknown graph {graph!r}. Valid names: {', '.join(GRAPH_NAMES)}.")
+    ref = reference_tensors(atoms)
+    pos = ref["positions"]
+    n = pos.shape[0]
+    batch = torch.zeros(n, dtype=torch.long)
+    distance_fn = None
+    if ref["cell"] is not None:
+        mic = MinimumImage(pos, batch, 1, ref["cell"], ref["pbc"])
+        distance_fn = lambda p: (pos[p[1]] - pos[p[0]] + mic.shifts(p)).norm(dim=-1)  # noqa: E731
+    kwargs = dict(graph_kwargs or {})
+    if graph == "bonds" and bonds is None:
+        bonds = bonds_from_atoms(atoms)
+    if graph == "rigid_sparse":
+        kwargs.setdefault("seed", seed)
+        kwargs.setdefault("numbers", ref["numbers"])
+    with torch.random.fork_rng(devices=[]):  # rigid_sparse draws its pool member from torch's global RNG
+        torch.manual_seed(int(kwargs.get("seed", seed)))
+        pairs = build_pairs(graph, pos, batch, 1, bonds=bonds, distance_fn=distance_fn, **kwargs)
+    return pairs.materialize().long()
+
+
+def pair_vectors(positions: np.ndarray, edge_index: np.ndarray, atoms: Atoms | None = None) -> np.ndarray:
+    """``(E, 3)`` vectors ``y_j − y_i`` of the pairs, minimum-image if ``atoms`` is periodic."""
+    i, j = edge_index
+    vec = positions[j] - positions[i]
+    if atoms is not None and is_periodic(atoms):
+        cell = np.asarray(atoms.cell[:])
+        frac = np.linalg.solve(cell.T, vec.T).T
+        frac -= np.round(frac) * np.asarray(atoms.pbc)[None, :]
+        vec = frac @ cell
+    return vec
+
+
+def rigid_basis(atoms: Atoms, mass_weighted: bool = False) -> np.ndarray:
+    """Orthonormal ``(3n, r)`` basis of rigid motions: translations, plus rotations if not periodic.
+
+    ``r`` is 6 for a non-linear molecule, 5 for a linear one, 3 with periodic boundaries. With
+    ``mass_weighted`` the basis lives in mass-weighted coordinates √m·x.
+    """
+    pos = np.asarray(atoms.positions, dtype=float)
+    n = len(atoms)
+    m = np.asarray(atoms.get_masses(), dtype=float) if mass_weighted else np.ones(n)
+    sq = np.sqrt(m)
+    vecs = []
+    for a in range(3):
+        t = np.zeros((n, 3))
+        t[:, a] = 1.0
+        vecs.append((t * sq[:, None]).ravel())
+    if not is_periodic(atoms):
+        com = (m[:, None] * pos).sum(0) / m.sum()
+        r = pos - com
+        for a in range(3):
+            axis = np.zeros(3)
+            axis[a] = 1.0
+            vecs.append((np.cross(axis, r) * sq[:, None]).ravel())
+    mat = np.stack(vecs, axis=1)
+    u, s, _ = np.linalg.svd(mat, full_matrices=False)
+    return u[:, s > 1e-8 * max(s.max(), 1.0)]
+
+
+def n_rigid_modes(atoms: Atoms) -> int:
+    """Number of zero-energy rigid motions: 6 (non-linear molecule), 5 (linear), 3 (periodic), 3n for n = 1."""
+    return rigid_basis(atoms).shape[1]
+
+
+def internal_projector(atoms: Atoms, mass_weighted: bool = False) -> np.ndarray:
+    """``(3n, 3n)`` projector onto the complement of the rigid motions (Cartesian or mass-weighted)."""
+    basis = rigid_basis(atoms, mass_weighted)
+    return np.eye(3 * len(atoms)) - basis @ basis.T
+
+
+def frequencies_cm(hessian: np.ndarray, atoms: Atoms) -> np.ndarray:
+    """Harmonic frequencies in cm⁻¹ of the non-rigid modes, ascending; imaginary ones as negative numbers.
+
+    Args:
+        hessian: ``(3n, 3n)`` Cartesian Hessian in eV/Å².
+        atoms: supplies masses (amu) and the rigid motions, which are projected out.
+    """
+    m = np.repeat(np.asarray(atoms.get_masses(), dtype=float), 3)
+    w = 1.0 / np.sqrt(m)
+    h_mw = hessian * w[:, None] * w[None, :]
+    basis = rigid_basis(atoms, mass_weighted=True)
+    # Orthonormal basis of the internal (non-rigid) subspace in mass-weighted coordinates.
+    full, _, _ = np.linalg.svd(np.eye(h_mw.shape[0]) - basis @ basis.T)
+    q = full[:, : h_mw.shape[0] - basis.shape[1]]
+    lam = np.linalg.eigvalsh(q.T @ (0.5 * (h_mw + h_mw.T)) @ q)
+    hnu = _HBAR_SQRT * np.sign(lam) * np.sqrt(np.abs(lam))
+    return np.sort(hnu / units.invcm)
+
+
+def normal_modes(hessian: np.ndarray, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Non-rigid normal modes of a Hessian: frequencies ``(M,)`` in cm⁻¹ and Cartesian unit displacements ``(M, n, 3)``.
+
+    Mode vectors are the mass-weighted eigenvectors converted back to Cartesian displacements
+    and normalised to unit length (Å per unit amplitude).
+    """
+    n = len(atoms)
+    m = np.repeat(np.asarray(atoms.get_masses(), dtype=float), 3)
+    w = 1.0 / np.sqrt(m)
+    h_mw = hessian * w[:, None] * w[None, :]
+    basis = rigid_basis(atoms, mass_weighted=True)
+    full, _, _ = np.linalg.svd(np.eye(3 * n) - basis @ basis.T)
+    q = full[:, : 3 * n - basis.shape[1]]
+    lam, vec = np.linalg.eigh(q.T @ (0.5 * (h_mw + h_mw.T)) @ q)
+    cart = (q @ vec) * w[:, None]
+    cart /= np.linalg.norm(cart, axis=0, keepdims=True)
+    freqs = _HBAR_SQRT * np.sign(lam) * np.sqrt(np.abs(lam)) / units.invcm
+    return freqs, cart.T.reshape(-1, n, 3)

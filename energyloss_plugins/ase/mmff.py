@@ -1,0 +1,133 @@
+"""MMFFCalculator: RDKit's MMFF94(s) force field as an ASE calculator (energy in eV, forces in eV/Å).
+
+RDKit evaluates MMFF in kcal/mol and kcal/(mol·Å); this wrapper converts with ASE's units.
+The molecule's topology (bonds, MMFF atom types, charges) is fixed at construction, from an RDKit
+``Mol`` or perceived from an ``Atoms`` object with ``rdkit.Chem.rdDetermineBonds``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+
+#: kcal/mol in eV.
+KCAL_PER_MOL = units.kcal / units.mol
+
+
+def mol_from_atoms(atoms: Atoms, charge: int = 0, use_huckel: bool = False):
+    """RDKit ``Mol`` (explicit hydrogens, one conformer) with bonds perceived from ``atoms``' geometry.
+
+    Uses ``rdDetermineBonds.DetermineBonds`` (connectivity from distances, bond orders from the
+    total ``charge``). Raises ``ValueError`` if RDKit cannot assign a valid bond-order structure.
+    """
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    xyz = f"{len(atoms)}\n\n" + "\n".join(
+        f"{s} {x:.10f} {y:.10f} {z:.10f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)
+    )
+    mol = Chem.MolFromXYZBlock(xyz)
+    if mol is None:
+        raise ValueError("RDKit could not read the structure.")
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=charge, useHueckel=use_huckel)
+    except Exception as err:  # RDKit raises ValueError/RuntimeError subclasses depending on version
+        raise ValueError(
+            f"RDKit could not perceive bonds of {atoms.get_chemical_formula()} with charge {charge}: {err}"
+        ) from err
+    return mol
+
+
+class MMFFCalculator(Calculator):
+    """MMFF94 / MMFF94s energies and forces of one molecule through RDKit.
+
+    Args:
+        molecule: an ``ase.Atoms`` (bonds perceived with :func:`mol_from_atoms`) or an RDKit ``Mol``
+            with explicit hydrogens; atom order must match the Atoms evaluated later.
+        charge: total charge, for bond perception from Atoms.
+        variant: ``MMFF94`` or ``MMFF94s``.
+        nonbonded_threshold: RDKit's ``nonBondedThresh`` in Å (default 100: all non-bonded pairs).
+        ignore_interfragment: drop non-bonded terms between disconnected fragments (RDKit default True;
+            here False so complexes keep their interactions).
+
+    Implemented properties: ``energy``, ``free_energy`` (eV) and ``forces`` (eV/Å). The
+    RDKit molecule is available as ``.mol``.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+    name = "mmff"
+
+    def __init__(
+        self,
+        molecule,
+        charge: int = 0,
+        variant: str = "MMFF94",
+        nonbonded_threshold: float = 100.0,
+        ignore_interfragment: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        from rdkit import Chem
+        from rdkit.Chem import AllChem
+
+        if variant not in ("MMFF94", "MMFF94s"):
+            raise ValueError(f"Unknown MMFF variant {variant!r}. Valid: MMFF94, MMFF94s.")
+        if isinstance(molecule, Atoms):
+            mol = mol_from_atoms(molecule, charge)
+        elif isinstance(molecule, Chem.Mol):
+            mol = Chem.Mol(molecule)
+            if mol.GetNumConformers() == 0:
+                raise ValueError("The RDKit Mol has no conformer; embed one (AllChem.EmbedMolecule) first.")
+        else:
+            raise ValueError(f"molecule must be ase.Atoms or rdkit.Chem.Mol, got {type(molecule).__name__}.")
+        props = AllChem.MMFFGetMoleculeProperties(mol, mmffVariant=variant)
+        if props is None:
+            raise ValueError(f"MMFF has no parameters for this molecule ({Chem.MolToSmiles(Chem.RemoveHs(mol))}).")
+        self.mol = mol
+        self.numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+        self._ff = AllChem.MMFFGetMoleculeForceField(
+            mol, props, nonBondedThresh=nonbonded_threshold, ignoreInterfragInteractions=ignore_interfragment
+        )
+        self.parameters.update(variant=variant, charge=charge)
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        if not np.array_equal(self.atoms.numbers, self.numbers):
+            raise ValueError(
+                "The atoms' elements (in order) differ from the molecule this MMFFCalculator was built for."
+            )
+        pos = [float(x) for x in np.asarray(self.atoms.positions, dtype=float).ravel()]
+        energy = self._ff.CalcEnergy(pos) * KCAL_PER_MOL
+        grad = np.asarray(self._ff.CalcGrad(pos), dtype=float).reshape(-1, 3) * KCAL_PER_MOL
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = -grad
+
+
+def mmff_relax(
+    atoms: Atoms, charge: int = 0, variant: str = "MMFF94", max_iters: int = 2000, fmax: float = 1e-4
+) -> Atoms:
+    """Copy of ``atoms`` relaxed on MMFF (RDKit's optimiser, then ASE BFGS to max force ``fmax`` eV/Å).
+
+    The result carries an :class:`MMFFCalculator`; a tight ``fmax`` makes it a proper reference for
+    Hessian-fitted springs (a spring surrogate has its minimum exactly at the reference).
+    """
+    from ase.optimize import BFGS
+
+    from rdkit.Chem import AllChem
+
+    calc = MMFFCalculator(atoms, charge=charge, variant=variant)
+    mol = calc.mol
+    conf = mol.GetConformer()
+    for i, p in enumerate(atoms.positions):
+        conf.SetAtomPosition(i, [float(x) for x in p])
+    AllChem.MMFFOptimizeMolecule(
+        mol, mmffVariant=variant, maxIters=max_iters, nonBondedThresh=100.0, ignoreInterfragInteractions=False
+    )
+    out = atoms.copy()
+    out.positions = np.array(mol.GetConformer().GetPositions())
+    out.calc = MMFFCalculator(mol, variant=variant)
+    if fmax is not None:
+        BFGS(out, logfile=None).run(fmax=fmax, steps=1000)
+    return out

@@ -1,0 +1,274 @@
+"""Boltzmann sampling around data: Langevin MD on the pair-energy surrogate at temperature T.
+
+The loss treats a target y as a thermal sample of exp(−E(ŷ, y)/k_B T) (SPEC §1). Sampling that
+distribution shows what a temperature means (typical displacements, aligned RMSD) and gives
+augmented structures. For small displacements E is harmonic with 3n − r non-rigid degrees of
+freedom (r = 6, 5 for linear molecules, 3 with periodic boundaries), so equipartition predicts
+⟨E⟩ = ½ k_B T (3n − r); the anharmonicity of distances in Cartesian coordinates adds corrections
+of relative order k_B T / (k d²), small for stiff springs (measured: ethanol, ``exp`` springs with
+k0 = 20 eV/Å², 300 K: ⟨E⟩ / equipartition = 0.998 ± 0.005 over 50,000 BAOAB steps).
+
+Planar and linear references are special: every out-of-plane (off-axis) displacement leaves all
+distances unchanged to first order, so the pair energy is quartic, not quadratic, along those
+n − 3 (2n − 4) directions and they do not carry ½ k_B T each. :class:`BoltzmannSamples` counts
+the harmonic degrees of freedom from the rank of the surrogate's Hessian and reports the soft ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from energyloss_plugins.ase._utils import n_rigid_modes
+
+INTEGRATORS = ("baoab", "langevin")
+
+
+def n_nonrigid_dof(atoms: Atoms) -> int:
+    """Non-rigid degrees of freedom 3n − r (r = 6 non-linear, 5 linear, 3 periodic)."""
+    return 3 * len(atoms) - n_rigid_modes(atoms)
+
+
+def equipartition_energy(atoms: Atoms, temperature_K: float) -> float:
+    """Harmonic (equipartition) mean potential energy ½ k_B T (3n − r) in eV."""
+    return 0.5 * units.kB * temperature_K * n_nonrigid_dof(atoms)
+
+
+def integrated_autocorrelation_time(x: np.ndarray, c: float = 5.0) -> float:
+    """Integrated autocorrelation time τ = 1 + 2 Σ_t ρ(t) in samples (Sokal's automatic window M ≥ c τ).
+
+    The standard error of the mean of ``x`` is then std(x) · sqrt(τ / N).
+    """
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    if n < 4 or np.var(x) == 0:
+        return 1.0
+    f = np.fft.rfft(x - x.mean(), n=2 * n)
+    acf = np.fft.irfft(f * np.conj(f))[:n]
+    acf /= acf[0]
+    taus = 2.0 * np.cumsum(acf) - 1.0
+    window = np.arange(n) >= c * taus
+    m = int(np.argmax(window)) if window.any() else n - 1
+    return float(max(taus[m], 1.0))
+
+
+@dataclass
+class BoltzmannSamples:
+    """Langevin samples of a surrogate.
+
+    Attributes:
+        structures: sampled ``Atoms`` (aligned onto the reference if requested), each with a
+            ``SinglePointCalculator`` holding the surrogate energy (eV) and forces, so ``ase.io.write``
+            stores them; ``atoms.info`` has ``surrogate_energy``, ``rmsd`` and ``step``.
+        energies: ``(S,)`` surrogate potential energies in eV.
+        rmsd: ``(S,)`` Kabsch-aligned RMSD to the reference in Å.
+        temperature_K: thermostat temperature.
+        n_dof: harmonic degrees of freedom: the rank of the surrogate's Hessian at the reference
+            (3n − r for a rigid edge set and a non-planar reference), else 3n − r.
+        n_soft: non-rigid directions with zero curvature (out-of-plane flexes of planar or linear
+            references, floppy modes of a non-rigid edge set); they are not harmonic.
+        timestep_fs, interval, friction_per_fs, integrator: run settings.
+        kinetic_temperature: ``(S,)`` instantaneous kinetic temperatures in K (thermostat check).
+    """
+
+    structures: list[Atoms]
+    energies: np.ndarray
+    rmsd: np.ndarray
+    temperature_K: float
+    n_dof: int
+    timestep_fs: float
+    interval: int
+    friction_per_fs: float
+    integrator: str
+    n_soft: int = 0
+    kinetic_temperature: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def expected_energy(self) -> float:
+        """Equipartition ⟨E⟩ = ½ k_B T per harmonic degree of freedom, in eV."""
+        return 0.5 * units.kB * self.temperature_K * self.n_dof
+
+    @property
+    def mean_energy(self) -> float:
+        return float(np.mean(self.energies))
+
+    @property
+    def autocorrelation_time(self) -> float:
+        """Integrated autocorrelation time of the energies, in samples."""
+        return integrated_autocorrelation_time(self.energies)
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of :attr:`mean_energy` in eV, corrected for autocorrelation."""
+        n = self.energies.size
+        return (
+            float(np.std(self.energies, ddof=1) * math.sqrt(self.autocorrelation_time / n)) if n > 1 else float("inf")
+        )
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.structures)} samples at {self.temperature_K:g} K ({self.integrator}, dt {self.timestep_fs:g} fs, "
+            f"every {self.interval} steps): <E> = {self.mean_energy:.5f} ± {self.standard_error:.5f} eV "
+            f"(τ = {self.autocorrelation_time:.1f} samples), equipartition {self.expected_energy:.5f} eV "
+            f"({self.n_dof} dof); aligned RMSD mean {np.mean(self.rmsd):.4f} Å"
+            + (f"; warning: {self.n_soft} soft (non-harmonic) modes" if self.n_soft else "")
+        )
+
+    def write(self, filename: str, **kwargs) -> None:
+        """Write the structures with ``ase.io.write`` (any format ASE supports: .xyz, .traj, .db, ...)."""
+        from ase.io import write
+
+        write(filename, self.structures, **kwargs)
+
+
+def _harmonic_start(atoms: Atoms, h: np.ndarray, temperature_K: float, rng: np.random.Generator) -> None:
+    """Displace ``atoms`` by a sample of the harmonic approximation exp(−½ xᵀHx / k_B T) (in place)."""
+    lam, vec = np.linalg.eigh(0.5 * (h + h.T))
+    keep = lam > 1e-8 * max(lam.max(), 1e-12)
+    xi = rng.standard_normal(int(keep.sum()))
+    disp = vec[:, keep] @ (xi * np.sqrt(units.kB * temperature_K / lam[keep]))
+    atoms.positions = atoms.positions + disp.reshape(-1, 3)
+
+
+def boltzmann_sample(
+    reference: Atoms,
+    temperature_K: float = 300.0,
+    n_samples: int = 100,
+    *,
+    calc: Calculator | None = None,
+    coefficients="exp",
+    coefficient_kwargs: Mapping | None = None,
+    graph: str = "complete",
+    graph_kwargs: Mapping | None = None,
+    edge_index=None,
+    interval: int = 20,
+    timestep_fs: float = 0.5,
+    friction_per_fs: float = 0.02,
+    equilibration: int | None = None,
+    integrator: str = "baoab",
+    seed: int = 0,
+    align: bool = True,
+    harmonic_start: bool = True,
+) -> BoltzmannSamples:
+    """Langevin MD on the surrogate E(·, reference) at ``temperature_K``; returns ``n_samples`` structures.
+
+    Args:
+        reference: the reference structure y (starting point, alignment target).
+        temperature_K: thermostat temperature in K.
+        n_samples: structures returned, one every ``interval`` MD steps after ``equilibration`` steps.
+        calc: the potential; default an :class:`EnergyLossCalculator` around ``reference`` with
+            ``coefficients``, ``coefficient_kwargs``, ``graph``, ``graph_kwargs``, ``edge_index`` (pass
+            per-pair springs, e.g. fitted ones, as ``coefficients=k, edge_index=pairs``). Any ASE
+            calculator works (e.g. a SumCalculator restraint).
+        timestep_fs: MD time step in fs; keep it below ~1/20 of the fastest vibrational period
+            (C–H stretches: ~11 fs).
+        friction_per_fs: Langevin friction γ in 1/fs (BAOAB: T_tau = 1/γ).
+        equilibration: steps discarded first; default 5/γ (in steps) with a harmonic start, else 20/γ.
+        integrator: ``baoab`` (``ase.md.langevinbaoab.LangevinBAOAB``, accurate configurational
+            sampling) or ``langevin`` (``ase.md.langevin.Langevin``).
+        seed: seeds velocities, the harmonic start and the thermostat noise (reproducible runs).
+        align: Kabsch-align every sample onto the reference (the surrogate is invariant anyway).
+        harmonic_start: if the calculator has ``get_hessian``, start from a sample of the harmonic
+            approximation instead of the minimum (shortens equilibration).
+
+    Returns:
+        :class:`BoltzmannSamples` with the structures, their energies, aligned RMSDs and the
+        equipartition reference value.
+    """
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    from energyloss_plugins.alignment import aligned_rmsd, kabsch_align, kabsch_rotation
+    from energyloss_plugins.ase.calculator import EnergyLossCalculator
+
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"Unknown integrator {integrator!r}. Valid: {', '.join(INTEGRATORS)}.")
+    if temperature_K <= 0 or timestep_fs <= 0 or friction_per_fs <= 0:
+        raise ValueError("temperature_K, timestep_fs and friction_per_fs must be positive.")
+    if n_samples < 1 or interval < 1:
+        raise ValueError("n_samples and interval must be >= 1.")
+    if calc is None:
+        calc = EnergyLossCalculator(
+            reference,
+            coefficients,
+            coefficient_kwargs=coefficient_kwargs,
+            graph=graph,
+            graph_kwargs=graph_kwargs,
+            edge_index=edge_index,
+        )
+    rng = np.random.default_rng(seed)
+    atoms = reference.copy()
+    atoms.calc = calc
+    n_nonrigid = n_nonrigid_dof(reference)
+    n_dof = n_nonrigid
+    hessian = None
+    if callable(getattr(calc, "get_hessian", None)):
+        hessian = np.asarray(calc.get_hessian(reference.copy()), dtype=float)
+        lam = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
+        n_dof = int((lam > 1e-8 * max(lam.max(), 1e-12)).sum())
+    started_harmonic = harmonic_start and hessian is not None
+    if started_harmonic:
+        _harmonic_start(atoms, hessian, temperature_K, rng)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not any(atoms.pbc):
+        ZeroRotation(atoms)
+    dt = timestep_fs * units.fs
+    if integrator == "baoab":
+        from ase.md.langevinbaoab import LangevinBAOAB
+
+        dyn = LangevinBAOAB(atoms, dt, temperature_K=temperature_K, T_tau=units.fs / friction_per_fs, rng=rng)
+    else:
+        from ase.md.langevin import Langevin
+
+        dyn = Langevin(
+            atoms, dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs, fixcm=False, rng=rng
+        )
+    if equilibration is None:
+        equilibration = int(math.ceil((5.0 if started_harmonic else 20.0) / (friction_per_fs * timestep_fs)))
+    if equilibration > 0:
+        dyn.run(equilibration)
+    ref_pos = torch.tensor(reference.positions, dtype=torch.float64)
+    structures, energies, rmsds, kinetic = [], [], [], []
+    for s in range(n_samples):
+        dyn.run(interval)
+        pos = torch.tensor(atoms.positions, dtype=torch.float64)
+        energy = float(atoms.get_potential_energy())
+        forces = atoms.get_forces()
+        rmsd = float(aligned_rmsd(pos, ref_pos)[0])
+        sample = atoms.copy()
+        sample.calc = None
+        if "momenta" in sample.arrays:
+            del sample.arrays["momenta"]
+        if align and not any(reference.pbc):
+            batch = torch.zeros(len(atoms), dtype=torch.long)
+            rot = kabsch_rotation(pos, ref_pos, batch, 1)[0].numpy()  # aligned_i = R (y_i − ȳ) + ȳ_ref
+            sample.positions = kabsch_align(pos, ref_pos).numpy()
+            forces = forces @ rot.T
+        sample.info.update(
+            surrogate_energy=energy, rmsd=rmsd, step=equilibration + (s + 1) * interval, temperature_K=temperature_K
+        )
+        sample.calc = SinglePointCalculator(sample, energy=energy, forces=forces)
+        structures.append(sample)
+        energies.append(energy)
+        rmsds.append(rmsd)
+        kinetic.append(atoms.get_temperature())
+    return BoltzmannSamples(
+        structures=structures,
+        energies=np.array(energies),
+        rmsd=np.array(rmsds),
+        temperature_K=temperature_K,
+        n_dof=n_dof,
+        n_soft=max(n_nonrigid - n_dof, 0),
+        timestep_fs=timestep_fs,
+        interval=interval,
+        friction_per_fs=friction_per_fs,
+        integrator=integrator,
+        kinetic_temperature=np.array(kinetic),
+    )
