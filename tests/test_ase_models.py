@@ -170,3 +170,101 @@ def test_sample_structures_with_x0_denoiser(tmp_path):
     # Element lists work as templates too.
     out2 = sample_structures(denoiser, [[6, 1, 1, 1, 1], [8, 1, 1]], parameterization="x0", steps=5)
     assert out2[1].get_chemical_symbols() == ["O", "H", "H"]
+
+
+# ----------------------------------------------------------------------------- adapter models
+
+
+def _tmd_position_model(output_model: str = "PositionOutput", task: str = "structure", perturb: bool = True):
+    pytest.importorskip("torchmdnet_ext")
+    from torchmdnet.models.model import create_model
+    from torchmdnet_ext.cli import get_argparse
+    from torchmdnet_ext.module import prepare_hparams
+
+    args = vars(get_argparse().parse_args([]))
+    args.update(
+        model="tensornet",
+        output_model=output_model,
+        embedding_dimension=16,
+        num_layers=1,
+        num_rbf=8,
+        cutoff_upper=4.0,
+        max_num_neighbors=32,
+        derivative=False,
+        task=task,
+    )
+    hparams = prepare_hparams(args)
+    torch.manual_seed(0)
+    model = create_model(dict(hparams))
+    if perturb:  # the position head is the identity at initialisation; make it move atoms
+        with torch.no_grad():
+            for p in model.output_model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return model, hparams
+
+
+def test_run_structure_model_torchmdnet_object_and_checkpoint(tmp_path):
+    from energyloss_plugins.ase import run_structure_model
+
+    model, hparams = _tmd_position_model()
+    images = [molecule("CH3CH2OH"), molecule("NH3")]
+    out = run_structure_model(model, images, output=str(tmp_path / "pred.xyz"))
+    assert [a.get_chemical_formula() for a in out] == ["C2H6O", "H3N"]
+    assert max(np.abs(a.positions - b.positions).max() for a, b in zip(out, images)) > 1e-3  # the model moved atoms
+    # Equivariance end to end: a rotated, shifted input gives the same aligned prediction.
+    turned = images[0].copy()
+    turned.positions = turned.positions @ Rotation.random(random_state=2).as_matrix().T + 1.0
+    again = run_structure_model(model, [turned])[0]
+    ref_frame = run_structure_model(model, [images[0]], align_to_input=False)[0]
+    from energyloss_plugins import aligned_rmsd
+
+    rmsd = float(aligned_rmsd(torch.tensor(again.positions), torch.tensor(ref_frame.positions))[0])
+    assert rmsd < 1e-4
+    # A checkpoint in the layout Lightning writes (hyper_parameters + "model."-prefixed state dict).
+    path = tmp_path / "position.ckpt"
+    torch.save(
+        {"hyper_parameters": dict(hparams), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+        path,
+    )
+    from_ckpt = run_structure_model(str(path), images, framework="torchmdnet")
+    for a, b in zip(from_ckpt, out):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-5)
+    with pytest.raises(ValueError, match="framework"):
+        run_structure_model(str(path), images)
+
+
+def test_run_diffusion_model_torchmdnet():
+    from energyloss_plugins.ase import run_diffusion_model
+    from torchmdnet_ext.module import make_objective
+
+    model, hparams = _tmd_position_model("NoiseOutput", "diffusion", perturb=False)
+    out = run_diffusion_model(model, [molecule("H2O"), [6, 1, 1, 1, 1]], objective=make_objective(hparams), steps=3)
+    assert [a.get_chemical_formula() for a in out] == ["H2O", "CH4"]
+    for a in out:
+        assert np.all(np.isfinite(a.positions)) and np.abs(a.positions.mean(0)).max() < 1e-4
+    with pytest.raises(ValueError, match="objective"):
+        run_diffusion_model(model, [molecule("H2O")])
+
+
+def test_run_structure_and_diffusion_models_schnetpack():
+    pytest.importorskip("schnetpack_ext")
+    import schnetpack as spk
+    from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
+    from schnetpack_ext._testing import small_painn, structure_task
+
+    from energyloss_plugins.ase import run_diffusion_model, run_structure_model
+
+    torch.manual_seed(0)
+    task = structure_task()
+    images = [molecule("CH3OH"), molecule("NH3")]
+    out = run_structure_model(task, images)
+    assert [len(a) for a in out] == [6, 4] and all(np.all(np.isfinite(a.positions)) for a in out)
+    rep = small_painn(electronic_embeddings=[TimeEmbedding(16)], cutoff=10.0)
+    model = spk.model.NeuralNetworkPotential(
+        representation=rep,
+        input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[PositionHead(16, output_key="diffusion_output", add_positions=False, remove_mean=True)],
+    )
+    diffusion = DiffusionTask(model=model, outputs=[DiffusionOutput(name="diffusion_output", loss_fn=EnergyLoss())])
+    gen = run_diffusion_model(diffusion, [molecule("H2O")], steps=3, seed=1)
+    assert gen[0].get_chemical_formula() == "H2O" and np.all(np.isfinite(gen[0].positions))

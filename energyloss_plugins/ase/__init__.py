@@ -4,7 +4,9 @@
 - :func:`coefficients_from_calculator`: non-negative pair springs fitted to any calculator's Hessian.
 - :func:`boltzmann_sample`: Langevin samples of the surrogate at temperature T.
 - :class:`MMFFCalculator`: RDKit MMFF94 as an ASE calculator; :class:`TorchMDNetCalculator`.
-- :func:`predict_structures`, :func:`sample_structures`: run structure / diffusion models on Atoms.
+- :func:`run_structure_model`, :func:`run_diffusion_model`: trained SchNetPack / TorchMD-Net adapter
+  models (objects or checkpoints) on Atoms; :func:`predict_structures`, :func:`sample_structures`
+  for any callable.
 
 See docs/ase.md.
 """
@@ -22,7 +24,10 @@ from energyloss_plugins.ase.models import (
     TorchMDNetCalculator,
     atoms_to_batch,
     batch_to_atoms,
+    load_torchmdnet_position_model,
     predict_structures,
+    run_diffusion_model,
+    run_structure_model,
     sample_structures,
 )
 from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy
@@ -61,7 +66,10 @@ __all__ = [
     "n_rigid_modes",
     "normal_modes",
     "pairs_for_atoms",
+    "load_torchmdnet_position_model",
     "predict_structures",
+    "run_diffusion_model",
+    "run_structure_model",
     "sample_structures",
     "spring_hessian",
     "springs_from_data",

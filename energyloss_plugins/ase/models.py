@@ -1,5 +1,9 @@
 """Run trained models from ASE scripts: Atoms in, Atoms out.
 
+- :func:`run_structure_model`, :func:`run_diffusion_model`: a trained SchNetPack (``schnetpack_ext``)
+  or TorchMD-Net (``torchmdnet_ext``) structure / diffusion model — object or checkpoint path —
+  applied to ASE structures, results written with ``ase.io``. They delegate to the adapters' own
+  inference code (``schnetpack_ext.predict``, ``StructureTask``/``DiffusionTask``, ``torchmdnet_ext.inference``).
 - :class:`TorchMDNetCalculator`: a TorchMD-Net potential (model object or checkpoint) as an ASE
   calculator (TorchMD-Net ships none), so its Hessian can be fitted with
   :func:`coefficients_from_calculator` like any other calculator. SchNetPack models already have
@@ -14,6 +18,7 @@ maps flat tensors (positions ``(N, 3)`` Å, numbers ``(N,)``, batch ``(N,)``) to
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -288,3 +293,188 @@ class TorchMDNetCalculator(Calculator):
             if had is not None:
                 self.model.derivative = had
         return h.detach().cpu().double().numpy().reshape(3 * len(atoms), 3 * len(atoms)) * self.energy_factor
+
+
+# ----------------------------------------------------------------------------- adapter models
+
+FRAMEWORKS = ("schnetpack", "torchmdnet")
+
+
+def _framework(model, framework: str | None) -> str:
+    if framework is not None:
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"Unknown framework {framework!r}. Valid: {', '.join(FRAMEWORKS)}.")
+        return framework
+    if isinstance(model, (str, os.PathLike)):
+        raise ValueError("A checkpoint path needs framework='schnetpack' or framework='torchmdnet'.")
+    module = type(model).__module__
+    if module.startswith(("schnetpack", "schnetpack_ext")):
+        return "schnetpack"
+    if module.startswith(("torchmdnet", "torchmdnet_ext")):
+        return "torchmdnet"
+    raise ValueError(
+        f"Cannot tell the framework of a {type(model).__name__}; pass framework='schnetpack' or "
+        "'torchmdnet', or use predict_structures / sample_structures with a plain callable."
+    )
+
+
+def _finish(
+    predictions: list[Atoms],
+    inputs: Sequence[Atoms] | None,
+    align_to_input: bool,
+    output: str | None,
+    write_kwargs: dict,
+) -> list[Atoms]:
+    for index, atoms in enumerate(predictions):
+        atoms.calc = None
+        if inputs is not None:
+            if align_to_input and not any(atoms.pbc):
+                atoms.positions = _align_onto(atoms.positions, inputs[index].positions)
+            atoms.info["prediction_of"] = index
+    if output is not None:
+        from ase.io import write
+
+        write(output, predictions, **write_kwargs)
+    return predictions
+
+
+def load_torchmdnet_position_model(path: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A TorchMD-Net position model (``PositionOutput``/``NoiseOutput`` head) from a ``torchmdnet_ext`` checkpoint."""
+    import torchmdnet_ext  # noqa: F401  (registers the position heads with TorchMD-Net)
+    from torchmdnet.models.model import load_model
+    from torchmdnet_ext.module import prepare_hparams
+
+    hparams = prepare_hparams(torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"])
+    return load_model(path, args=hparams, device=device)
+
+
+@torch.no_grad()
+def run_structure_model(
+    model,
+    images: Atoms | Sequence[Atoms],
+    *,
+    framework: str | None = None,
+    align_to_input: bool = True,
+    output: str | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    **write_kwargs,
+) -> list[Atoms]:
+    """Predicted equilibrium structures of a trained SchNetPack or TorchMD-Net structure model.
+
+    Args:
+        model: SchNetPack: a ``schnetpack_ext.StructureTask``, its model, or a path to ``best_model`` /
+            a ``.ckpt``; TorchMD-Net: a ``PositionOutput`` model or a ``torchmdnet_ext`` checkpoint path.
+        images: input geometries.
+        framework: ``schnetpack`` or ``torchmdnet``; detected for model objects, required for paths.
+        align_to_input: Kabsch-align each prediction onto its input.
+        output: write the predictions with ``ase.io.write(output, ...)``.
+
+    Returns:
+        One Atoms per input (cell, pbc, info of the input), ``info["prediction_of"]`` its index.
+    """
+    images = [images] if isinstance(images, Atoms) else list(images)
+    fw = _framework(model, framework)
+    if fw == "schnetpack":
+        from schnetpack_ext.predict import predict_structures as spk_predict
+
+        model = str(model) if isinstance(model, os.PathLike) else model
+        return _finish(
+            spk_predict(model, images, batch_size=batch_size, device=device),
+            images,
+            align_to_input,
+            output,
+            write_kwargs,
+        )
+    from torchmdnet_ext.inference import predict_positions
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_torchmdnet_position_model(str(model), device)
+    model.eval()
+    dtype = next(model.parameters()).dtype
+
+    def fn(positions: Tensor, numbers: Tensor, batch: Tensor) -> Tensor:
+        return predict_positions(model, numbers, positions, batch)
+
+    return predict_structures(
+        fn,
+        images,
+        batched=True,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        align_to_input=align_to_input,
+        output=output,
+        **write_kwargs,
+    )
+
+
+@torch.no_grad()
+def run_diffusion_model(
+    model,
+    templates: Sequence[Atoms] | Sequence[Sequence[int]],
+    *,
+    framework: str | None = None,
+    checkpoint: str | None = None,
+    objective=None,
+    steps: int = 100,
+    method: str | None = None,
+    seed: int | None = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    output: str | None = None,
+    **write_kwargs,
+) -> list[Atoms]:
+    """Structures generated by a trained SchNetPack or TorchMD-Net diffusion / flow-matching model.
+
+    Args:
+        model: SchNetPack: a ``schnetpack_ext.DiffusionTask`` or a path to its ``.ckpt``;
+            TorchMD-Net: a ``NoiseOutput`` model or a ``torchmdnet_ext`` checkpoint path.
+        templates: Atoms (their elements) or atomic-number lists, one per structure to generate.
+        framework: ``schnetpack`` or ``torchmdnet``; detected for model objects, required for paths.
+        checkpoint, objective: TorchMD-Net only: where the parameterisation and noise schedule come
+            from (the checkpoint path, or a ``DiffusionObjective``); a path ``model`` is its own checkpoint.
+        steps, method, seed: sampler settings (``ancestral``/``ddim``/``euler``; seeded noise).
+        output: write the structures with ``ase.io.write(output, ...)``.
+
+    Returns:
+        Generated Atoms (positions in Å, zero centre of mass).
+    """
+    fw = _framework(model, framework)
+    templates = list(templates)
+    if fw == "schnetpack":
+        if isinstance(model, (str, os.PathLike)):
+            from schnetpack_ext.tasks import DiffusionTask
+
+            model = DiffusionTask.load_from_checkpoint(str(model), map_location=device)
+        if not callable(getattr(model, "sample", None)):
+            raise ValueError(
+                "A SchNetPack diffusion model must be a schnetpack_ext.DiffusionTask (it owns the sampler)."
+            )
+        out = model.sample(templates, steps=steps, method=method, batch_size=batch_size, seed=seed)
+        return _finish(out, None, False, output, write_kwargs)
+    from torchmdnet_ext.inference import sample_positions
+
+    if isinstance(model, (str, os.PathLike)):
+        checkpoint = checkpoint or str(model)
+        model = load_torchmdnet_position_model(str(model), device)
+    if objective is None and checkpoint is None:
+        raise ValueError(
+            "A TorchMD-Net diffusion model needs checkpoint= or objective= (parameterisation and schedule)."
+        )
+    numbers_list = [np.asarray(t.numbers if isinstance(t, Atoms) else t, dtype=np.int64) for t in templates]
+    numbers = torch.tensor(np.concatenate(numbers_list), dtype=torch.long, device=device)
+    counts = torch.tensor([len(x) for x in numbers_list], device=device)
+    batch = torch.repeat_interleave(torch.arange(len(numbers_list), device=device), counts)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    pos = sample_positions(
+        model,
+        numbers,
+        batch,
+        objective=objective,
+        checkpoint=checkpoint,
+        steps=steps,
+        method=method,
+        generator=generator,
+    )
+    return _finish(batch_to_atoms(pos, numbers, batch), None, False, output, write_kwargs)
