@@ -6,7 +6,14 @@ the neighbour below; zero wrapping bonds = open boundaries), ``spins`` ``(B, H, 
 """
 
 from .data import SpinGlassDataset, cache_path, default_cache_dir, make_spin_glass_dataset
-from .exact import brute_force_ground_state, canonicalize, greedy_descent, ground_state, ground_states
+from .exact import (
+    brute_force_ground_state,
+    canonicalize,
+    greedy_descent,
+    ground_state,
+    ground_states,
+    single_flip_descent,
+)
 from .functional import (
     SPIN_LOSS_FUNCTIONS,
     binary_entropy_from_logits,
@@ -49,6 +56,7 @@ __all__ = [
     "greedy_descent",
     "ground_state",
     "ground_states",
+    "single_flip_descent",
     "SPIN_LOSS_FUNCTIONS",
     "binary_entropy_from_logits",
     "cross_entropy_spin_loss",

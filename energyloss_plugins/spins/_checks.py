@@ -27,9 +27,7 @@ def check_finite(name: str, x: Tensor) -> None:
     """Raise if ``x`` holds NaN or Inf."""
     if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
-            f"{name} contains {n_bad} NaN or Inf value(s); check the data or the model (a diverged step)."
-        )
+        raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s); check the data or the model (a diverged step).")
 
 
 def check_couplings(couplings: Tensor, name: str = "couplings") -> None:
@@ -76,7 +74,7 @@ def check_logits(logits: Tensor, name: str = "logits") -> None:
     check_finite(name, logits)
 
 
-def check_lattice_match(logits_shape: torch.Size, other: Tensor, other_name: str, spatial_dims: int = 3) -> None:
+def check_lattice_match(logits_shape: torch.Size, other: Tensor, other_name: str) -> None:
     """``other`` must share batch and lattice sizes with the logits."""
     b, h, w = logits_shape
     if other_name == "couplings":

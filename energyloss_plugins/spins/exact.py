@@ -35,13 +35,24 @@ __all__ = [
     "ground_states",
     "brute_force_ground_state",
     "greedy_descent",
+    "single_flip_descent",
     "canonicalize",
 ]
 
 
-def canonicalize(spins: Tensor) -> Tensor:
-    """Flip each lattice of a ``(B, H, W)`` configuration globally so that site (0, 0) is +1."""
-    sign = torch.where(spins[:, :1, :1] < 0, -1.0, 1.0).to(spins.dtype)
+def canonicalize(spins: Tensor, gauge: str = "corner") -> Tensor:
+    """Fix the global-flip gauge of each lattice of a ``(B, H, W)`` configuration.
+
+    The Ising energy without a field is invariant under y -> -y, so a ground state is only
+    defined up to this flip; a dataset must pick one representative. ``"corner"``: spin (0, 0) is
+    +1. ``"center"``: spin (H // 2, W // 2) is +1 -- the anchor is then at most about L/2 sites from
+    any site, within reach of a CNN's receptive field (see docs/spins.md).
+    """
+    anchors = {"corner": (0, 0), "center": (spins.shape[-2] // 2, spins.shape[-1] // 2)}
+    if gauge not in anchors:
+        raise ValueError(f"Unknown gauge {gauge!r}; valid gauges are {list(anchors)}.")
+    r, c = anchors[gauge]
+    sign = torch.where(spins[:, r : r + 1, c : c + 1] < 0, -1.0, 1.0).to(spins.dtype)
     return spins * sign
 
 
@@ -235,16 +246,44 @@ def brute_force_ground_state(couplings: Tensor, max_sites: int = 20, chunk: int 
     return spins, best_e
 
 
-def greedy_descent(
-    couplings: Tensor, n_starts: int = 1000, seed: int | None = None, max_iter: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Steepest single-spin-flip descent from random starts (a baseline and a check of the DP).
+def single_flip_descent(spins: Tensor, couplings: Tensor, max_iter: int | None = None) -> Tensor:
+    """Steepest single-spin-flip descent of a batch of configurations to local minima.
 
-    Each start repeatedly flips the spin with the most negative flip cost until no flip lowers
-    the energy (a local minimum). Vectorised over starts.
+    Each configuration repeatedly flips the spin with the most negative flip cost until no
+    single flip lowers the energy.
 
     Args:
-        couplings: ``(2, H, W)`` one lattice.
+        spins: ``(B, H, W)`` initial configurations in {-1, +1}.
+        couplings: ``(B, 2, H, W)``.
+
+    Returns:
+        ``(B, H, W)`` float64 local minima.
+    """
+    from .lattice import flip_costs
+
+    J = couplings.detach().to("cpu", torch.float64)
+    check_couplings(J)
+    y = spins.detach().to("cpu", torch.float64).clone()
+    B, H, W = y.shape
+    max_iter = 20 * H * W if max_iter is None else max_iter
+    rows = torch.arange(B)
+    for _ in range(max_iter):
+        val, site = flip_costs(y, J).view(B, -1).min(dim=1)
+        active = val < -1e-12
+        if not bool(active.any()):
+            break
+        flat = y.view(B, -1)
+        flat[rows[active], site[active]] *= -1
+    return y
+
+
+def greedy_descent(couplings: Tensor, n_starts: int = 1000, seed: int | None = None) -> tuple[Tensor, Tensor]:
+    """Steepest single-spin-flip descent of one lattice from ``n_starts`` random starts.
+
+    A baseline and a check of the exact solver (whose energy can never be higher).
+
+    Args:
+        couplings: ``(2, H, W)`` (or ``(1, 2, H, W)``) one lattice.
         n_starts: number of random initial configurations.
         seed: torch generator seed.
 
@@ -257,18 +296,7 @@ def greedy_descent(
     check_couplings(J.unsqueeze(0))
     _, H, W = J.shape
     g = torch.Generator().manual_seed(0 if seed is None else seed)
-    y = (torch.randint(0, 2, (n_starts, H, W), generator=g) * 2 - 1).to(torch.float64)
+    y0 = (torch.randint(0, 2, (n_starts, H, W), generator=g) * 2 - 1).to(torch.float64)
     Jb = J.unsqueeze(0).expand(n_starts, -1, -1, -1)
-    from .lattice import flip_costs
-
-    max_iter = 20 * H * W if max_iter is None else max_iter
-    rows = torch.arange(n_starts)
-    for _ in range(max_iter):
-        dE = flip_costs(y, Jb).view(n_starts, -1)
-        val, site = dE.min(dim=1)
-        active = val < -1e-12
-        if not bool(active.any()):
-            break
-        flat = y.view(n_starts, -1)
-        flat[rows[active], site[active]] *= -1
+    y = single_flip_descent(y0, Jb)
     return y, ising_energy(y, Jb)

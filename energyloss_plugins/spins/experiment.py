@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import SpinGlassDataset
+from .exact import canonicalize, single_flip_descent
 from .lattice import ising_energy
 from .models import SpinResNet
 from .modules import get_spin_loss
@@ -27,6 +28,9 @@ class TrainConfig:
     cosine: bool = True  # cosine learning-rate decay to 0 over the run
     width: int = 32
     n_blocks: int = 3
+    dilations: tuple[int, ...] | None = None
+    coords: bool = False
+    gauge: str = "corner"  # global-flip representative of the training labels (see canonicalize)
     eval_every: int = 1
     loss_kwargs: dict = field(default_factory=dict)
 
@@ -41,28 +45,37 @@ def excess_energy(logits: Tensor, couplings: Tensor, ground_energies: Tensor) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: SpinGlassDataset, batch_size: int = 256) -> dict[str, float]:
-    """Mean/std of the excess energy over ``ds``, mean per-site accuracy and gauge-invariant
-    overlap ``|mean_i y_i ŷ_i|``."""
+def evaluate(
+    model: nn.Module, ds: SpinGlassDataset, batch_size: int = 256, gauge: str = "corner", descent: bool = False
+) -> dict[str, float]:
+    """Mean/std of the excess energy over ``ds``, mean per-site accuracy against the labels in
+    ``gauge`` and the gauge-invariant overlap ``|mean_i y_i ŷ_i|``. With ``descent``, also the
+    excess energy after single-spin-flip descent from the prediction (``excess_descent_mean``)."""
     was_training = model.training
     model.eval()
-    exc, acc, ovl = [], [], []
+    exc, acc, ovl, desc = [], [], [], []
+    spins = canonicalize(ds.spins, gauge)
     for i in range(0, len(ds), batch_size):
-        J, y, e = ds.couplings[i : i + batch_size], ds.spins[i : i + batch_size], ds.energies[i : i + batch_size]
+        J, y, e = ds.couplings[i : i + batch_size], spins[i : i + batch_size], ds.energies[i : i + batch_size]
         z = model(J)
         exc.append(excess_energy(z, J, e))
         pred = torch.where(z >= 0, 1.0, -1.0)
+        if descent:
+            desc.append(excess_energy(single_flip_descent(pred, J), J, e))
         agree = (pred * y).flatten(1).mean(1)
         acc.append((agree + 1) / 2)
         ovl.append(agree.abs())
     model.train(was_training)
     exc_t = torch.cat(exc)
-    return {
+    out = {
         "excess_mean": float(exc_t.mean()),
         "excess_std": float(exc_t.std()) if len(exc_t) > 1 else 0.0,
         "accuracy": float(torch.cat(acc).mean()),
         "overlap": float(torch.cat(ovl).mean()),
     }
+    if descent:
+        out["excess_descent_mean"] = float(torch.cat(desc).mean())
+    return out
 
 
 def train_spin_model(
@@ -84,7 +97,10 @@ def train_spin_model(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     periodic = train.boundary == "periodic"
-    model = SpinResNet(width=cfg.width, n_blocks=cfg.n_blocks, periodic=periodic)
+    model = SpinResNet(
+        width=cfg.width, n_blocks=cfg.n_blocks, periodic=periodic, dilations=cfg.dilations, coords=cfg.coords
+    )
+    train_spins = canonicalize(train.spins, cfg.gauge)
     loss_fn = get_spin_loss(loss_name, **cfg.loss_kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -100,18 +116,18 @@ def train_spin_model(
         running, count = 0.0, 0
         for k in range(steps_per_epoch):
             idx = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-            J, y = train.couplings[idx], train.spins[idx]
+            J, y = train.couplings[idx], train_spins[idx]
             loss = loss_fn(model(J), y, J)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss) * len(idx)
+            running += loss.item() * len(idx)
             count += len(idx)
         curves["epoch"].append(epoch)
         curves["train_loss"].append(running / count)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            final = evaluate(model, test)
+            final = evaluate(model, test, gauge=cfg.gauge, descent=epoch == cfg.epochs)
             curves["test_excess"].append(final["excess_mean"])
             curves["test_accuracy"].append(final["accuracy"])
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ._checks import check_couplings
@@ -11,10 +12,11 @@ __all__ = ["SpinResNet"]
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, padding_mode: str) -> None:
+    def __init__(self, width: int, padding_mode: str, dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, padding_mode=padding_mode)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, padding_mode=padding_mode)
+        d = dilation
+        self.conv1 = nn.Conv2d(width, width, 3, padding=d, dilation=d, padding_mode=padding_mode)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=d, dilation=d, padding_mode=padding_mode)
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -33,18 +35,39 @@ class SpinResNet(nn.Module):
         width: hidden channels.
         n_blocks: residual blocks.
         periodic: circular padding.
+        dilations: dilation of each block (default all 1: receptive field 2 * (1 + 2 * n_blocks) + 1
+            sites); e.g. ``(1, 2, 4)`` widens it to 31 sites at the same cost.
+        coords: append two channels of site coordinates in [-1, 1] (lets the network locate the
+            gauge anchor of the labels, e.g. the centre site).
     """
 
-    def __init__(self, width: int = 32, n_blocks: int = 3, periodic: bool = False) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        n_blocks: int = 3,
+        periodic: bool = False,
+        dilations: tuple[int, ...] | None = None,
+        coords: bool = False,
+    ) -> None:
         super().__init__()
         if width < 1 or n_blocks < 0:
             raise ValueError(f"Need width >= 1 and n_blocks >= 0, got width={width}, n_blocks={n_blocks}.")
+        dilations = tuple(dilations) if dilations is not None else (1,) * n_blocks
+        if len(dilations) != n_blocks or min(dilations, default=1) < 1:
+            raise ValueError(f"dilations must hold n_blocks={n_blocks} integers >= 1, got {dilations}.")
         padding_mode = "circular" if periodic else "zeros"
-        self.stem = nn.Conv2d(4, width, 3, padding=1, padding_mode=padding_mode)
-        self.blocks = nn.Sequential(*[_Block(width, padding_mode) for _ in range(n_blocks)])
+        self.coords = bool(coords)
+        self.stem = nn.Conv2d(6 if coords else 4, width, 3, padding=1, padding_mode=padding_mode)
+        self.blocks = nn.Sequential(*[_Block(width, padding_mode, d) for d in dilations])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(width, 1, 1))
 
     def forward(self, couplings: Tensor) -> Tensor:
         check_couplings(couplings)
-        x = self.stem(coupling_features(couplings))
+        x = coupling_features(couplings)
+        if self.coords:
+            B, _, H, W = couplings.shape
+            r = torch.linspace(-1.0, 1.0, H, dtype=x.dtype, device=x.device).view(1, 1, H, 1).expand(B, 1, H, W)
+            c = torch.linspace(-1.0, 1.0, W, dtype=x.dtype, device=x.device).view(1, 1, 1, W).expand(B, 1, H, W)
+            x = torch.cat([x, r, c], dim=1)
+        x = self.stem(x)
         return self.head(self.blocks(x)).squeeze(1)

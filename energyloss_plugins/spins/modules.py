@@ -37,40 +37,59 @@ class LocalFieldFreeEnergyLoss(_SpinLoss):
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over lattices.
     """
 
-    def __init__(self, T: float = Fn.DEFAULT_T_LOCAL_FIELD, h0: float = Fn.DEFAULT_H0, reduction: str = "mean"):
+    def __init__(
+        self,
+        T: float = Fn.DEFAULT_T_LOCAL_FIELD,
+        h0: float = Fn.DEFAULT_H0,
+        reduction: str = "mean",
+        flip_invariant: bool = False,
+    ):
         super().__init__(reduction)
         self.T = check_positive_scalar("T", T)
         self.h0 = check_finite_scalar("h0", h0)
+        self.flip_invariant = bool(flip_invariant)
 
     def forward(self, logits: Tensor, spins: Tensor, couplings: Tensor) -> Tensor:
-        return Fn.local_field_free_energy_loss(logits, spins, couplings, T=self.T, h0=self.h0, reduction=self.reduction)
+        return Fn.local_field_free_energy_loss(
+            logits, spins, couplings, T=self.T, h0=self.h0, reduction=self.reduction, flip_invariant=self.flip_invariant
+        )
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, h0={self.h0}, reduction={self.reduction!r}"
+        return f"T={self.T}, h0={self.h0}, reduction={self.reduction!r}, flip_invariant={self.flip_invariant}"
 
 
 class CrossEntropySpinLoss(_SpinLoss):
-    """Binary cross-entropy on per-site logits, summed over sites."""
+    """Binary cross-entropy on per-site logits, summed over sites (``flip_invariant``: min over
+    the global flip of the target)."""
+
+    def __init__(self, reduction: str = "mean", flip_invariant: bool = False) -> None:
+        super().__init__(reduction)
+        self.flip_invariant = bool(flip_invariant)
 
     def forward(self, logits: Tensor, spins: Tensor, couplings: Tensor | None = None) -> Tensor:
-        return Fn.cross_entropy_spin_loss(logits, spins, couplings, reduction=self.reduction)
+        return Fn.cross_entropy_spin_loss(
+            logits, spins, couplings, reduction=self.reduction, flip_invariant=self.flip_invariant
+        )
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        return f"reduction={self.reduction!r}, flip_invariant={self.flip_invariant}"
 
 
 class MarginSpinLoss(_SpinLoss):
     """Hinge loss ``max(0, margin - y z)`` per site, summed over sites."""
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, margin: float = 1.0, reduction: str = "mean", flip_invariant: bool = False) -> None:
         super().__init__(reduction)
         self.margin = check_positive_scalar("margin", margin)
+        self.flip_invariant = bool(flip_invariant)
 
     def forward(self, logits: Tensor, spins: Tensor, couplings: Tensor | None = None) -> Tensor:
-        return Fn.margin_spin_loss(logits, spins, couplings, margin=self.margin, reduction=self.reduction)
+        return Fn.margin_spin_loss(
+            logits, spins, couplings, margin=self.margin, reduction=self.reduction, flip_invariant=self.flip_invariant
+        )
 
     def extra_repr(self) -> str:
-        return f"margin={self.margin}, reduction={self.reduction!r}"
+        return f"margin={self.margin}, reduction={self.reduction!r}, flip_invariant={self.flip_invariant}"
 
 
 class TrueEnergyFreeEnergyLoss(_SpinLoss):

@@ -5,6 +5,7 @@ Builds (or loads from the cache) L×L open-boundary spin glasses with couplings 
 test excess energy E(sign(z)) - E(ground) as mean ± std over seeds, and saves training curves.
 
     python examples/spins/train_spins.py --L 8 --n-train 500 --n-test 100 --epochs 5 --seeds 0 1
+    python examples/spins/train_spins.py --L 16 --n-train 2000 --epochs 8 --flip-invariant
 
 Outputs in ``--out``: ``curves.png`` and ``results.json``.
 """
@@ -24,13 +25,14 @@ from energyloss_plugins.spins.functional import canonical_loss_name
 
 
 def loss_kwargs(name: str, args: argparse.Namespace) -> dict:
+    fi = {"flip_invariant": True} if args.flip_invariant else {}
     if name == "local_field":
-        return {"T": args.T, "h0": args.h0}
+        return {"T": args.T, "h0": args.h0, **fi}
     if name == "true_energy":
         return {"T": args.T_true}
     if name == "margin":
-        return {"margin": args.margin}
-    return {}
+        return {"margin": args.margin, **fi}
+    return fi
 
 
 def summarize(values: list[float]) -> tuple[float, float]:
@@ -38,30 +40,34 @@ def summarize(values: list[float]) -> tuple[float, float]:
 
 
 def plot_curves(results: list[dict], path: Path, title: str) -> None:
+    """Two panels: training progress (each loss rescaled to [0, 1]: (loss - min) / (first - min),
+    since the losses live on different scales and signs) and the test excess energy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     colors: dict[str, str] = {}
     for r in results:
         first = r["label"] not in colors
-        c = colors.setdefault(r["label"], f"C{len(colors)}")
+        c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
         ep = r["curves"]["epoch"]
         lab = r["label"] if first else None
         train = r["curves"]["train_loss"]
-        # losses live on different scales: show each relative to its own first epoch
-        axes[0].plot(ep, [v / abs(train[0]) if train[0] else v for v in train], color=c, label=lab, alpha=0.8)
+        lo, hi = min(train), train[0]
+        scaled = [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in train]
+        axes[0].plot(ep, scaled, color=c, label=lab, alpha=0.8)
         axes[1].plot(ep, r["curves"]["test_excess"], color=c, label=lab, alpha=0.8)
-    axes[0].set(xlabel="epoch", ylabel="train loss / |first-epoch loss|", title="training loss (relative)")
+    axes[0].set(xlabel="epoch", ylabel="(loss - min) / (first - min)", title="training loss, rescaled per run")
     axes[1].set(xlabel="epoch", ylabel="test excess energy", title="E(sign z) - E(ground), test mean")
     axes[1].set_yscale("log")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (init + order)")
     p.add_argument("--losses", nargs="+", default=spin_loss_names(), help=f"any of {spin_loss_names()}")
-    p.add_argument("--T", type=float, default=1.0, help="temperature of the local-field loss")
+    p.add_argument("--T", type=float, default=0.25, help="temperature of the local-field loss")
     p.add_argument("--h0", type=float, default=4.5, help="offset h0 of the local-field weights")
     p.add_argument("--T-true", type=float, default=0.1, help="temperature of the true-energy loss")
     p.add_argument("--margin", type=float, default=1.0, help="margin of the hinge loss")
@@ -82,6 +88,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--blocks", type=int, default=3)
+    p.add_argument(
+        "--flip-invariant",
+        action="store_true",
+        help="supervised losses take the min over the global flip {y, -y} (beyond the paper)",
+    )
+    p.add_argument(
+        "--gauge",
+        choices=["corner", "center"],
+        default="corner",
+        help="global-flip representative of the labels: spin (0,0) or the centre spin = +1",
+    )
+    p.add_argument("--no-coords", action="store_true", help="do not feed site coordinates to the CNN")
     p.add_argument("--data-seed", type=int, default=0, help="train couplings seed; test uses data-seed + 1")
     p.add_argument("--cache-dir", default=None, help="dataset cache (default ~/.cache/energyloss_plugins/spins)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -105,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
             lr=args.lr,
             width=args.width,
             n_blocks=args.blocks,
+            coords=not args.no_coords,
+            gauge=args.gauge,
             loss_kwargs=loss_kwargs(name, args),
         )
         for seed in args.seeds:
