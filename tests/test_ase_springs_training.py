@@ -2,8 +2,9 @@
 
 MMFF references → springs fitted to the MMFF Hessian → stored per row of an ASE db → Boltzmann
 samples of each row's surrogate at 300 K as noisy inputs → a small E(3)-equivariant denoiser
-trained with ``pair_energy_loss(edge_index=pairs, coefficients=k)`` (the "hessian" coefficient
-scheme). A plain PyTorch loop: the SchNetPack / TorchMD-Net adapter runs are their owners' part.
+and the TorchMD-Net adapter's TensorNet position model, trained with
+``pair_energy_loss(edge_index=pairs, coefficients=k)`` (the "hessian" coefficient scheme) in plain
+PyTorch loops: the adapters' Lightning tasks do not carry per-structure springs through batches yet.
 """
 
 from __future__ import annotations
@@ -149,3 +150,44 @@ def test_training_with_fitted_springs_reduces_the_loss(dataset):
     # Held-out thermal samples are denoised: lower spring energy and lower aligned RMSD than the inputs.
     assert test_loss < 0.8 * input_loss
     assert rmsd_pred < rmsd_in
+
+
+def test_torchmdnet_position_model_trains_on_fitted_springs(dataset):
+    """The TorchMD-Net adapter's TensorNet + PositionOutput model, trained in a plain loop on the
+    stored springs (the adapter's Lightning module does not pass per-structure springs yet)."""
+    pytest.importorskip("torchmdnet_ext")
+    from torchmdnet.models.model import create_model
+    from torchmdnet_ext.cli import get_argparse
+    from torchmdnet_ext.module import prepare_hparams
+
+    args = vars(get_argparse().parse_args([]))
+    args.update(
+        model="tensornet",
+        output_model="PositionOutput",
+        embedding_dimension=16,
+        num_layers=1,
+        num_rbf=16,
+        cutoff_upper=5.0,
+        max_num_neighbors=32,
+        derivative=False,
+        task="structure",
+    )
+    torch.manual_seed(0)
+    model = create_model(prepare_hparams(args))
+    x, y, z, batch, edge_index, k = _batch(_samples(dataset, 8, seed=0))
+    xt, yt, zt, bt, et, kt = _batch(_samples(dataset, 4, seed=100))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(100):
+        opt.zero_grad()
+        pred, _ = model(z, x, batch=batch)
+        loss = call_loss("energy", pred, y, batch, edge_index=edge_index, coefficients=k)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # Measured: 0.62 of the initial loss after 100 steps, held-out 0.60 of the inputs' energy.
+    assert np.mean(losses[-10:]) < 0.8 * losses[0], losses[::10]
+    with torch.no_grad():
+        pred, _ = model(zt, xt, batch=bt)
+        test_loss = float(call_loss("energy", pred, yt, bt, edge_index=et, coefficients=kt))
+    assert test_loss < 0.8 * float(call_loss("energy", xt, yt, bt, edge_index=et, coefficients=kt))
