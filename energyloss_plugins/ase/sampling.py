@@ -106,7 +106,11 @@ class BoltzmannSamples:
 
     @property
     def standard_error(self) -> float:
-        """Standard error of :attr:`mean_energy` in eV, corrected for autocorrelation."""
+        """Standard error of :attr:`mean_energy` in eV, corrected for autocorrelation.
+
+        Reliable only for runs much longer than the autocorrelation time (N ≳ 50 τ): soft modes
+        (e.g. torsions of Hessian-fitted springs) decorrelate slowly and short runs underestimate τ.
+        """
         n = self.energies.size
         return (
             float(np.std(self.energies, ddof=1) * math.sqrt(self.autocorrelation_time / n)) if n > 1 else float("inf")
@@ -119,6 +123,11 @@ class BoltzmannSamples:
             f"(τ = {self.autocorrelation_time:.1f} samples), equipartition {self.expected_energy:.5f} eV "
             f"({self.n_dof} dof); aligned RMSD mean {np.mean(self.rmsd):.4f} Å"
             + (f"; warning: {self.n_soft} soft (non-harmonic) modes" if self.n_soft else "")
+            + (
+                "; warning: run shorter than 50 τ, the standard error is unreliable"
+                if len(self.energies) < 50 * self.autocorrelation_time
+                else ""
+            )
         )
 
     def write(self, filename: str, **kwargs) -> None:
