@@ -16,6 +16,34 @@ from energyloss_plugins.diffusion import Denoiser, NoiseSchedule, diffusion_loss
 from energyloss_plugins.losses import LOSSES, call_loss
 
 
+#: Coefficient name meaning "the per-structure springs stored with the data" (e.g. fitted to a
+#: calculator's Hessian by :func:`energyloss_plugins.ase.coefficients_from_calculator`).
+DATA_SPRINGS = "hessian"
+
+
+def with_batch_data(options: Mapping, numbers: Tensor | None = None, bonds: Tensor | None = None,
+                    springs: tuple[Tensor, Tensor] | None = None) -> dict:
+    """Loss options completed with a batch's atomic numbers, bonds and stored springs.
+
+    ``springs`` is ``(edge_index (2, E) flat atom indices, k (E,) eV/Å²)``. With
+    ``coefficients: hessian`` the springs are required; with any other scheme they are ignored.
+    """
+    options = dict(options)
+    if numbers is not None:
+        options.setdefault("numbers", numbers)
+    if bonds is not None:
+        options.setdefault("bonds", bonds)
+    if options.get("coefficients") == DATA_SPRINGS:
+        if springs is None:
+            raise ValueError(
+                "coefficients: hessian uses the springs stored with each structure, but this batch has none. "
+                "Store them with energyloss_plugins.ase.add_springs_to_db (row.data spring_pairs/spring_k)."
+            )
+        options["edge_index"], options["coefficients"] = springs[0], springs[1]
+        options.pop("graph", None)
+    return options
+
+
 class StructureObjective:
     """Structure prediction: input geometry → equilibrium geometry.
 
@@ -23,6 +51,7 @@ class StructureObjective:
         loss: ``energy``, ``mse``, ``mae`` or ``kabsch``.
         loss_kwargs: options of the loss (coefficients, coefficient_kwargs, graph, graph_kwargs,
             reduction, normalize); energy-only options are ignored by the baselines.
+            ``coefficients: hessian`` takes the springs stored per structure in the data.
     """
 
     def __init__(self, loss: str = "energy", loss_kwargs: Mapping | None = None):
@@ -30,14 +59,16 @@ class StructureObjective:
         self.loss_name = loss
         self.loss_kwargs = dict(loss_kwargs or {})
 
+    @property
+    def needs_springs(self) -> bool:
+        """True when the loss reads per-structure springs from the batch (``coefficients: hessian``)."""
+        return self.loss_name == "energy" and self.loss_kwargs.get("coefficients") == DATA_SPRINGS
+
     def loss(self, pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,
-             bonds: Tensor | None = None) -> Tensor:
+             bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``."""
-        options = dict(self.loss_kwargs)
-        if numbers is not None:
-            options.setdefault("numbers", numbers)
-        if bonds is not None:
-            options.setdefault("bonds", bonds)
+        options = with_batch_data(self.loss_kwargs, numbers, bonds, springs) if self.loss_name == "energy" \
+            else self.loss_kwargs
         return call_loss(self.loss_name, pred, target, batch, **options)
 
     @staticmethod
@@ -76,10 +107,10 @@ class DiffusionObjective:
         """Noised batch: dict with ``x0``, ``x_t``, ``eps`` ``(N, 3)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``."""
         return noise_batch(x0, batch, self.schedule, generator=generator, flow_matching=self.flow_matching)
 
-    def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None) -> Tensor:
-        options = dict(self.loss_kwargs)
-        if numbers is not None:
-            options.setdefault("numbers", numbers)
+    def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None,
+             springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        options = with_batch_data(self.loss_kwargs, numbers, springs=springs) if self.loss_name == "energy" \
+            else self.loss_kwargs
         return diffusion_loss(output, noised, batch, loss=self.loss_name, parameterization=self.parameterization,
                               max_weight=self.max_weight, loss_kwargs=options)
 

@@ -73,3 +73,22 @@ def test_objective_trains_a_denoiser_with_the_energy_loss():
         opt.step()
         losses.append(float(loss))
     assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
+
+
+def test_objectives_take_stored_springs_with_coefficients_hessian():
+    from energyloss_plugins import pair_energy_loss
+    from energyloss_plugins.graphs import build_pairs
+    from energyloss_plugins.tasks import StructureObjective
+
+    g = torch.Generator().manual_seed(2)
+    target = torch.randn(BATCH.shape[0], 3, dtype=torch.float64, generator=g)
+    pred = target + 0.2 * torch.randn(target.shape, dtype=torch.float64, generator=g)
+    pairs = build_pairs("complete", target, BATCH, 3).materialize()
+    k = torch.rand(pairs.shape[1], dtype=torch.float64, generator=g)
+    objective = StructureObjective("energy", {"coefficients": "hessian", "graph": "complete"})
+    assert objective.needs_springs
+    expected = pair_energy_loss(pred, target, BATCH, edge_index=pairs, coefficients=k)
+    assert torch.allclose(objective.loss(pred, target, BATCH, springs=(pairs, k)), expected)
+    with pytest.raises(ValueError, match="add_springs_to_db"):
+        objective.loss(pred, target, BATCH)
+    assert not StructureObjective("mse", {"coefficients": "hessian"}).needs_springs
