@@ -1,0 +1,61 @@
+"""Offline molecular datasets for structure tasks (equilibrium targets + input geometries, ASE db).
+
+Importing this package needs numpy and torch only; RDKit, ASE and tblite are imported when a
+function needs them. See ``docs/data.md`` for the database contract and the builder's choices.
+
+    from energyloss_plugins.data import build_dataset, read_dataset
+    report = build_dataset("nci", "qm9like/data.db", max_molecules=500, max_heavy_atoms=9, elements="C,N,O,F")
+    records = read_dataset("qm9like/data.db")
+"""
+
+from energyloss_plugins.data.builder import (
+    CHEAP_INPUT,
+    INPUT_KINDS,
+    METHODS,
+    PROPERTY_UNITS,
+    BuildReport,
+    BuildSettings,
+    build_dataset,
+    make_settings,
+    process_entry,
+    split_molecules,
+)
+from energyloss_plugins.data.chem import (
+    BOLTZMANN_EV,
+    KCAL_MOL_IN_EV,
+    TARGET_FMAX,
+    XTB_FMAX,
+    ChemError,
+    harmonic_samples,
+)
+from energyloss_plugins.data.reader import DatasetRecord, collate_records, read_dataset, read_metadata, read_split
+from energyloss_plugins.data.sources import SOURCE_NAMES, SourceEntry, Structures, load_structures, nci_path
+
+__all__ = [
+    "BOLTZMANN_EV",
+    "CHEAP_INPUT",
+    "INPUT_KINDS",
+    "KCAL_MOL_IN_EV",
+    "METHODS",
+    "PROPERTY_UNITS",
+    "SOURCE_NAMES",
+    "TARGET_FMAX",
+    "XTB_FMAX",
+    "BuildReport",
+    "BuildSettings",
+    "ChemError",
+    "DatasetRecord",
+    "SourceEntry",
+    "Structures",
+    "build_dataset",
+    "collate_records",
+    "harmonic_samples",
+    "load_structures",
+    "make_settings",
+    "nci_path",
+    "process_entry",
+    "read_dataset",
+    "read_metadata",
+    "read_split",
+    "split_molecules",
+]

@@ -1,0 +1,146 @@
+"""Read a dataset written by :func:`energyloss_plugins.data.build_dataset` into records or flat batches."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DatasetRecord:
+    """One database row: an input geometry and its equilibrium target.
+
+    Attributes:
+        row_index: 0-based row index (the index used by ``split.npz`` and SchNetPack).
+        mol_id: molecule id (shared by all inputs of a molecule).
+        input_kind: ``"uff"``, ``"mmff"``, ``"xtb"``, ``"thermal"`` or ``"etkdg"``.
+        numbers: ``(N,)`` long atomic numbers.
+        positions: ``(N, 3)`` float64 input positions in Å.
+        target_positions: ``(N, 3)`` float64 equilibrium positions in Å (same atom order).
+        ref_energy: energy of the target under the reference method in eV (NaN if unknown).
+        bonds: ``(M, 2)`` long bond list of the target, i < j.
+        bond_orders: ``(M,)`` float64 Kekulé bond orders (1, 2, 3).
+        formal_charges: ``(N,)`` long formal charges.
+        smiles, method, source, name: strings from the row.
+        input_rmsd: Kabsch-aligned RMSD input -> target in Å.
+    """
+
+    row_index: int
+    mol_id: int
+    input_kind: str
+    numbers: Tensor
+    positions: Tensor
+    target_positions: Tensor
+    ref_energy: float
+    bonds: Tensor
+    bond_orders: Tensor
+    formal_charges: Tensor
+    smiles: str
+    method: str
+    source: str
+    name: str
+    input_rmsd: float
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The database metadata (SchNetPack keys plus the ``energyloss`` entry)."""
+    from ase.db import connect
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No dataset at {path}; build one with `energyloss-data build`.")
+    return dict(connect(path, type="db", use_lock_file=False).metadata)
+
+
+def read_dataset(
+    path: str | os.PathLike,
+    indices: Iterable[int] | None = None,
+    input_kinds: Sequence[str] | None = None,
+) -> list[DatasetRecord]:
+    """Read rows of a dataset as :class:`DatasetRecord` (torch tensors).
+
+    Args:
+        path: the ``.db`` file.
+        indices: 0-based row indices (e.g. ``np.load("split.npz")["test_idx"]``); None for all rows.
+        input_kinds: keep only these input kinds.
+    """
+    from ase.db import connect
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No dataset at {path}; build one with `energyloss-data build`.")
+    db = connect(path, type="db", use_lock_file=False)
+    if indices is None:
+        rows = list(db.select(sort="id"))
+    else:
+        n = db.count()
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"Row indices {bad[:5]} are out of range for a dataset of {n} rows (0-based).")
+        rows = [db.get(id=i + 1) for i in idx]
+    out = []
+    for row in rows:
+        kvp = row.key_value_pairs
+        if input_kinds is not None and kvp.get("input_kind") not in input_kinds:
+            continue
+        data = row.data
+        out.append(
+            DatasetRecord(
+                row_index=row.id - 1,
+                mol_id=int(kvp.get("mol_id", row.id - 1)),
+                input_kind=str(kvp.get("input_kind", "")),
+                numbers=torch.tensor(np.array(row.numbers), dtype=torch.long),
+                positions=torch.tensor(np.array(row.positions, dtype=np.float64)),
+                target_positions=torch.tensor(np.array(data["target_positions"], dtype=np.float64)),
+                ref_energy=float(np.asarray(data.get("ref_energy", [math.nan]))[0]),
+                bonds=torch.tensor(np.array(data.get("bonds", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)),
+                bond_orders=torch.tensor(np.array(data.get("bond_orders", np.zeros(0)), dtype=np.float64)),
+                formal_charges=torch.tensor(
+                    np.array(data.get("formal_charges", np.zeros(len(row.numbers))), dtype=np.int64)
+                ),
+                smiles=str(kvp.get("smiles", "")),
+                method=str(kvp.get("method", "")),
+                source=str(kvp.get("source", "")),
+                name=str(kvp.get("name", "")),
+                input_rmsd=float(kvp.get("input_rmsd", math.nan)),
+            )
+        )
+    return out
+
+
+def read_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``train_idx``, ``val_idx``, ``test_idx`` (0-based row indices) from a ``split.npz``."""
+    with np.load(os.fspath(path)) as z:
+        return {k: np.asarray(z[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx")}
+
+
+def collate_records(records: Sequence[DatasetRecord], dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Concatenate records into the flat layout used by the losses and metrics.
+
+    Returns:
+        ``numbers`` (N_total,) long, ``positions`` and ``target_positions`` (N_total, 3) ``dtype`` Å,
+        ``batch`` (N_total,) long, ``bonds`` (2, M_total) long flat atom indices, ``bond_orders``
+        (M_total,), ``formal_charges`` (N_total,) long, ``ref_energy`` (B,) eV, ``mol_id`` (B,) long.
+    """
+    if not records:
+        raise ValueError("collate_records needs at least one record.")
+    offsets = np.cumsum([0] + [len(r.numbers) for r in records])
+    return {
+        "numbers": torch.cat([r.numbers for r in records]),
+        "positions": torch.cat([r.positions for r in records]).to(dtype),
+        "target_positions": torch.cat([r.target_positions for r in records]).to(dtype),
+        "batch": torch.cat([torch.full((len(r.numbers),), b, dtype=torch.long) for b, r in enumerate(records)]),
+        "bonds": torch.cat([(r.bonds + int(o)).T for r, o in zip(records, offsets[:-1], strict=True)], dim=1),
+        "bond_orders": torch.cat([r.bond_orders for r in records]),
+        "formal_charges": torch.cat([r.formal_charges for r in records]),
+        "ref_energy": torch.tensor([r.ref_energy for r in records], dtype=torch.float64),
+        "mol_id": torch.tensor([r.mol_id for r in records], dtype=torch.long),
+    }

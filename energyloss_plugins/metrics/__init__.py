@@ -1,0 +1,66 @@
+"""Structure metrics for predicted molecules against equilibrium targets (see ``docs/metrics.md``).
+
+Cheap, batched torch metrics for every epoch (flat layout: positions ``(N_total, 3)`` Å, ``batch``
+``(N_total,)``, ``numbers`` ``(N_total,)``, ``bonds`` ``(2, M)``):
+:func:`aligned_rmsd`, :func:`bond_length_mae`, :func:`angle_mae`, :func:`covalent_bonds`,
+:func:`atom_stability`, :func:`molecule_stability`, :func:`structure_metrics`.
+
+RDKit / force-field metrics for evaluation: :func:`symmetric_rmsd`, :func:`validity`,
+:func:`connectivity`, :func:`uniqueness`, :func:`excess_energy`.
+
+Importing this package needs torch and numpy only.
+"""
+
+from energyloss_plugins.metrics.bonds import (
+    ALLOWED_VALENCES,
+    BOND_MARGINS,
+    COVALENT_RADII,
+    COVALENT_TOLERANCE,
+    atom_stability,
+    atom_valences,
+    covalent_bonds,
+    distance_bond_orders,
+    molecule_stability,
+    stable_atoms,
+)
+from energyloss_plugins.metrics.chemistry import (
+    BOND_METHODS,
+    connectivity,
+    molecule_smiles,
+    split_structures,
+    symmetric_rmsd,
+    to_rdkit_mols,
+    uniqueness,
+    validity,
+)
+from energyloss_plugins.metrics.energy import ENERGY_METHODS, excess_energy
+from energyloss_plugins.metrics.geometry import aligned_rmsd, angle_mae, bond_angles, bond_length_mae
+from energyloss_plugins.metrics.summary import structure_metrics
+
+__all__ = [
+    "ALLOWED_VALENCES",
+    "BOND_MARGINS",
+    "BOND_METHODS",
+    "COVALENT_RADII",
+    "COVALENT_TOLERANCE",
+    "ENERGY_METHODS",
+    "aligned_rmsd",
+    "angle_mae",
+    "atom_stability",
+    "atom_valences",
+    "bond_angles",
+    "bond_length_mae",
+    "connectivity",
+    "covalent_bonds",
+    "distance_bond_orders",
+    "excess_energy",
+    "molecule_smiles",
+    "molecule_stability",
+    "split_structures",
+    "stable_atoms",
+    "structure_metrics",
+    "symmetric_rmsd",
+    "to_rdkit_mols",
+    "uniqueness",
+    "validity",
+]
