@@ -56,7 +56,7 @@ def main(argv=None):
 
     from ase import Atoms
 
-    from energyloss_plugins.metrics import atom_stability, molecule_stability
+    from energyloss_plugins.metrics import molecule_stability, stable_atoms
     from schnetpack_ext import DiffusionTask
 
     ckpt = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "epoch=*.ckpt")))[-1]
@@ -79,10 +79,10 @@ def main(argv=None):
         "checkpoint": ckpt, "loss": args.loss, "budget_s": args.budget, "samples": len(samples),
         "sampler": f"{args.method}, {args.steps} steps", "sampling_s": round(elapsed, 1),
         "valid_ase_atoms": int(sum(valid)),
-        "atom_stability": float(atom_stability(numbers, positions, batch)),
-        "molecule_stability": float(molecule_stability(numbers, positions, batch)),
-        "pbe0_targets_atom_stability": float(atom_stability(numbers, ref_positions, batch)),
-        "pbe0_targets_molecule_stability": float(molecule_stability(numbers, ref_positions, batch)),
+        "atom_stability": float(stable_atoms(numbers, positions, batch).float().mean()),  # over all atoms (EDM)
+        "molecule_stability": float(molecule_stability(numbers, positions, batch).float().mean()),
+        "pbe0_targets_atom_stability": float(stable_atoms(numbers, ref_positions, batch).float().mean()),
+        "pbe0_targets_molecule_stability": float(molecule_stability(numbers, ref_positions, batch).float().mean()),
     }
     import ase.io
 
