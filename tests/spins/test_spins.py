@@ -129,10 +129,11 @@ def test_local_field_energy_unique_minimum_at_data_when_h0_above_max_field(bound
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), T=st.floats(0.05, 20.0), extra=st.floats(0.01, 3.0))
+@given(seed=st.integers(0, 10_000), T=st.floats(0.5, 20.0), extra=st.floats(0.01, 3.0))
 def test_local_field_free_energy_minimised_at_analytic_logits(seed, T, extra):
     """Per site the minimiser is y_i z_i = w_i / T: decoding sign(z*) returns the data spins, and
-    the loss is larger at every perturbation of z*."""
+    the loss is larger at every perturbation of z*. (T ≥ 0.5 keeps |z*| ≤ ~22: at colder T the
+    sigmoid saturates and a perturbation changes the loss by less than float64 resolution.)"""
     J = random_couplings(4, 2, seed=seed).double()
     y = random_spins(2, 4, 4, seed=seed + 1)
     h0 = float(local_fields(y, J).abs().max()) + extra
