@@ -116,12 +116,12 @@ def val_curve(run_dir: str, key: str = "val_rmsd"):
     return [int(r["epoch"]) + 1 for r in rows], [float(r[key]) for r in rows]
 
 
-def table(results: dict, columns=METRICS, extra=("epochs",)) -> str:
+def table(results: dict, columns=METRICS, extra=("epochs", "steps")) -> str:
     """Markdown table: one row per run."""
     head = ["run", *[LABELS.get(c, c) for c in columns], *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, res in results.items():
-        cells = [name]
+        cells = [name.replace(" | ", " / ")]
         for c in columns:
             v = res.get(c)
             cells.append("—" if v is None or v != v else (f"{100 * v:.1f} %" if "stability" in c else f"{v:.4f}"))
