@@ -15,6 +15,7 @@ exp                k0 exp(-d / length_scale)                     k0=1.0, length_
 bond_aware         k_bond if bonded else k0 / d²                 k_bond=1.0, k0=1.0
 morse              φ''(d), φ = D (1 - e^{-a(r - r0)})²           D=1.0, a=2.0, r0=None, params, k_min
 lennard_jones      φ''(d), φ = ε((r_min/r)^12 - 2(r_min/r)^6)    epsilon=1.0, r_min=None, params, k_min
+hessian            springs stored per structure with the data    (fitted by energyloss_plugins.ase)
 =================  ============================================  ===========================
 
 For the pair potentials, ``r0`` (Morse) and ``r_min`` (LJ; σ = r_min / 2^{1/6}) default to the sum
@@ -123,6 +124,17 @@ def exp(ctx: PairContext, k0: float = 1.0, length_scale: float = 1.0) -> Tensor:
 def bond_aware(ctx: PairContext, k_bond: float = 1.0, k0: float = 1.0) -> Tensor:
     assert ctx.bonded is not None
     return torch.where(ctx.bonded, torch.full_like(ctx.distance, k_bond), k0 / ctx.distance.clamp_min(1e-6) ** 2)
+
+
+@register_coefficients("hessian")
+def hessian(ctx: PairContext, **unused) -> Tensor:
+    # A name, not a formula: the springs fitted per structure (energyloss_plugins.ase) are stored
+    # with the data and substituted by the task objectives (energyloss_plugins.tasks.with_batch_data).
+    raise ValueError(
+        "coefficients 'hessian' means the springs stored with each structure: pass them as "
+        "pair_energy_loss(..., edge_index=pairs, coefficients=k), or train through a task objective, "
+        "which reads them from the batch (fit them with energyloss_plugins.ase.add_springs_to_db)."
+    )
 
 
 # Covalent radii in Å (Cordero et al., Dalton Trans. 2008), H..Ar; other elements use 1.5 Å.

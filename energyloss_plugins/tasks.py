@@ -107,9 +107,15 @@ class DiffusionObjective:
         """Noised batch: dict with ``x0``, ``x_t``, ``eps`` ``(N, 3)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``."""
         return noise_batch(x0, batch, self.schedule, generator=generator, flow_matching=self.flow_matching)
 
+    @property
+    def needs_springs(self) -> bool:
+        """True when the loss reads per-structure springs from the batch (``coefficients: hessian``)."""
+        return self.loss_name == "energy" and self.loss_kwargs.get("coefficients") == DATA_SPRINGS
+
     def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None,
-             springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        options = with_batch_data(self.loss_kwargs, numbers, springs=springs) if self.loss_name == "energy" \
+             bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Diffusion loss of a model output for ``noised["x_t"]`` (see :func:`~energyloss_plugins.diffusion.diffusion_loss`)."""
+        options = with_batch_data(self.loss_kwargs, numbers, bonds, springs) if self.loss_name == "energy" \
             else self.loss_kwargs
         return diffusion_loss(output, noised, batch, loss=self.loss_name, parameterization=self.parameterization,
                               max_weight=self.max_weight, loss_kwargs=options)

@@ -334,3 +334,40 @@ def test_ddp_two_processes_agree_with_one(db_path, tmp_path):
     train1 = [float(r["train_total_energy_loss"]) for r in _metrics(one) if r.get("train_total_energy_loss")]
     train2 = [float(r["train_total_energy_loss"]) for r in _metrics(two) if r.get("train_total_energy_loss")]
     assert np.allclose(train1, train2, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_console_script_trains_on_hessian_fitted_springs(tmp_path):
+    """End to end: springs fitted to MMFF94's Hessian at each target, stored in the database, and
+    selected in the conf as `coefficients: hessian`; one epoch lowers the loss on those springs."""
+    from torch_geometric.loader import DataLoader
+    from torchmdnet.models.model import load_model
+
+    from energyloss_plugins.ase import MMFFCalculator, add_springs_to_db
+    from energyloss_plugins.data import build_dataset
+
+    smi = tmp_path / "small.smi"
+    smi.write_text("\n".join(["CCO", "CC=O", "CCN", "OCCO", "CC(=O)O", "CCC", "CNC", "COC"]) + "\n")
+    db = str(tmp_path / "springs.db")
+    build_dataset(str(smi), db, method="mmff", inputs=("thermal",), n_thermal=3, temperature=3000.0, seed=0,
+                  progress=False)
+    assert add_springs_to_db(db, MMFFCalculator, graph="complete", k_min=1e-2) > 0
+    ds = torchmdnet_ext.EnergyLossDB(db, input_kinds=["thermal"])
+    assert "spring_index" in ds[0] and ds[0].spring_k.shape[0] == ds[0].spring_index.shape[1]
+
+    conf = tmp_path / "hessian.yaml"
+    conf.write_text(CONF.format(loss="energy_loss", batch_size=2, epochs=1, precision=32)
+                    .replace("coefficients: exp", "coefficients: hessian"))
+    log_dir = tmp_path / "hessian"
+    res = subprocess.run([SCRIPT, "--conf", str(conf), "--dataset-root", db, "--log-dir", str(log_dir)],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    model = load_model(_ckpt(log_dir, 0))
+    idx = np.load(log_dir / "splits.npz")["idx_train"]
+    b = next(iter(DataLoader([ds[int(i)] for i in idx], batch_size=len(idx))))
+    with torch.no_grad():
+        y, _ = model(b.z, b.pos, b.batch)
+    springs = dict(edge_index=b.spring_index, coefficients=b.spring_k.float())
+    before = call_loss("energy", b.pos, b.pos_target, b.batch, **springs).item()
+    after = call_loss("energy", y, b.pos_target, b.batch, **springs).item()
+    assert after < before, (before, after)

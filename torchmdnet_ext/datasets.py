@@ -60,13 +60,17 @@ class _PositionDataset(Dataset):
         return np.asarray([lookup[int(r)] for r in rows if int(r) in lookup], dtype=np.int64)
 
     @staticmethod
-    def _data(numbers, positions, target, bonds=None, row=0) -> Data:
+    def _data(numbers, positions, target, bonds=None, row=0, springs=None) -> Data:
         d = Data(z=torch.as_tensor(numbers, dtype=torch.long),
                  pos=torch.as_tensor(positions, dtype=torch.float32),
                  pos_target=torch.as_tensor(target, dtype=torch.float32),
                  row=torch.tensor([int(row)], dtype=torch.long))
         if bonds is not None:
             d.bond_index = torch.as_tensor(np.asarray(bonds), dtype=torch.long).reshape(-1, 2).T.contiguous()
+        if springs is not None and springs[0] is not None:
+            # "index" in the name makes PyG offset the pairs per structure when batching.
+            d.spring_index = springs[0].reshape(-1, 2).T.contiguous().long()
+            d.spring_k = springs[1].to(torch.float64)
         return d
 
 
@@ -107,7 +111,8 @@ class EnergyLossDB(_PositionDataset):
         self.rows = np.asarray([r.row_index for r in records], dtype=np.int64)
         if target_frame == "random":
             targets = _rotate_targets(targets, self.rows, rotation_seed)
-        self.items = [self._data(r.numbers, r.positions, t, r.bonds, r.row_index) for r, t in zip(records, targets, strict=True)]
+        self.items = [self._data(r.numbers, r.positions, t, r.bonds, r.row_index, (r.spring_pairs, r.spring_k))
+                      for r, t in zip(records, targets, strict=True)]
         self.mol_ids = np.asarray([r.mol_id for r in records], dtype=np.int64)
         self.input_kinds = [r.input_kind for r in records]
         self.split_file = split_file or os.path.join(os.path.dirname(self.path), "split.npz")

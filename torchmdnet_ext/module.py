@@ -75,7 +75,7 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of {sorted(CORE_NAMES)} "
                          "(energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, l1_loss).")
     h["train_loss_arg"] = _parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
-    _check_loss_options(h["train_loss"], h["train_loss_arg"], h["task"])
+    _check_loss_options(h["train_loss"], h["train_loss_arg"])
     if h.get("derivative"):
         raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; set derivative: false.")
     if h.get("standardize"):
@@ -97,7 +97,7 @@ def prepare_hparams(hparams) -> dict:
     return h
 
 
-def _check_loss_options(train_loss: str, options: dict, task: str):
+def _check_loss_options(train_loss: str, options: dict):
     name = core_name(train_loss)
     if name == "energy":
         from energyloss_plugins.modules import PairEnergyLoss
@@ -107,9 +107,6 @@ def _check_loss_options(train_loss: str, options: dict, task: str):
         if unknown:
             raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; valid: {sorted(energy_keys)}.")
         PairEnergyLoss(**options)  # fails now for a misspelt scheme or graph
-        if task == "diffusion" and (options.get("graph") == "bonds" or options.get("coefficients") == "bond_aware"):
-            raise ValueError("Bond-based energy options (graph: bonds, coefficients: bond_aware) are not available for "
-                             "task: diffusion (the core DiffusionObjective takes no bonds); use them with task: structure.")
     else:
         unknown = set(options) - {"reduction", "normalize"}
         if unknown:
@@ -170,18 +167,19 @@ class PositionLNNP(LNNP):
         z, b = batch.z, batch.batch
         target = batch.pos_target if "pos_target" in batch else batch.pos
         bonds = batch.bond_index if "bond_index" in batch else None
+        springs = (batch.spring_index, batch.spring_k) if "spring_index" in batch else None
         box, q, s = self._conditioning(batch)
         values = {}
         with torch.set_grad_enabled(stage == "train"):
             if self.hparams.task == "structure":
                 pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
                 for name in loss_names:
-                    values[name] = self._objective(name).loss(pred, target, b, numbers=z, bonds=bonds)
+                    values[name] = self._objective(name).loss(pred, target, b, numbers=z, bonds=bonds, springs=springs)
             else:
                 noised = self.objective.noise(target, b)
                 out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
                 for name in loss_names:
-                    values[name] = self._objective(name).loss(out, noised, b, numbers=z)
+                    values[name] = self._objective(name).loss(out, noised, b, numbers=z, bonds=bonds, springs=springs)
         for name, value in values.items():
             self.losses[stage]["y"][name].append(value.detach())
             self.losses[stage]["total"][name].append(value.detach())

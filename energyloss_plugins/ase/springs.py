@@ -509,6 +509,8 @@ def add_springs_to_db(
         if not overwrite and "spring_k" in (row.data or {}):
             continue
         atoms = row.toatoms()
+        if "target_positions" in (row.data or {}):  # builder databases: springs belong to the equilibrium target
+            atoms.positions = np.asarray(row.data["target_positions"], dtype=float)
         calc = calculator if isinstance(calculator, Calculator) else calculator(atoms)
         pairs, k, report = coefficients_from_calculator(atoms, calc, **fit_kwargs)
         con.update(row.id, data=springs_to_data(pairs, k, report))

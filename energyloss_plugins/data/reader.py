@@ -30,6 +30,8 @@ class DatasetRecord:
         formal_charges: ``(N,)`` long formal charges.
         smiles, method, source, name: strings from the row.
         input_rmsd: Kabsch-aligned RMSD input -> target in Å.
+        spring_pairs, spring_k: ``(E, 2)`` long and ``(E,)`` float64 springs (eV/Å²) fitted to a
+            calculator's Hessian (``energyloss_plugins.ase.add_springs_to_db``), or None.
     """
 
     row_index: int
@@ -47,6 +49,8 @@ class DatasetRecord:
     source: str
     name: str
     input_rmsd: float
+    spring_pairs: Tensor | None = None
+    spring_k: Tensor | None = None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -111,6 +115,9 @@ def read_dataset(
                 source=str(kvp.get("source", "")),
                 name=str(kvp.get("name", "")),
                 input_rmsd=float(kvp.get("input_rmsd", math.nan)),
+                spring_pairs=torch.tensor(np.array(data["spring_pairs"], dtype=np.int64).reshape(-1, 2))
+                if "spring_pairs" in data else None,
+                spring_k=torch.tensor(np.array(data["spring_k"], dtype=np.float64)) if "spring_k" in data else None,
             )
         )
     return out
