@@ -102,7 +102,7 @@ def _progress(run_dir: str):
         return None, None
     with open(files[0]) as f:
         rows = list(csv.DictReader(f))
-    epochs = max((int(r["epoch"]) for r in rows if r.get("epoch")), default=-1) + 1
+    epochs = len({r["epoch"] for r in rows if r.get("val_loss")})  # completed (validated) epochs
     steps = max((int(r["step"]) for r in rows if r.get("step")), default=0)
     return epochs, steps
 
