@@ -45,6 +45,13 @@ class PairSet:
             return
         yield from _complete_chunks(self.batch, self.n_structures, max_pairs)
 
+    def count(self) -> int:
+        """Number of pairs E."""
+        if self.index is not None:
+            return int(self.index.shape[1])
+        counts = structure_counts(self.batch, self.n_structures)
+        return int((counts * (counts - 1) // 2).sum())
+
     def materialize(self) -> Tensor:
         """The whole ``(2, E)`` pair list (use only when E fits in memory)."""
         if self.index is not None:
@@ -52,12 +59,28 @@ class PairSet:
         return torch.cat(list(self.chunks(2**62)), dim=1)
 
 
-def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterator[Tensor]:
-    """All pairs i < j inside each structure, in chunks of consecutive first atoms.
+# Structures of up to this many atoms get their complete graph from cached per-size templates
+# (three passes over the pairs per chunk instead of ~10); larger ones are generated row by row.
+_TEMPLATE_MAX_ATOMS = 256
 
-    Atom ``a`` with local index ``l`` in a structure of ``n`` atoms pairs with the ``n - 1 - l``
-    atoms after it, so each chunk is built without a Python loop over structures. Inside a chunk
-    the pairs are ordered by offset j - i (i.e. by diagonals of the pair matrix).
+
+@functools.lru_cache(maxsize=512)
+def _complete_template(n: int, device: str) -> Tensor:
+    """``(2, n(n-1)/2)`` int32 local pairs (a, a + o) of one n-atom structure, ordered by offset o."""
+    offsets = torch.repeat_interleave(torch.arange(1, n), torch.arange(n - 1, 0, -1))
+    first = torch.cumsum(torch.arange(n - 1, 0, -1), 0) - torch.arange(n - 1, 0, -1)
+    i = torch.arange(offsets.shape[0]) - torch.repeat_interleave(first, torch.arange(n - 1, 0, -1))
+    return torch.stack([i, i + offsets]).to(dtype=torch.int32, device=device)
+
+
+def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterator[Tensor]:
+    """All pairs i < j inside each structure, in chunks of at most ``max_pairs`` pairs.
+
+    Pairs are ordered by offset j - i inside each structure (diagonals of the pair matrix), so
+    consecutive pairs never share an atom and the loss's scatter-adds onto either atom do not
+    serialise on one address. Small structures (``_TEMPLATE_MAX_ATOMS``) come from cached per-size
+    templates, several whole structures per chunk; larger ones in chunks of consecutive first
+    atoms (one atom's row may exceed ``max_pairs``), without a Python loop over structures.
     """
     n_atoms = batch.shape[0]
     device = batch.device
@@ -69,31 +92,51 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
         batch = batch[order]
     counts = structure_counts(batch, n_structures)
     starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(n_atoms, device=device) - starts[batch]
-    n_partners = counts[batch] - 1 - local
-    ends = torch.cumsum(n_partners, 0)
-    lo = 0
-    while lo < n_atoms:
-        # Largest atom range [lo, hi) whose pairs fit in max_pairs (at least one atom).
-        base = int(ends[lo - 1]) if lo else 0
-        hi = int(torch.searchsorted(ends, base + max_pairs, right=True))
-        hi = min(max(hi, lo + 1), n_atoms)
-        reps = n_partners[lo:hi]
-        max_offset = int(reps.max())
-        if max_offset > 0:
-            # Pairs (a, a + o) ordered by offset o, then by atom: consecutive pairs never share an
-            # atom, so the loss's scatter-adds onto either atom do not serialise on one address.
-            atoms = torch.argsort(reps, descending=True, stable=True)  # local atoms with ≥ o partners come first
-            n_with = torch.bincount(reps, minlength=max_offset + 1).flip(0).cumsum(0).flip(0)[1:]
-            offsets = torch.repeat_interleave(torch.arange(1, max_offset + 1, device=device), n_with)
-            first = torch.cumsum(n_with, 0) - n_with
-            rank = torch.arange(offsets.shape[0], device=device) - torch.repeat_interleave(first, n_with)
-            i = atoms.index_select(0, rank) + lo
-            pairs = torch.stack([i, i + offsets])
-            yield pairs if order is None else order[pairs]
-        else:
-            yield torch.zeros(2, 0, dtype=torch.long, device=device)
-        lo = hi
+    n_pairs = counts * (counts - 1) // 2
+    small = (counts >= 2) & (counts <= _TEMPLATE_MAX_ATOMS) & (n_pairs <= max_pairs)
+    large = (counts >= 2) & ~small
+    yielded = False
+
+    # Small structures: cached per-size templates, concatenated and shifted to each structure's start.
+    if bool(small.any()):
+        which = torch.nonzero(small).squeeze(1)
+        sizes, first_atom, n_small = counts[which].tolist(), starts[which], n_pairs[which]
+        ends = torch.cumsum(n_small, 0)
+        total, lo = int(ends[-1]), 0
+        while (base := int(ends[lo - 1]) if lo else 0) < total:
+            hi = int(torch.searchsorted(ends, base + max_pairs, right=True))  # > lo: n_pairs <= max_pairs
+            local = torch.cat([_complete_template(n, str(device)) for n in sizes[lo:hi]], dim=1)
+            shift = torch.repeat_interleave(first_atom[lo:hi], n_small[lo:hi], output_size=local.shape[1])
+            chunk = local + shift  # int32 + int64 -> int64
+            yield chunk if order is None else order[chunk]
+            yielded, lo = True, hi
+
+    # Large structures: rows of consecutive first atoms (atoms of small structures get no partners).
+    if bool(large.any()):
+        local = torch.arange(n_atoms, device=device) - starts[batch]
+        n_partners = torch.where(large[batch], counts[batch] - 1 - local, 0)
+        ends = torch.cumsum(n_partners, 0)
+        total = int(ends[-1])
+        lo = int(torch.searchsorted(ends, 0, right=True))  # first atom with partners
+        while (base := int(ends[lo - 1]) if lo else 0) < total:
+            # Largest atom range [lo, hi) whose pairs fit in max_pairs (at least one atom).
+            hi = int(torch.searchsorted(ends, base + max_pairs, right=True))
+            hi = min(max(hi, lo + 1), n_atoms)
+            reps = n_partners[lo:hi]
+            max_offset = int(reps.max())
+            if max_offset > 0:
+                atoms = torch.argsort(reps, descending=True, stable=True)  # local atoms with ≥ o partners come first
+                n_with = torch.bincount(reps, minlength=max_offset + 1).flip(0).cumsum(0).flip(0)[1:]
+                offsets = torch.repeat_interleave(torch.arange(1, max_offset + 1, device=device), n_with)
+                first = torch.cumsum(n_with, 0) - n_with
+                rank = torch.arange(offsets.shape[0], device=device) - torch.repeat_interleave(first, n_with)
+                i = atoms.index_select(0, rank) + lo
+                pairs = torch.stack([i, i + offsets])
+                yield pairs if order is None else order[pairs]
+                yielded = True
+            lo = hi
+    if not yielded:
+        yield torch.zeros(2, 0, dtype=torch.long, device=device)
 
 
 def build_pairs(
@@ -210,6 +253,9 @@ def _rigidity_matrix(edges: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return r
 
 
+_EDGE_BLOCK = 2**16  # atoms per locality block of the edge order of large sparse graphs
+
+
 @functools.lru_cache(maxsize=4096)
 def rigid_sparse_graph(n: int, d: int, seed: int = 0, member: int = 0, verify_max_n: int = 300) -> Tensor:
     """``(2, E)`` local pairs of a random 2d-regular graph on ``n`` vertices, cached.
@@ -230,6 +276,11 @@ def rigid_sparse_graph(n: int, d: int, seed: int = 0, member: int = 0, verify_ma
         edges = np.array(g.edges(), dtype=np.int64).reshape(-1, 2)
         if n > verify_max_n or stress_rank_ok(edges, n, d, rng):
             edges.sort(axis=1)
+            if n > _EDGE_BLOCK:
+                # Order the edges by blocks of both endpoints: consecutive pairs then read and
+                # write a few cache-sized blocks of atoms instead of the whole structure.
+                block = edges // _EDGE_BLOCK
+                edges = edges[np.lexsort((edges[:, 0], block[:, 1], block[:, 0]))]
             return torch.from_numpy(edges.T.copy())
     raise RuntimeError(f"No globally rigid {2 * d}-regular graph on {n} vertices found in 100 draws.")
 
@@ -238,7 +289,8 @@ def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, 
     """``(2, E)`` flat pairs: one random rigid 2d-regular graph per structure, drawn from a cached pool."""
     device = batch.device
     counts = structure_counts(batch, n_structures)
-    order = torch.argsort(batch, stable=True)
+    # Atom positions in batch-sorted order; None when the batch is already sorted (the usual case).
+    order = torch.argsort(batch, stable=True) if bool((batch[1:] < batch[:-1]).any()) else None
     starts = torch.cumsum(counts, 0) - counts
     out = []
     for n in torch.unique(counts).tolist():
@@ -249,11 +301,11 @@ def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, 
         for member in torch.unique(members).tolist():  # only the pool members in use are generated
             local = rigid_sparse_graph(n, d, seed, member).to(device)
             sel = structs[members == member]
-            sorted_pos = local.unsqueeze(0) + starts[sel].view(-1, 1, 1)  # (S, 2, E_n) in batch-sorted order
-            out.append(order[sorted_pos].permute(1, 0, 2).reshape(2, -1))
+            sorted_pos = (local.unsqueeze(1) + starts[sel].view(1, -1, 1)).view(2, -1)  # (2, S·E_n), batch-sorted order
+            out.append(sorted_pos if order is None else order.index_select(0, sorted_pos.view(-1)).view(2, -1))
     if not out:
         return torch.zeros(2, 0, dtype=torch.long, device=device)
-    return torch.cat(out, dim=1)
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 def symmetrize_pairs(index: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,

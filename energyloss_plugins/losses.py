@@ -29,6 +29,10 @@ from energyloss_plugins.periodic import MinimumImage
 
 REDUCTIONS = ("mean", "sum", "none")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# On CPU at most this many pairs are processed at once, whatever chunk_size: the per-chunk
+# temporaries then stay in cache and in the allocator's pool (larger chunks page-fault on every
+# call and run up to 2x slower; see benchmarks/loss_cost.py). GPUs use chunk_size as given.
+_CPU_MAX_CHUNK = 2**15
 
 
 def pair_energy_loss(
@@ -70,7 +74,8 @@ def pair_energy_loss(
         cell, pbc: periodic cell ``(d, d)`` or ``(B, d, d)`` and periodic directions.
         reduction: ``mean`` | ``sum`` | ``none``.
         normalize: divide each structure's energy by its atom count.
-        chunk_size: pairs per chunk; bounds memory for huge structures.
+        chunk_size: pairs per chunk; bounds memory for huge structures (on CPU capped at 2^15,
+            which is faster there).
 
     Returns:
         A scalar (or ``(B,)`` for ``reduction="none"``) in eV (eV/atom with ``normalize``).
@@ -141,19 +146,35 @@ def _pair_energy(pred: Tensor, flat: FlatBatch, pairs: PairSet, coeff: Callable[
         lo, hi = torch.minimum(bonds[0], bonds[1]), torch.maximum(bonds[0], bonds[1])
         bond_keys = torch.unique(lo * n_atoms + hi)
     with torch.no_grad():
-        p_det = pred.detach()
-        energy = p_det.new_zeros(flat.n_structures)
-        grad = torch.zeros_like(p_det) if need_grad else None
+        # Coordinates as rows, (d, N): gathers, norms and scatter-adds along long contiguous rows
+        # are several times faster on CPU than on (E, d) rows of 2-3 numbers.
+        p_t = pred.detach().t()
+        d = p_t.shape[0]
+        # Target and prediction stacked, (2d, N): one gather per pair side serves both.
+        tp = torch.cat([target.detach().t().to(p_t.dtype), p_t])
+        # Pair energies are scattered onto the first atom of the pair and summed per structure at
+        # the end: scattering straight onto the few structure slots serialises on repeated indices.
+        e_atom = p_t.new_zeros(n_atoms)
+        grad_t = torch.zeros(p_t.shape, dtype=p_t.dtype, device=p_t.device) if need_grad else None
         offset = 0
+        if pred.device.type == "cpu":
+            chunk_size = min(chunk_size, _CPU_MAX_CHUNK)
+        # Gather buffers reused by every chunk (fresh large allocations page-fault on CPU).
+        work = tp.new_empty(2, tp.shape[0] * min(chunk_size, pairs.count()))
         for chunk in pairs.chunks(chunk_size):
-            i, j = chunk
-            shift = mic.shifts(chunk) if mic is not None else None
-            ref_vec = target[j] - target[i]
-            vec = p_det[j] - p_det[i]
-            if shift is not None:
-                ref_vec, vec = ref_vec + shift, vec + shift
-            d_ref = ref_vec.norm(dim=-1)
-            d = vec.norm(dim=-1)
+            i, j = chunk[0], chunk[1]
+            n_c = i.shape[0]
+            if tp.shape[0] * n_c > work.shape[1]:  # one atom's row of pairs may exceed chunk_size
+                work = tp.new_empty(2, tp.shape[0] * n_c)
+            both = torch.index_select(tp, 1, j, out=work[0, : tp.shape[0] * n_c].view(tp.shape[0], n_c))
+            both.sub_(torch.index_select(tp, 1, i, out=work[1, : tp.shape[0] * n_c].view(tp.shape[0], n_c)))
+            ref_vec, vec = both[:d], both[d:]
+            if mic is not None:
+                shift = mic.shifts(chunk).t()
+                ref_vec += shift
+                vec += shift
+            norms = (both * both).view(2, d, n_c).sum(1).sqrt_()
+            d_ref, dist = norms[0], norms[1]
             if explicit_k is not None:
                 k = explicit_k[offset : offset + i.shape[0]]
             else:
@@ -162,19 +183,23 @@ def _pair_energy(pred: Tensor, flat: FlatBatch, pairs: PairSet, coeff: Callable[
                     bonded = torch.isin(torch.minimum(i, j) * n_atoms + torch.maximum(i, j), bond_keys)
                 ctx = PairContext(d_ref, numbers[i] if numbers is not None else None,
                                   numbers[j] if numbers is not None else None, bonded)
-                k = coeff(ctx)
+                # Springs too weak to be normal floats (e.g. exp at > 87 Å in float32) are zero: a
+                # denormal k would only make every following operation ~10x slower.
+                k = torch.nn.functional.threshold(coeff(ctx), torch.finfo(d_ref.dtype).tiny, 0.0)
             offset += i.shape[0]
-            diff = d - d_ref
-            energy.index_add_(0, batch[i], 0.5 * k * diff * diff)
-            if grad is not None:
-                # dE/dŷ_j = k (d − d_ref) (ŷ_j − ŷ_i)/d; coincident atoms (d = 0) get the finite subgradient 0.
-                scale = k * diff * torch.where(d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d))
-                g = scale.unsqueeze(1) * vec
-                grad.index_add_(0, j, g)
-                grad.index_add_(0, i, -g)
-    if grad is None:
+            diff = dist - d_ref
+            kdiff = k * diff
+            e_atom.index_add_(0, i, kdiff * diff, alpha=0.5)
+            if grad_t is not None:
+                # dE/dŷ_j = k (d − d_ref) (ŷ_j − ŷ_i)/d; coincident atoms (d = 0, where the quotient
+                # is ±inf or NaN) get the finite subgradient 0.
+                vec *= kdiff.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                grad_t.index_add_(1, j, vec)
+                grad_t.index_add_(1, i, vec.neg_())  # not alpha=-1: a much slower path for 2-D
+        energy = e_atom.new_zeros(flat.n_structures).index_add_(0, batch, e_atom)
+    if grad_t is None:
         return energy
-    return _AttachGradient.apply(pred, energy, grad, batch)
+    return _AttachGradient.apply(pred, energy, grad_t.t(), batch)
 
 
 class _AttachGradient(torch.autograd.Function):
