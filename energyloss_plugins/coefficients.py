@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
+from energyloss_plugins.elements import covalent_radius
 
 CoefficientFn = Callable[..., Tensor]
 
@@ -135,20 +136,6 @@ def hessian(ctx: PairContext, **unused) -> Tensor:
         "pair_energy_loss(..., edge_index=pairs, coefficients=k), or train through a task objective, "
         "which reads them from the batch (fit them with energyloss_plugins.ase.add_springs_to_db)."
     )
-
-
-# Covalent radii in Å (Cordero et al., Dalton Trans. 2008), H..Ar; other elements use 1.5 Å.
-_COVALENT_RADII = torch.tensor(
-    [0.0, 0.31, 0.28, 1.28, 0.96, 0.84, 0.76, 0.71, 0.66, 0.57, 0.58,
-     1.66, 1.41, 1.21, 1.11, 1.07, 1.05, 1.02, 1.06],
-    dtype=torch.float64,
-)
-
-
-def covalent_radius(z: Tensor) -> Tensor:
-    """Covalent radius in Å for atomic numbers ``z`` (1.5 Å beyond argon)."""
-    table = _COVALENT_RADII.to(z.device)
-    return torch.where(z < table.numel(), table[z.clamp(max=table.numel() - 1)], torch.full_like(table[:1], 1.5).expand(z.shape))
 
 
 def _pair_params(ctx: PairContext, defaults: dict[str, float | None], params: Mapping | None) -> dict[str, Tensor]:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from energyloss_plugins import coefficient_names, pair_energy_loss
-from energyloss_plugins.coefficients import PairContext, covalent_radius, resolve_coefficients
+from energyloss_plugins.coefficients import PairContext, resolve_coefficients
+from energyloss_plugins.elements import covalent_radius
 
 
 def second_derivative(phi, r, h=1e-4):

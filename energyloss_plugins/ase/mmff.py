@@ -15,28 +15,20 @@ from ase.calculators.calculator import Calculator, all_changes
 KCAL_PER_MOL = units.kcal / units.mol
 
 
-def mol_from_atoms(atoms: Atoms, charge: int = 0, use_huckel: bool = False):
+def mol_from_atoms(atoms: Atoms, charge: int = 0):
     """RDKit ``Mol`` (explicit hydrogens, one conformer) with bonds perceived from ``atoms``' geometry.
 
-    Uses ``rdDetermineBonds.DetermineBonds`` (connectivity from distances, bond orders from the
-    total ``charge``). Raises ``ValueError`` if RDKit cannot assign a valid bond-order structure.
+    The data builder's perception (:func:`energyloss_plugins.data.chem.mol_from_xyz`: charged
+    fragments first, then radicals). Raises ``ValueError`` if RDKit finds no valid bond orders.
     """
-    from rdkit import Chem
-    from rdkit.Chem import rdDetermineBonds
+    from energyloss_plugins.data.chem import ChemError, mol_from_xyz
 
-    xyz = f"{len(atoms)}\n\n" + "\n".join(
-        f"{s} {x:.10f} {y:.10f} {z:.10f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)
-    )
-    mol = Chem.MolFromXYZBlock(xyz)
-    if mol is None:
-        raise ValueError("RDKit could not read the structure.")
     try:
-        rdDetermineBonds.DetermineBonds(mol, charge=charge, useHueckel=use_huckel)
-    except Exception as err:  # RDKit raises ValueError/RuntimeError subclasses depending on version
+        return mol_from_xyz(atoms.numbers, atoms.positions, charge)
+    except ChemError as err:
         raise ValueError(
             f"RDKit could not perceive bonds of {atoms.get_chemical_formula()} with charge {charge}: {err}"
         ) from err
-    return mol
 
 
 class MMFFCalculator(Calculator):

@@ -19,18 +19,9 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
+from energyloss_plugins.elements import COVALENT_RADII
 from energyloss_plugins.layouts import complete_pairs, structure_counts
 
-# Covalent radii in Å, Z = 1..86 (Cordero et al., Dalton Trans. 2008, 2832; C sp3, Mn/Fe/Co low spin).
-COVALENT_RADII = (
-    0.31, 0.28,
-    1.28, 0.96, 0.84, 0.76, 0.71, 0.66, 0.57, 0.58,
-    1.66, 1.41, 1.21, 1.11, 1.07, 1.05, 1.02, 1.06,
-    2.03, 1.76, 1.70, 1.60, 1.53, 1.39, 1.39, 1.32, 1.26, 1.24, 1.32, 1.22, 1.22, 1.20, 1.19, 1.20, 1.20, 1.16,
-    2.20, 1.95, 1.90, 1.75, 1.64, 1.54, 1.47, 1.46, 1.42, 1.39, 1.45, 1.44, 1.42, 1.39, 1.39, 1.38, 1.39, 1.40,
-    2.44, 2.15, 2.07, 2.04, 2.03, 2.01, 1.99, 1.98, 1.98, 1.96, 1.94, 1.92, 1.92, 1.89, 1.90, 1.87, 1.87,
-    1.75, 1.70, 1.62, 1.51, 1.44, 1.41, 1.36, 1.36, 1.32, 1.45, 1.46, 1.48, 1.40, 1.50, 1.50,
-)  # fmt: skip
 MAX_Z = len(COVALENT_RADII)
 
 _SYMBOLS = {"H": 1, "B": 5, "C": 6, "N": 7, "O": 8, "F": 9, "Si": 14, "P": 15, "S": 16, "Cl": 17, "Br": 35, "I": 53}
