@@ -118,7 +118,9 @@ def inverse_square(ctx: PairContext, k0: float = 1.0) -> Tensor:
 
 @register_coefficients("exp")
 def exp(ctx: PairContext, k0: float = 1.0, length_scale: float = 1.0) -> Tensor:
-    return k0 * torch.exp(-ctx.distance / length_scale)
+    # The exponent is capped at 80 (k ≈ 2e-35 k0, still a normal float32): beyond it exp underflows
+    # to denormals, which take a slow path in every following operation (large structures).
+    return k0 * torch.exp(-(ctx.distance / length_scale).clamp(max=80.0))
 
 
 @register_coefficients("bond_aware", needs=("bonds",))
