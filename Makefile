@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/ci.txt
 	@test -n "$(PYTHON)" || { echo "No Python 3.12 found: run 'make PYTHON=/path/to/python3.12 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet pip==26.3
 	$(BIN)/python -m pip install -r requirements/ci.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The paper's regular-polygon experiment (SPEC §5): MSE, Kabsch, energy and rigid-sparse energy.
+shapes: $(STAMP)
+	$(BIN)/python examples/shapes/shapes.py --out demo_out/shapes
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_cost.py
