@@ -25,7 +25,7 @@ Per (loss, θ_aug) the model with the best median validation quality among the l
 (``--lrs``) and initialisations (``--restarts``) is kept, as the paper keeps the best of a sweep;
 test quality is reported on a separate grid of radii.
 
-    python examples/shapes/shapes.py                      # `make demo`: a few minutes on 2 cores
+    python examples/shapes/shapes.py                      # `make shapes`: a few minutes on 2 cores
     python examples/shapes/shapes.py --n-vertices 12 --losses mse energy sparse --lrs 1e-3 3e-3 1e-2
 
 Outputs in ``--out`` (default ``examples/shapes/out``): ``shapes.png`` and ``results.json``.
