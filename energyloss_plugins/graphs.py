@@ -56,7 +56,8 @@ class PairSet:
         """The whole ``(2, E)`` pair list (use only when E fits in memory)."""
         if self.index is not None:
             return self.index
-        return torch.cat(list(self.chunks(2**62)), dim=1)
+        chunks = list(self.chunks(2**62))
+        return torch.cat(chunks, dim=1) if chunks else torch.zeros(2, 0, dtype=torch.long, device=self.batch.device)
 
 
 # Structures of up to this many atoms get their complete graph from cached per-size templates
@@ -137,6 +138,11 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
             lo = hi
     if not yielded:
         yield torch.zeros(2, 0, dtype=torch.long, device=device)
+
+
+def complete_pairs(batch: Tensor, n_structures: int) -> Tensor:
+    """``(2, E)`` all unordered pairs ``i < j`` inside each structure (the complete graph, materialised)."""
+    return PairSet(batch, n_structures).materialize()
 
 
 def build_pairs(

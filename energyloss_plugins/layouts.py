@@ -105,25 +105,3 @@ def segment_mean(x: Tensor, batch: Tensor, n_structures: int) -> Tensor:
     counts = structure_counts(batch, n_structures).clamp_min(1).to(x.dtype)
     return out / counts.view(-1, *([1] * (x.dim() - 1)))
 
-
-def complete_pairs(batch: Tensor, n_structures: int) -> Tensor:
-    """``(2, E)`` all unordered pairs ``i < j`` inside each structure, for a batch sorted by structure.
-
-    Vectorised: atom ``a`` with local index ``l`` in a structure of ``n`` atoms pairs with the
-    ``n - 1 - l`` atoms after it, so no Python loop over structures is needed.
-    """
-    n_atoms = batch.shape[0]
-    device = batch.device
-    if n_atoms == 0:
-        return torch.zeros(2, 0, dtype=torch.long, device=device)
-    if n_atoms > 1 and bool((batch[1:] < batch[:-1]).any()):
-        order = torch.argsort(batch, stable=True)
-        return order[complete_pairs(batch[order], n_structures)]
-    counts = structure_counts(batch, n_structures)
-    starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(n_atoms, device=device) - starts[batch]
-    n_partners = counts[batch] - 1 - local
-    i = torch.repeat_interleave(torch.arange(n_atoms, device=device), n_partners)
-    first = torch.cumsum(n_partners, 0) - n_partners
-    j = i + 1 + torch.arange(i.shape[0], device=device) - first[i]
-    return torch.stack([i, j])

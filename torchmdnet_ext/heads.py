@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torchmdnet.models.output_modules import OutputModel
 from torchmdnet.models.utils import MLP, GatedEquivariantBlock
 
-from energyloss_plugins.layouts import complete_pairs
+from energyloss_plugins.graphs import complete_pairs
 
 #: Suffix of the ``output_model`` names stored in checkpoints: without ``import torchmdnet_ext``,
 #: TorchMD-Net's ``create_model`` fails with ``module 'torchmdnet.models.output_modules' has no

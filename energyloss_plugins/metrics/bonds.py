@@ -20,7 +20,8 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.elements import COVALENT_RADII
-from energyloss_plugins.layouts import complete_pairs, structure_counts
+from energyloss_plugins.graphs import complete_pairs
+from energyloss_plugins.layouts import structure_counts
 
 MAX_Z = len(COVALENT_RADII)
 

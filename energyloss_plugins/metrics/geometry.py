@@ -14,7 +14,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.alignment import aligned_rmsd as _core_aligned_rmsd
-from energyloss_plugins.layouts import complete_pairs
+from energyloss_plugins.graphs import complete_pairs
 
 
 def aligned_rmsd(pred: Tensor, target: Tensor, batch: Tensor | None = None, n_structures: int | None = None) -> Tensor:
