@@ -94,7 +94,9 @@ def resolve_coefficients(scheme: str | CoefficientFn, params: Mapping | None = N
             k = fn(ctx, **params)
             if not isinstance(k, Tensor) or k.shape != ctx.distance.shape:
                 raise ValueError(f"Coefficient scheme {name!r} must return a tensor of shape {tuple(ctx.distance.shape)}.")
-            if k.numel() and (not bool(torch.isfinite(k).all()) or bool((k < 0).any())):
+            # Two plain reductions instead of isfinite/any (≈ 6 passes over k): the minimum is NaN
+            # or negative for NaN or negative springs, the sum non-finite for any Inf.
+            if k.numel() and not (bool(k.min() >= 0) and bool(torch.isfinite(k.sum()))):
                 raise ValueError(f"Coefficient scheme {name!r} returned negative or non-finite springs; k must be >= 0.")
             return k.to(ctx.distance.dtype)
 

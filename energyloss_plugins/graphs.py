@@ -259,36 +259,112 @@ def _rigidity_matrix(edges: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return r
 
 
-_EDGE_BLOCK = 2**16  # atoms per locality block of the edge order of large sparse graphs
+# Structures above this many atoms get a block-local graph: below it the per-atom arrays of the
+# loss (~44 bytes per atom) fit the CPU's L2 cache, so scattered partners cost nothing extra.
+_LOCAL_MIN_ATOMS = 2**14
+_LOCAL_BLOCK = 1024  # atoms per block of a block-local graph
 
 
 @functools.lru_cache(maxsize=4096)
 def rigid_sparse_graph(n: int, d: int, seed: int = 0, member: int = 0, verify_max_n: int = 300) -> Tensor:
     """``(2, E)`` local pairs of a random 2d-regular graph on ``n`` vertices, cached.
 
-    Complete graph for ``n ≤ 2d`` (no simple 2d-regular graph exists there). Graphs with
+    Complete graph for ``n ≤ 2d`` (no simple 2d-regular graph exists there). Up to
+    ``_LOCAL_MIN_ATOMS`` atoms a uniformly random regular graph (networkx, as in the paper);
+    above, a block-local one (:func:`block_regular_edges`), whose partners lie within about a
+    thousand atom indices, so the loss reads and writes memory in cache-sized blocks and its time
+    stays linear in n up to 10^6 atoms and beyond (benchmarks/loss_cost.py). Graphs with
     ``n ≤ verify_max_n`` are verified rigid and globally rigid by the rank tests at generic
     positions and redrawn if they fail; larger ones are globally rigid with high probability
-    (paper, App. A.5) and are not checked, since the dense rank tests cost O(n³).
+    (paper, App. A.5; tests/test_graphs.py checks the block-local construction with small blocks)
+    and are not checked, since the dense rank tests cost O(n³).
     """
-    import networkx as nx
-
     if n <= 2 * d:
-        idx = torch.triu_indices(n, n, offset=1)
-        return idx
+        return torch.triu_indices(n, n, offset=1)
     rng = np.random.default_rng([seed, n, d, member])
     for _ in range(100):
-        g = nx.random_regular_graph(2 * d, n, seed=int(rng.integers(2**31)))
-        edges = np.array(g.edges(), dtype=np.int64).reshape(-1, 2)
+        if n > _LOCAL_MIN_ATOMS:
+            edges = block_regular_edges(n, d, _LOCAL_BLOCK, rng)
+        else:
+            import networkx as nx
+
+            g = nx.random_regular_graph(2 * d, n, seed=int(rng.integers(2**31)))
+            edges = np.array(g.edges(), dtype=np.int64).reshape(-1, 2)
         if n > verify_max_n or stress_rank_ok(edges, n, d, rng):
             edges.sort(axis=1)
-            if n > _EDGE_BLOCK:
-                # Order the edges by blocks of both endpoints: consecutive pairs then read and
-                # write a few cache-sized blocks of atoms instead of the whole structure.
-                block = edges // _EDGE_BLOCK
-                edges = edges[np.lexsort((edges[:, 0], block[:, 1], block[:, 0]))]
+            edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]
             return torch.from_numpy(edges.T.copy())
     raise RuntimeError(f"No globally rigid {2 * d}-regular graph on {n} vertices found in 100 draws.")
+
+
+def block_regular_edges(n: int, d: int, block: int, rng: np.random.Generator) -> np.ndarray:
+    """``(d n, 2)`` edges of a random 2d-regular graph whose partners are close in atom index.
+
+    The union of d Hamiltonian cycles, each visiting the atoms block by block in a random order
+    inside every block of ``block`` atoms; cycle r shifts the block boundaries by r·block/d, so
+    every index cut is crossed by Θ(block) edges. Edges that two cycles share are replaced by
+    degree-preserving double-edge swaps with nearby edges, leaving a simple graph. Needs
+    ``n ≥ 4d`` (closer to the complete graph the swaps may find no way out); at generic positions it passes the rigidity and stress tests like a uniformly
+    random regular graph, down to blocks of 8 atoms (tests/test_graphs.py).
+    """
+    if n < 4 * d:
+        raise ValueError(f"block_regular_edges needs n >= 4d = {4 * d} vertices, got n={n}; "
+                         "rigid_sparse_graph uses networkx's generator for small structures.")
+    block = min(block, n)
+    cycles = []
+    for r in range(d):
+        offset = (r * block) // d
+        segment = (np.arange(n) + block - offset) // block  # [0, offset) is segment 0 (or part of 1)
+        order = np.lexsort((rng.random(n), segment))  # atoms shuffled inside their segment
+        cycles.append(np.stack([order, np.roll(order, -1)], 1))
+    edges = np.concatenate(cycles)
+    edges.sort(axis=1)
+    _swap_out_duplicates(edges, n, block, rng)
+    return edges
+
+
+def _swap_out_duplicates(edges: np.ndarray, n: int, reach: int, rng: np.random.Generator) -> None:
+    """Make ``edges`` ``(E, 2)`` (rows sorted) simple in place by double-edge swaps.
+
+    Each repeated edge {u, v} is swapped with a random edge {x, y} at most ``reach`` rows away into
+    {u, x}, {v, y} (or {u, y}, {v, x}) when neither exists yet; degrees are unchanged.
+    """
+    keys = edges[:, 0] * n + edges[:, 1]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    repeated = order[1:][sorted_keys[1:] == sorted_keys[:-1]]
+    if repeated.size == 0:
+        return
+    changes: dict[int, int] = {}  # key -> multiplicity change since sorted_keys was taken
+
+    def multiplicity(key: int) -> int:
+        base = np.searchsorted(sorted_keys, key, side="right") - np.searchsorted(sorted_keys, key)
+        return int(base) + changes.get(key, 0)
+
+    n_edges = edges.shape[0]
+    for e in repeated.tolist():
+        if multiplicity(int(keys[e])) < 2:  # already swapped away as the partner of an earlier repeat
+            continue
+        for _ in range(1000):
+            f = int(e + rng.integers(-reach, reach + 1)) % n_edges
+            (u, v), (x, y) = edges[e].tolist(), edges[f].tolist()
+            if rng.random() < 0.5:
+                x, y = y, x
+            if len({u, v, x, y}) < 4:
+                continue
+            new = [(min(u, x), max(u, x)), (min(v, y), max(v, y))]
+            new_keys = [a * n + b for a, b in new]
+            if any(multiplicity(k) for k in new_keys):
+                continue
+            for old in (int(keys[e]), int(keys[f])):
+                changes[old] = changes.get(old, 0) - 1
+            for k in new_keys:
+                changes[k] = changes.get(k, 0) + 1
+            edges[e], edges[f] = new
+            keys[e], keys[f] = new_keys
+            break
+        else:
+            raise RuntimeError(f"Could not remove a repeated edge from a {n}-vertex graph by swaps.")
 
 
 def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, pool_size: int = 8) -> Tensor:
@@ -307,7 +383,10 @@ def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, 
         for member in torch.unique(members).tolist():  # only the pool members in use are generated
             local = rigid_sparse_graph(n, d, seed, member).to(device)
             sel = structs[members == member]
-            sorted_pos = (local.unsqueeze(1) + starts[sel].view(1, -1, 1)).view(2, -1)  # (2, S·E_n), batch-sorted order
+            if sel.numel() == 1 and int(starts[sel]) == 0:  # one structure (e.g. 10^6 atoms): the cached graph as is
+                sorted_pos = local
+            else:
+                sorted_pos = (local.unsqueeze(1) + starts[sel].view(1, -1, 1)).view(2, -1)  # (2, S·E_n), batch-sorted order
             out.append(sorted_pos if order is None else order.index_select(0, sorted_pos.view(-1)).view(2, -1))
     if not out:
         return torch.zeros(2, 0, dtype=torch.long, device=device)

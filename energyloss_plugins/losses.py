@@ -33,6 +33,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # temporaries then stay in cache and in the allocator's pool (larger chunks page-fault on every
 # call and run up to 2x slower; see benchmarks/loss_cost.py). GPUs use chunk_size as given.
 _CPU_MAX_CHUNK = 2**15
+# Predicted distances are clamped to this (Å) in the gradient's 1/d only: far below any physical
+# distance, and k·(d − d_ref)/1e-12 stays finite in float32 for any realistic spring.
+_MIN_DISTANCE = 1e-12
 
 
 def pair_energy_loss(
@@ -191,9 +194,10 @@ def _pair_energy(pred: Tensor, flat: FlatBatch, pairs: PairSet, coeff: Callable[
             kdiff = k * diff
             e_atom.index_add_(0, i, kdiff * diff, alpha=0.5)
             if grad_t is not None:
-                # dE/dŷ_j = k (d − d_ref) (ŷ_j − ŷ_i)/d; coincident atoms (d = 0, where the quotient
-                # is ±inf or NaN) get the finite subgradient 0.
-                vec *= kdiff.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                # dE/dŷ_j = k (d − d_ref) (ŷ_j − ŷ_i)/d. Coincident atoms (d = 0) have ŷ_j − ŷ_i = 0:
+                # with d clamped the quotient stays finite and their gradient is the subgradient 0
+                # (one pass, where nan_to_num took three).
+                vec *= kdiff.div_(dist.clamp_min_(_MIN_DISTANCE))
                 grad_t.index_add_(1, j, vec)
                 grad_t.index_add_(1, i, vec.neg_())  # not alpha=-1: a much slower path for 2-D
         energy = e_atom.new_zeros(flat.n_structures).index_add_(0, batch, e_atom)

@@ -8,6 +8,7 @@ import torch
 
 from energyloss_plugins import pair_energy_loss
 from energyloss_plugins.graphs import (
+    block_regular_edges,
     build_pairs,
     rigid_sparse_graph,
     rigid_sparse_pairs,
@@ -32,6 +33,38 @@ def test_rigid_sparse_graphs_pass_rigidity_and_stress_tests(d):
         assert rigidity_rank_ok(edges, n, d, rng), f"n={n}, d={d}: rigidity matrix rank deficient"
         assert stress_rank_ok(edges, n, d, rng), f"n={n}, d={d}: not globally rigid by the stress test"
 
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_block_local_graphs_are_regular_local_and_globally_rigid(d):
+    # The construction used above 2^14 atoms, at sizes the dense rank tests can check: blocks
+    # far smaller than the 1024 used there make locality (and any rigidity failure) most severe.
+    rng = np.random.default_rng(7)
+    for n, block in [(4 * d, 8), (13, 8), (50, 8), (120, 8), (200, 12), (300, 16), (400, 32)]:
+        for _ in range(3):
+            edges = block_regular_edges(n, d, block, rng)
+            assert edges.shape == (d * n, 2)
+            assert (np.bincount(edges.ravel(), minlength=n) == 2 * d).all(), f"n={n}: not {2 * d}-regular"
+            assert len({tuple(sorted(e)) for e in edges.tolist()}) == len(edges), f"n={n}: repeated edge"
+            assert (edges[:, 0] != edges[:, 1]).all()
+            if n < 50:  # tiny random regular graphs (uniform ones too) are sometimes not globally rigid
+                continue
+            assert rigidity_rank_ok(edges, n, d, rng), f"n={n}, block={block}: rigidity matrix rank deficient"
+            assert stress_rank_ok(edges, n, d, rng), f"n={n}, block={block}: not globally rigid by the stress test"
+    # Locality: away from the cyclic wrap-around, partners are within a few blocks of each other.
+    edges = block_regular_edges(20_000, 3, 64, rng)
+    span = np.abs(edges[:, 0] - edges[:, 1])
+    assert np.mean(np.minimum(span, 20_000 - span) <= 4 * 64) > 0.999
+    with pytest.raises(ValueError, match="n >= 4d"):
+        block_regular_edges(4 * d - 1, d, 8, rng)
+
+
+def test_rigid_sparse_graph_is_block_local_above_the_threshold():
+    n = 2**14 + 1
+    edges = rigid_sparse_graph(n, 3, seed=1).T.numpy()
+    assert (np.bincount(edges.ravel(), minlength=n) == 6).all()
+    span = np.abs(edges[:, 0] - edges[:, 1])
+    assert np.median(np.minimum(span, n - span)) < 1024  # a uniform random graph's median is ~n/4
 
 def test_rigidity_checks_reject_flexible_graphs():
     rng = np.random.default_rng(0)
