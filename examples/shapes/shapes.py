@@ -4,18 +4,21 @@ An MLP (2 hidden layers of width 64, ReLU) maps a radius r ~ U[0.3, 5] to the N 
 regular N-gon of that radius; each training target is rotated by a random angle in
 U[-θ_aug, θ_aug]. Models are trained with MSE, Kabsch-aligned MSE, the pair energy loss (complete
 graph, exp springs k = exp(-d/ℓ)) and the rigid-sparse energy (a random 4-regular graph, N > 4),
-for each θ_aug, and every predicted test shape is scored with the paper's
+for each θ_aug, and every predicted test shape is scored with the paper's quality (App. C.1)
 
     quality = -ln(σ_Δangle / (2π) + σ_radius / r)
 
 (vertex angles around the predicted centroid, sorted; σ_Δangle = standard deviation of the N
-consecutive angular gaps, the wrap-around gap included; σ_radius = standard deviation of the
-vertices' distances to the centroid; r = the true radius; population standard deviations).
-Above ~5 a shape looks perfect, below ~2 disordered. The metric does not see the size of a shape:
-MSE's prediction collapses towards the centroid as θ_aug → π (its optimum is the average over
-rotations), and a collapsed but regular speck still scores well. So the script also reports a
-size-aware quality (σ_radius replaced by the RMS deviation of the radii from the true r) and the
-size ratio (mean predicted radius / r).
+consecutive angular gaps, the wrap-around gap included; r = the prescribed radius; population
+standard deviations). Above ~5 a shape looks perfect, below ~2 disordered. The radial variation
+σ_radius is measured about the prescribed radius r (root-mean-square deviation of the vertices'
+distances to the centroid from r), so that the score is that of the task, a regular N-gon *of
+radius r*. The paper's text also allows the scale-free reading σ_radius = standard deviation of
+those distances about their own mean; the two agree for shapes of the right size and are both
+printed. They differ for MSE as θ_aug → π: its optimum, the average of the rotated targets, is
+the target polygon scaled by sin(θ_aug)/θ_aug, a regular speck at θ_aug = π, which the
+scale-free reading scores as near perfect (docs/shapes.md). The size ratio (mean predicted
+radius / r) is printed as well.
 
 All models train at once: the MLPs of every (loss, θ_aug, learning rate, restart) are stacked
 into one batched MLP (``torch.baddbmm``), and each loss is evaluated on all its models' shapes in
@@ -70,13 +73,19 @@ def size_ratio(shapes: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(-2, keepdim=True)).norm(dim=-1).mean(-1) / radius.double()
 
 
-def shape_quality(shapes: torch.Tensor, radius: torch.Tensor, size_aware: bool = False) -> torch.Tensor:
+RADIAL = ("target", "spread")
+
+
+def shape_quality(shapes: torch.Tensor, radius: torch.Tensor, radial: str = "target") -> torch.Tensor:
     """``(...,)`` quality -ln(σ_Δangle/(2π) + σ_radius/r) of predicted shapes ``(..., N, 2)``.
 
-    σ_radius is the standard deviation of the vertices' distances to the centroid (the paper's
-    metric); with ``size_aware`` it is their root-mean-square deviation from the true radius r
-    instead, so that a shape of the wrong size (e.g. collapsed to a point) scores low too.
+    ``radius`` ``(...,)``: the prescribed radii r. σ_radius is the root-mean-square deviation of
+    the vertices' distances to the centroid from r (``radial="target"``: a shape of the wrong size,
+    e.g. collapsed to a point, scores low), or their standard deviation about their own mean
+    (``"spread"``: the scale-free reading, blind to the size).
     """
+    if radial not in RADIAL:
+        raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}.")
     x = shapes.double()
     rel = x - x.mean(-2, keepdim=True)
     angles = torch.sort(torch.atan2(rel[..., 1], rel[..., 0]), dim=-1).values
@@ -84,7 +93,7 @@ def shape_quality(shapes: torch.Tensor, radius: torch.Tensor, size_aware: bool =
     sigma_angle = gaps.std(-1, correction=0)
     rho = rel.norm(dim=-1)
     r = radius.double()
-    if size_aware:
+    if radial == "target":
         sigma_radius = (rho - r.unsqueeze(-1)).pow(2).mean(-1).sqrt()
     else:
         sigma_radius = rho.std(-1, correction=0)
@@ -214,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
         q_val = shape_quality(net(r_val.unsqueeze(1)).view(n_models, -1, n, 2), r_val).median(1).values
         pred_test = net(r_test.unsqueeze(1)).view(n_models, -1, n, 2)
         q_test = shape_quality(pred_test, r_test)
-        q_sized_test = shape_quality(pred_test, r_test, size_aware=True)
+        q_spread_test = shape_quality(pred_test, r_test, radial="spread")
         size_test = size_ratio(pred_test, r_test)
     results = {"n_vertices": n, "thetas": thetas, "epochs": args.epochs, "n_train": args.n_train,
                "batch_size": args.batch_size, "length_scale": args.length_scale, "seed": args.seed,
@@ -230,7 +239,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append({"theta": theta, "lr": models[best][2], "median_quality": float(q_test[best].median()),
                          "q25": float(q_test[best].quantile(0.25)), "q75": float(q_test[best].quantile(0.75)),
                          "val_median_quality": float(q_val[best]), "median_size_ratio": float(size_test[best].median()),
-                         "median_quality_size_aware": float(q_sized_test[best].median())})
+                         "median_quality_spread": float(q_spread_test[best].median())})
         results["losses"][name] = rows
     results["_examples"] = {name: pred_test[chosen[(name, len(thetas) - 1)]].tolist() for name in args.losses}
     results["_r_test"] = r_test.tolist()
@@ -249,10 +258,10 @@ def print_table(results: dict) -> str:
     header = ["| loss | " + " | ".join(f"θ_aug = {theta_label(t)}" for t in thetas) + " |", "|---|" + "---|" * len(thetas)]
     lines = []
     for title, key, fmt in (
-        ("Median quality -ln(σ_Δangle/2π + σ_radius/r), σ_radius = std of the vertex radii (paper's metric)",
+        ("Median quality -ln(σ_Δangle/2π + σ_radius/r), σ_radius = RMS deviation of the vertex radii from r",
          "median_quality", "{:.2f}"),
-        ("Median size-aware quality (σ_radius = RMS deviation of the vertex radii from the true r)",
-         "median_quality_size_aware", "{:.2f}"),
+        ("Median quality, scale-free reading: σ_radius = std of the vertex radii about their mean (blind to size)",
+         "median_quality_spread", "{:.2f}"),
         ("Median size ratio (mean vertex distance to the centroid / true r; 1 = right size)",
          "median_size_ratio", "{:.3f}"),
     ):
@@ -287,9 +296,9 @@ def plot(results: dict, path: Path) -> None:
         lo = [row["median_quality"] - row["q25"] for row in rows]
         hi = [row["q75"] - row["median_quality"] for row in rows]
         line = ax.errorbar(thetas, q, yerr=[lo, hi], marker="o", capsize=3, label=LABELS[name])
-        ax.plot(thetas, [row["median_quality_size_aware"] for row in rows], "--", marker="x",
+        ax.plot(thetas, [row["median_quality_spread"] for row in rows], "--", marker="x",
                 color=line[0].get_color(), alpha=0.6)
-    ax.plot([], [], "k--", marker="x", alpha=0.6, label="(dashed: size-aware quality)")
+    ax.plot([], [], "k--", marker="x", alpha=0.6, label="(dashed: scale-free reading)")
     bottom, top = ax.get_ylim()
     ax.axhspan(bottom, 2, color="0.9", zorder=0)
     ax.set_ylim(bottom, top)
@@ -304,17 +313,18 @@ def plot(results: dict, path: Path) -> None:
             pts = shapes[k]
             c = pts.mean(0)
             order = torch.argsort(torch.atan2(pts[:, 1] - c[1], pts[:, 0] - c[0]))
-            closed = torch.cat([pts[order], pts[order][:1]])
+            closed = torch.cat([pts[order], pts[order][:1]]).numpy()
             r = radii[k]
             t = torch.linspace(0, 2 * math.pi, 100)
-            sub.plot(c[0] + r * t.cos(), c[1] + r * t.sin(), ":", color="0.6", lw=0.8)
+            cx, cy = float(c[0]), float(c[1])
+            sub.plot((cx + r * t.cos()).numpy(), (cy + r * t.sin()).numpy(), ":", color="0.6", lw=0.8)
             sub.plot(closed[:, 0], closed[:, 1], "-", color="C0" if name == "mse" else "C2", lw=1)
-            sub.scatter(pts[:, 0], pts[:, 1], s=10, c=range(len(pts)), cmap="viridis", zorder=3)
+            sub.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=10, c=range(len(pts)), cmap="viridis", zorder=3)
             q = float(shape_quality(pts.unsqueeze(0), torch.tensor([r]))[0])
             size = float(size_ratio(pts.unsqueeze(0), torch.tensor([r]))[0])
             sub.set_title(f"{LABELS[name].split(' (')[0]}, r={r:.1f}: q={q:.1f}, size {size:.3g}", fontsize=8)
             lim = 1.25 * r
-            sub.set(xlim=(c[0] - lim, c[0] + lim), ylim=(c[1] - lim, c[1] + lim), aspect="equal", xticks=[], yticks=[])
+            sub.set(xlim=(cx - lim, cx + lim), ylim=(cy - lim, cy + lim), aspect="equal", xticks=[], yticks=[])
     fig.suptitle(f"θ_aug = {theta_label(thetas[-1])} test predictions (dotted: true radius around the predicted "
                  "centroid; colour: vertex index; size: mean radius / r)",
                  x=0.68, y=0.99, fontsize=9)
