@@ -227,12 +227,13 @@ def test_hessian_matches_finite_differences_away_from_reference():
 
 def test_nve_md_conserves_energy():
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from energyloss_plugins.ase._utils import thermalize_momenta
 
     ref = molecule("CH3CH2OH")
     atoms = ref.copy()
     atoms.calc = EnergyLossCalculator(ref, "exp", coefficient_kwargs={"k0": 10.0})
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, 0.25 * units.fs)
     totals = []
     dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=10)

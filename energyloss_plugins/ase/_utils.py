@@ -66,8 +66,9 @@ def as_edge_index(edge_index, n_atoms: int | None) -> Tensor:
     ``n_atoms`` bounds the indices (None: no bound check).
     """
     if isinstance(edge_index, Tensor):
-        edge_index = edge_index.detach().cpu()
-    e = torch.tensor(np.array(edge_index), dtype=torch.long)
+        e = edge_index.detach().cpu().long()
+    else:
+        e = torch.as_tensor(np.asarray(edge_index), dtype=torch.long)
     if e.dim() == 2 and e.shape[0] != 2 and e.shape[1] == 2:
         e = e.T
     if e.dim() != 2 or e.shape[0] != 2:
@@ -207,3 +208,13 @@ def normal_modes(hessian: np.ndarray, atoms: Atoms) -> tuple[np.ndarray, np.ndar
     cart /= np.linalg.norm(cart, axis=0, keepdims=True)
     freqs = _HBAR_SQRT * np.sign(lam) * np.sqrt(np.abs(lam)) / units.invcm
     return freqs, cart.T.reshape(-1, n, 3)
+
+
+def thermalize_momenta(atoms, temperature_K: float, rng: np.random.Generator | None = None) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_K`` (ASE's ``thermalize_momenta``, 3.29+; its
+    deprecated predecessor ``MaxwellBoltzmannDistribution`` on older ASE)."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta as thermalize
+    except ImportError:  # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize
+    thermalize(atoms, temperature_K=temperature_K, rng=rng)

@@ -26,7 +26,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from energyloss_plugins.ase._utils import n_rigid_modes
+from energyloss_plugins.ase._utils import n_rigid_modes, thermalize_momenta
 
 INTEGRATORS = ("baoab", "langevin")
 
@@ -191,7 +191,7 @@ def boltzmann_sample(
         :class:`BoltzmannSamples` with the structures, their energies, aligned RMSDs and the
         equipartition reference value.
     """
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
 
     from energyloss_plugins.alignment import aligned_rmsd, kabsch_align, kabsch_rotation
     from energyloss_plugins.ase.calculator import EnergyLossCalculator
@@ -224,7 +224,7 @@ def boltzmann_sample(
     started_harmonic = harmonic_start and hessian is not None
     if started_harmonic:
         _harmonic_start(atoms, hessian, temperature_K, rng)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     if not any(atoms.pbc):
         ZeroRotation(atoms)
