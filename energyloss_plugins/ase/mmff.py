@@ -1,6 +1,6 @@
 """MMFFCalculator: RDKit's MMFF94(s) force field as an ASE calculator (energy in eV, forces in eV/Å).
 
-RDKit evaluates MMFF in kcal/mol and kcal/(mol·Å); this wrapper converts with ASE's units.
+RDKit evaluates MMFF in kcal/mol and kcal/(mol·Å); the wrapped force field converts to eV.
 The molecule's topology (bonds, MMFF atom types, charges) is fixed at construction, from an RDKit
 ``Mol`` or perceived from an ``Atoms`` object with ``rdkit.Chem.rdDetermineBonds``.
 """
@@ -8,11 +8,8 @@ The molecule's topology (bonds, MMFF atom types, charges) is fixed at constructi
 from __future__ import annotations
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-
-#: kcal/mol in eV.
-KCAL_PER_MOL = units.kcal / units.mol
 
 
 def mol_from_atoms(atoms: Atoms, charge: int = 0):
@@ -44,7 +41,8 @@ class MMFFCalculator(Calculator):
             here False so complexes keep their interactions).
 
     Implemented properties: ``energy``, ``free_energy`` (eV) and ``forces`` (eV/Å). The
-    RDKit molecule is available as ``.mol``.
+    RDKit molecule is available as ``.mol``. The force field itself is the data builder's
+    :func:`energyloss_plugins.data.chem.force_field`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -61,10 +59,11 @@ class MMFFCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         from rdkit import Chem
-        from rdkit.Chem import AllChem
 
-        if variant not in ("MMFF94", "MMFF94s"):
-            raise ValueError(f"Unknown MMFF variant {variant!r}. Valid: MMFF94, MMFF94s.")
+        from energyloss_plugins.data.chem import MMFF_VARIANTS, ChemError, force_field, positions_of
+
+        if variant not in MMFF_VARIANTS:
+            raise ValueError(f"Unknown MMFF variant {variant!r}. Valid: {', '.join(MMFF_VARIANTS)}.")
         if isinstance(molecule, Atoms):
             mol = mol_from_atoms(molecule, charge)
         elif isinstance(molecule, Chem.Mol):
@@ -73,14 +72,14 @@ class MMFFCalculator(Calculator):
                 raise ValueError("The RDKit Mol has no conformer; embed one (AllChem.EmbedMolecule) first.")
         else:
             raise ValueError(f"molecule must be ase.Atoms or rdkit.Chem.Mol, got {type(molecule).__name__}.")
-        props = AllChem.MMFFGetMoleculeProperties(mol, mmffVariant=variant)
-        if props is None:
-            raise ValueError(f"MMFF has no parameters for this molecule ({Chem.MolToSmiles(Chem.RemoveHs(mol))}).")
+        try:
+            self._ff = force_field(mol, positions_of(mol), "mmff", variant=variant,
+                                   nonbonded_threshold=nonbonded_threshold,
+                                   ignore_interfragment=ignore_interfragment)
+        except ChemError as err:
+            raise ValueError(f"MMFF has no parameters for this molecule ({Chem.MolToSmiles(Chem.RemoveHs(mol))}).") from err
         self.mol = mol
         self.numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-        self._ff = AllChem.MMFFGetMoleculeForceField(
-            mol, props, nonBondedThresh=nonbonded_threshold, ignoreInterfragInteractions=ignore_interfragment
-        )
         self.parameters.update(variant=variant, charge=charge)
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
@@ -89,12 +88,10 @@ class MMFFCalculator(Calculator):
             raise ValueError(
                 "The atoms' elements (in order) differ from the molecule this MMFFCalculator was built for."
             )
-        pos = [float(x) for x in np.asarray(self.atoms.positions, dtype=float).ravel()]
-        energy = self._ff.CalcEnergy(pos) * KCAL_PER_MOL
-        grad = np.asarray(self._ff.CalcGrad(pos), dtype=float).reshape(-1, 3) * KCAL_PER_MOL
+        energy, forces = self._ff.energy_forces(self.atoms.positions)
         self.results["energy"] = energy
         self.results["free_energy"] = energy
-        self.results["forces"] = -grad
+        self.results["forces"] = forces
 
 
 def mmff_relax(

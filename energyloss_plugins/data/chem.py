@@ -269,46 +269,65 @@ def _no_conformers(mol: Any) -> Any:
 
 
 class ForceField:
-    """An RDKit force field together with the molecule copy it points into (kept alive)."""
+    """An RDKit force field together with the molecule copy it points into (kept alive).
+
+    Energies in eV and forces in eV/Å (RDKit works in kcal/mol); the one RDKit force-field
+    wrapper of the package (the data builder, metrics and :class:`~energyloss_plugins.ase.MMFFCalculator`).
+    """
 
     def __init__(self, ff: Any, mol: Any) -> None:
         self.ff = ff
         self.mol = mol
 
     def energy(self, positions: np.ndarray) -> float:
-        """Energy in eV at ``positions`` ``(N, 3)`` Å (RDKit works in kcal/mol)."""
+        """Energy in eV at ``positions`` ``(N, 3)`` Å."""
         return float(self.ff.CalcEnergy(np.asarray(positions, dtype=np.float64).ravel().tolist())) * KCAL_MOL_IN_EV
 
-    def forces(self, positions: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` forces in eV/Å."""
+    def energy_forces(self, positions: np.ndarray) -> tuple[float, np.ndarray]:
+        """Energy (eV) and ``(N, 3)`` forces (eV/Å) at ``positions``."""
         x = np.asarray(positions, dtype=np.float64).ravel().tolist()
         # RDKit's CalcGrad(pos) reuses terms cached by the last CalcEnergy call (RDKit 2026.09): an
         # energy evaluation at the same positions first makes the gradient correct.
-        self.ff.CalcEnergy(x)
+        energy = float(self.ff.CalcEnergy(x)) * KCAL_MOL_IN_EV
         g = np.asarray(self.ff.CalcGrad(x), dtype=np.float64)
-        return -g.reshape(-1, 3) * KCAL_MOL_IN_EV
+        return energy, -g.reshape(-1, 3) * KCAL_MOL_IN_EV
+
+    def forces(self, positions: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` forces in eV/Å."""
+        return self.energy_forces(positions)[1]
 
 
-def force_field(mol: Any, positions: np.ndarray, kind: str) -> ForceField:
-    """RDKit force field (``"mmff"``: MMFF94, ``"uff"``) on a copy of ``mol`` at ``positions``.
+MMFF_VARIANTS = ("MMFF94", "MMFF94s")
+
+
+def force_field(mol: Any, positions: np.ndarray, kind: str, *, variant: str = "MMFF94",
+                nonbonded_threshold: float = 100.0, ignore_interfragment: bool = False) -> ForceField:
+    """RDKit force field (``"mmff"``: MMFF94 or MMFF94s by ``variant``; ``"uff"``) on a copy of ``mol``
+    at ``positions``.
+
+    ``nonbonded_threshold`` is MMFF's ``nonBondedThresh`` (Å; RDKit's default); non-bonded terms
+    between disconnected fragments are kept unless ``ignore_interfragment`` (RDKit's default drops them).
 
     Raises:
         ChemError: ``no_mmff_params`` / ``no_uff_params``.
     """
     from rdkit.Chem import rdForceFieldHelpers as fh
 
+    if kind == "mmff" and variant not in MMFF_VARIANTS:
+        raise ValueError(f"Unknown MMFF variant {variant!r}. Valid: {', '.join(MMFF_VARIANTS)}.")
     work = with_positions(mol, positions)
     with rdkit_quiet():
         if kind == "mmff":
             if not fh.MMFFHasAllMoleculeParams(work):
                 raise ChemError("no_mmff_params")
-            props = fh.MMFFGetMoleculeProperties(work)
+            props = fh.MMFFGetMoleculeProperties(work, mmffVariant=variant)
             props.SetMMFFVerbosity(0)
-            ff = fh.MMFFGetMoleculeForceField(work, props, ignoreInterfragInteractions=False)
+            ff = fh.MMFFGetMoleculeForceField(work, props, nonBondedThresh=nonbonded_threshold,
+                                              ignoreInterfragInteractions=ignore_interfragment)
         elif kind == "uff":
             if not fh.UFFHasAllMoleculeParams(work):
                 raise ChemError("no_uff_params")
-            ff = fh.UFFGetMoleculeForceField(work, ignoreInterfragInteractions=False)
+            ff = fh.UFFGetMoleculeForceField(work, ignoreInterfragInteractions=ignore_interfragment)
         else:
             raise ValueError(f"Unknown force field {kind!r}. Valid names: mmff, uff.")
     if ff is None:
