@@ -44,15 +44,8 @@ def with_batch_data(options: Mapping, numbers: Tensor | None = None, bonds: Tens
     return options
 
 
-class StructureObjective:
-    """Structure prediction: input geometry → equilibrium geometry.
-
-    Args:
-        loss: ``energy``, ``mse``, ``mae`` or ``kabsch``.
-        loss_kwargs: options of the loss (coefficients, coefficient_kwargs, graph, graph_kwargs,
-            reduction, normalize); energy-only options are ignored by the baselines.
-            ``coefficients: hessian`` takes the springs stored per structure in the data.
-    """
+class _Objective:
+    """A loss by name with its options, completed per batch with the batch's data."""
 
     def __init__(self, loss: str = "energy", loss_kwargs: Mapping | None = None):
         _checks.check_choice("loss", loss, LOSSES)
@@ -64,12 +57,27 @@ class StructureObjective:
         """True when the loss reads per-structure springs from the batch (``coefficients: hessian``)."""
         return self.loss_name == "energy" and self.loss_kwargs.get("coefficients") == DATA_SPRINGS
 
+    def _options(self, numbers: Tensor | None, bonds: Tensor | None,
+                 springs: tuple[Tensor, Tensor] | None) -> dict:
+        if self.loss_name != "energy":  # baselines take no per-batch data
+            return self.loss_kwargs
+        return with_batch_data(self.loss_kwargs, numbers, bonds, springs)
+
+
+class StructureObjective(_Objective):
+    """Structure prediction: input geometry → equilibrium geometry.
+
+    Args:
+        loss: ``energy``, ``mse``, ``mae`` or ``kabsch``.
+        loss_kwargs: options of the loss (coefficients, coefficient_kwargs, graph, graph_kwargs,
+            reduction, normalize); energy-only options are ignored by the baselines.
+            ``coefficients: hessian`` takes the springs stored per structure in the data.
+    """
+
     def loss(self, pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,
              bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``."""
-        options = with_batch_data(self.loss_kwargs, numbers, bonds, springs) if self.loss_name == "energy" \
-            else self.loss_kwargs
-        return call_loss(self.loss_name, pred, target, batch, **options)
+        return call_loss(self.loss_name, pred, target, batch, **self._options(numbers, bonds, springs))
 
     @staticmethod
     def metrics(pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor,
@@ -81,7 +89,7 @@ class StructureObjective:
             return structure_metrics(pred.detach(), target.detach(), batch, numbers, bonds=bonds)
 
 
-class DiffusionObjective:
+class DiffusionObjective(_Objective):
     """Denoising diffusion or flow matching on equilibrium structures with the energy loss (SPEC §3).
 
     Args:
@@ -95,30 +103,21 @@ class DiffusionObjective:
 
     def __init__(self, loss: str = "energy", parameterization: str = "eps", schedule: str = "polynomial",
                  loss_kwargs: Mapping | None = None, max_weight: float | None = 1e3):
-        _checks.check_choice("loss", loss, LOSSES)
-        self.loss_name = loss
+        super().__init__(loss, loss_kwargs)
         self.parameterization = parameterization
         self.flow_matching = parameterization == "velocity"
         self.schedule = NoiseSchedule(schedule)
-        self.loss_kwargs = dict(loss_kwargs or {})
         self.max_weight = max_weight
 
     def noise(self, x0: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Noised batch: dict with ``x0``, ``x_t``, ``eps`` ``(N, 3)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``."""
         return noise_batch(x0, batch, self.schedule, generator=generator, flow_matching=self.flow_matching)
 
-    @property
-    def needs_springs(self) -> bool:
-        """True when the loss reads per-structure springs from the batch (``coefficients: hessian``)."""
-        return self.loss_name == "energy" and self.loss_kwargs.get("coefficients") == DATA_SPRINGS
-
     def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None,
              bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Diffusion loss of a model output for ``noised["x_t"]`` (see :func:`~energyloss_plugins.diffusion.diffusion_loss`)."""
-        options = with_batch_data(self.loss_kwargs, numbers, bonds, springs) if self.loss_name == "energy" \
-            else self.loss_kwargs
         return diffusion_loss(output, noised, batch, loss=self.loss_name, parameterization=self.parameterization,
-                              max_weight=self.max_weight, loss_kwargs=options)
+                              max_weight=self.max_weight, loss_kwargs=self._options(numbers, bonds, springs))
 
     def sample(self, denoiser: Denoiser, batch: Tensor, *, steps: int = 100, method: str | None = None,
                progress: bool = False, generator: torch.Generator | None = None) -> Tensor:
