@@ -219,6 +219,72 @@ def rigidity_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator
     return _rigidity_tests(edges, n, d, rng, stress=False)
 
 
+def rigidity_rank_at(edges: np.ndarray, positions: np.ndarray) -> int:
+    """Rank of the rigidity matrix of ``edges`` ``(E, 2)`` at the actual ``positions`` ``(n, d)``.
+
+    The generic tests above say a graph is rigid for almost all positions; a given reference can
+    be special (an atom whose partners are coplanar can move out of their plane at no first-order
+    cost). Computed as the rank of RᵀR (dn × dn) with unit-length rows, so a complete graph of a
+    few hundred atoms costs one small eigendecomposition.
+    """
+    n, d = positions.shape
+    if n < 2 or len(edges) == 0:
+        return 0
+    diff = positions[edges[:, 0]] - positions[edges[:, 1]]
+    unit = diff / np.linalg.norm(diff, axis=1, keepdims=True).clip(min=1e-12)
+    cols = np.concatenate([edges[:, :1] * d + np.arange(d), edges[:, 1:] * d + np.arange(d)], axis=1)  # (E, 2d)
+    vals = np.concatenate([unit, -unit], axis=1)
+    gram = np.zeros((n * d, n * d))
+    np.add.at(gram, (cols[:, :, None], cols[:, None, :]), vals[:, :, None] * vals[:, None, :])
+    lam = np.linalg.eigvalsh(gram)
+    return int((lam > max(lam.max(), 1e-300) * n * d * 1e-12).sum())
+
+
+def as_rigid_as_complete(edges: np.ndarray, positions: np.ndarray, tol: float = 1e-3) -> bool:
+    """True if the pairs ``edges`` ``(E, 2)`` pin ``positions`` ``(n, d)`` down as well as all pairs do.
+
+    Two checks at the actual positions, each against what the complete graph achieves there (so
+    planar or collinear references, whose out-of-plane motions no distance fixes, are judged fairly):
+    the first-order rank (:func:`rigidity_rank_at`), and that no atom can be mirrored on its own
+    through the plane (line, in 2D) of its partners, which keeps all its distances: a second
+    zero-energy geometry that first-order rigidity does not see. ``tol`` (Å): how far from that
+    plane partners may lie and still count as in it.
+    """
+    n, d = positions.shape
+    complete = torch.triu_indices(n, n, offset=1).T.numpy()
+    if rigidity_rank_at(edges, positions) != rigidity_rank_at(complete, positions):
+        return False
+    if _affine_normal(positions, tol) is not None:  # the whole structure is flat: every atom is in the plane
+        return True
+    partners = [[] for _ in range(n)]
+    for a, b in edges.tolist():
+        partners[a].append(b)
+        partners[b].append(a)
+    for i, p in enumerate(partners):
+        normal = _affine_normal(positions[p], tol) if len(p) >= 1 else None
+        if normal is None:
+            continue
+        height = (positions - positions[p].mean(0)) @ normal
+        others = np.ones(n, dtype=bool)
+        others[[i, *p]] = False
+        # Mirroring i alone changes its distance to an atom off the plane that it has no pair with;
+        # if there is none, the mirror image is the whole structure reflected (congruent, fine).
+        if abs(float(height[i])) > tol and bool((np.abs(height[others]) > tol).any()):
+            return False
+    return True
+
+
+def _affine_normal(points: np.ndarray, tol: float) -> np.ndarray | None:
+    """A unit normal of the hyperplane containing ``points`` ``(m, d)`` to within ``tol``, or None if they span."""
+    centred = points - points.mean(0)
+    if len(points) < points.shape[1]:
+        _, _, vt = np.linalg.svd(np.vstack([centred, np.zeros((points.shape[1] - len(points), points.shape[1]))]))
+    else:
+        _, _, vt = np.linalg.svd(centred)
+    normal = vt[-1]
+    return normal if float(np.abs(centred @ normal).max()) <= tol else None
+
+
 def stress_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator) -> bool:
     """Global rigidity test (Connelly; Gortler–Healy–Thurston): at generic positions a random
     equilibrium stress has a stress matrix of rank ``n - d - 1`` (requires rigidity)."""

@@ -122,3 +122,79 @@ def test_symmetrized_sparse_graph_gives_symmetric_atoms_symmetric_gradients():
     pair_energy_loss(pred, target, edge_index=sym).backward()
     norms = pred.grad[1:7].norm(dim=1)
     assert torch.allclose(norms, norms[0].expand(6), rtol=1e-9)
+
+
+def _mirror_flip(edges: np.ndarray, pos: np.ndarray, tol: float = 1e-3):
+    """An atom whose partners are coplanar (and not all other atoms), mirrored through their plane; or None."""
+    n = pos.shape[0]
+    for i in range(n):
+        p = np.unique(np.concatenate([edges[edges[:, 0] == i, 1], edges[edges[:, 1] == i, 0]]))
+        c = pos[p] - pos[p].mean(0)
+        normal = np.linalg.svd(c)[2][-1]
+        h = (pos - pos[p].mean(0)) @ normal
+        if np.abs(c @ normal).max() < tol and abs(h[i]) > tol:
+            flipped = pos.copy()
+            flipped[i] -= 2 * h[i] * normal
+            return flipped
+    return None
+
+
+def test_rigidity_rank_at_the_reference_matches_a_dense_svd():
+    from ase.collections import g2
+
+    from energyloss_plugins.graphs import _rigidity_matrix, rigidity_rank_at
+
+    for name in ("C6H6", "CH3CH2OCH3", "C3H6_D3h", "H2O", "SiH4", "isobutene"):
+        pos = g2[name].positions
+        n = len(pos)
+        for member in range(3):
+            edges = rigid_sparse_graph(n, 3, 0, member).T.numpy()
+            s = np.linalg.svd(_rigidity_matrix(edges, pos), compute_uv=False)
+            assert rigidity_rank_at(edges, pos) == int((s > s.max() * 1e-8).sum()), name
+
+
+def test_as_rigid_as_complete_catches_flips_and_flexes_that_generic_tests_miss():
+    from ase.collections import g2
+
+    from energyloss_plugins.graphs import as_rigid_as_complete
+
+    # Every rejected graph of a real molecule really has a second zero-energy geometry or a flex,
+    # and every graph of a flat molecule is judged against what distances can fix there at all.
+    rejected = 0
+    for atoms in g2:
+        n, pos = len(atoms), atoms.positions
+        if n <= 6:
+            continue
+        complete = torch.triu_indices(n, n, offset=1).T.numpy()
+        assert as_rigid_as_complete(complete, pos)
+        for member in range(8):
+            edges = rigid_sparse_graph(n, 3, 0, member).T.numpy()
+            if as_rigid_as_complete(edges, pos):
+                continue
+            rejected += 1
+            flipped = _mirror_flip(edges, pos)
+            if flipped is None:  # a first-order flex instead: the rank falls short of the complete graph's
+                from energyloss_plugins.graphs import rigidity_rank_at
+
+                assert rigidity_rank_at(edges, pos) < rigidity_rank_at(complete, pos)
+                continue
+            t = torch.tensor(pos)
+            e = torch.tensor(edges.T.copy())
+            sparse = pair_energy_loss(torch.tensor(flipped), t, coefficients="constant", edge_index=e)
+            full = pair_energy_loss(torch.tensor(flipped), t, coefficients="constant")
+            assert float(sparse) < 1e-12 < 1e-4 < float(full), atoms.get_chemical_formula()
+    assert rejected > 0  # g2 has such references (propene, isobutene, 2-butyne, ...): the check is exercised
+
+
+def test_calculator_graphs_are_redrawn_until_rigid_at_the_reference():
+    from ase.collections import g2
+
+    from energyloss_plugins.ase._utils import pairs_for_atoms
+    from energyloss_plugins.graphs import as_rigid_as_complete
+
+    for name in ("CH3CH2OCH3", "isobutene", "methylenecyclopropane", "2-butyne", "C3H6_Cs"):
+        atoms = g2[name]
+        for seed in range(8):
+            pairs = pairs_for_atoms(atoms, "rigid_sparse", seed=seed)
+            assert pairs.shape[1] == 3 * len(atoms)
+            assert as_rigid_as_complete(pairs.T.numpy(), atoms.positions)

@@ -13,7 +13,7 @@ import torch
 from ase import Atoms, units
 from torch import Tensor
 
-from energyloss_plugins.graphs import GRAPH_NAMES, build_pairs, unique_pairs
+from energyloss_plugins.graphs import GRAPH_NAMES, as_rigid_as_complete, build_pairs, unique_pairs
 from energyloss_plugins.periodic import MinimumImage
 
 #: ħ ω in eV for a mass-weighted Hessian eigenvalue λ in eV/(Å² amu): ħω = _HBAR_SQRT · sqrt(λ) (as in ase.vibrations).
@@ -84,6 +84,12 @@ def as_edge_index(edge_index, n_atoms: int | None) -> Tensor:
     return e.contiguous()
 
 
+# rigid_sparse graphs of a fixed reference (calculators, fitted springs) up to this many atoms are
+# checked at the reference itself (one small eigendecomposition) and redrawn, up to this many times.
+_REFERENCE_CHECK_MAX_ATOMS = 300
+_REFERENCE_CHECK_DRAWS = 20
+
+
 def pairs_for_atoms(
     atoms: Atoms,
     graph: str = "complete",
@@ -96,7 +102,9 @@ def pairs_for_atoms(
     Args:
         atoms: reference structure (minimum-image distances if periodic).
         graph: ``complete``, ``radius`` (``graph_kwargs={"cutoff": Å}``), ``bonds`` (``bonds`` or
-            ASE's covalent-radius neighbour analysis) or ``rigid_sparse`` (drawn with ``seed``).
+            ASE's covalent-radius neighbour analysis) or ``rigid_sparse`` (drawn with ``seed``; for
+            molecules of up to 300 atoms redrawn with seed + 1, + 2, ... until it fixes the reference
+            to first order as well as the complete graph, see :func:`~energyloss_plugins.graphs.as_rigid_as_complete`).
         bonds: ``(2, M)`` bonded pairs for ``graph="bonds"``.
     """
     if graph not in GRAPH_NAMES:
@@ -113,12 +121,22 @@ def pairs_for_atoms(
     if graph == "bonds" and bonds is None:
         bonds = bonds_from_atoms(atoms)
     if graph == "rigid_sparse":
-        kwargs.setdefault("seed", seed)
         kwargs.setdefault("numbers", ref["numbers"])
-    with torch.random.fork_rng(devices=[]):  # rigid_sparse draws its pool member from torch's global RNG
-        torch.manual_seed(int(kwargs.get("seed", seed)))
-        pairs = build_pairs(graph, pos, batch, 1, bonds=bonds, distance_fn=distance_fn, **kwargs)
-    return pairs.materialize().long()
+    first_seed = int(kwargs.pop("seed", seed))
+    check = graph == "rigid_sparse" and ref["cell"] is None and n <= _REFERENCE_CHECK_MAX_ATOMS
+    for attempt in range(_REFERENCE_CHECK_DRAWS if check else 1):
+        with torch.random.fork_rng(devices=[]):  # rigid_sparse draws its pool member from torch's global RNG
+            torch.manual_seed(first_seed + attempt)
+            pairs = build_pairs(graph, pos, batch, 1, bonds=bonds, distance_fn=distance_fn,
+                                seed=first_seed + attempt, **kwargs).materialize().long()
+        # A random graph is rigid at generic positions; this reference may be special (e.g. an atom
+        # whose partners are coplanar could flip through their plane at no cost): draw again.
+        if not check or as_rigid_as_complete(pairs.T.numpy(), pos.double().numpy()):
+            return pairs
+    raise ValueError(
+        f"No rigid_sparse graph among {_REFERENCE_CHECK_DRAWS} draws fixes this {n}-atom reference as well as "
+        "the complete graph does; use graph='complete' (or rigid_sparse with symmetrize=True)."
+    )
 
 
 def pair_vectors(positions: np.ndarray, edge_index: np.ndarray, atoms: Atoms | None = None) -> np.ndarray:
