@@ -277,11 +277,7 @@ def as_rigid_as_complete(edges: np.ndarray, positions: np.ndarray, tol: float = 
 def _affine_normal(points: np.ndarray, tol: float) -> np.ndarray | None:
     """A unit normal of the hyperplane containing ``points`` ``(m, d)`` to within ``tol``, or None if they span."""
     centred = points - points.mean(0)
-    if len(points) < points.shape[1]:
-        _, _, vt = np.linalg.svd(np.vstack([centred, np.zeros((points.shape[1] - len(points), points.shape[1]))]))
-    else:
-        _, _, vt = np.linalg.svd(centred)
-    normal = vt[-1]
+    normal = np.linalg.svd(centred, full_matrices=True)[2][-1]  # (d, d) right factor even for m < d
     return normal if float(np.abs(centred @ normal).max()) <= tol else None
 
 
@@ -370,8 +366,9 @@ def block_regular_edges(n: int, d: int, block: int, rng: np.random.Generator) ->
     inside every block of ``block`` atoms; cycle r shifts the block boundaries by r·block/d, so
     every index cut is crossed by Θ(block) edges. Edges that two cycles share are replaced by
     degree-preserving double-edge swaps with nearby edges, leaving a simple graph. Needs
-    ``n ≥ 4d`` (closer to the complete graph the swaps may find no way out); at generic positions it passes the rigidity and stress tests like a uniformly
-    random regular graph, down to blocks of 8 atoms (tests/test_graphs.py).
+    ``n ≥ 4d`` (closer to the complete graph the swaps may find no way out). At generic positions
+    it passes the rigidity and stress tests like a uniformly random regular graph, down to blocks
+    of 8 atoms (tests/test_graphs.py).
     """
     if n < 4 * d:
         raise ValueError(f"block_regular_edges needs n >= 4d = {4 * d} vertices, got n={n}; "
