@@ -92,18 +92,13 @@ def _hessian(atoms: Atoms, calc: Calculator | None, method: str, delta: float) -
         )
     if delta <= 0:
         raise ValueError(f"delta must be a positive displacement in Å, got {delta}.")
-    h = np.zeros((3 * n, 3 * n))
-    pos0 = atoms.positions.copy()
-    for a in range(n):
-        for c in range(3):
-            forces = []
-            for sign in (1.0, -1.0):
-                pos = pos0.copy()
-                pos[a, c] += sign * delta
-                work.positions = pos
-                forces.append(np.asarray(work.get_forces(), dtype=float).ravel())
-            h[3 * a + c] = -(forces[0] - forces[1]) / (2 * delta)
-    return 0.5 * (h + h.T), "finite_difference", 6 * n
+    from energyloss_plugins.data.chem import fd_hessian
+
+    def gradient(x: np.ndarray) -> np.ndarray:
+        work.positions = x.reshape(n, 3)
+        return -np.asarray(work.get_forces(), dtype=float).ravel()
+
+    return fd_hessian(gradient, atoms.positions.astype(float).ravel(), delta), "finite_difference", 6 * n
 
 
 def spring_hessian(

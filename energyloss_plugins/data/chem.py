@@ -8,7 +8,7 @@ eV/Å, Hessians in eV/Å².
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -357,10 +357,11 @@ def ff_hessian(mol: Any, positions: np.ndarray, kind: str, step: float = 1e-4) -
     """``(3N, 3N)`` Hessian in eV/Å² by central differences of the analytic force-field gradient."""
     ff = force_field(mol, positions, kind)
     x0 = np.asarray(positions, dtype=np.float64).ravel()
-    return _fd_hessian(lambda x: -ff.forces(x.reshape(-1, 3)).ravel(), x0, step)
+    return fd_hessian(lambda x: -ff.forces(x.reshape(-1, 3)).ravel(), x0, step)
 
 
-def _fd_hessian(grad, x0: np.ndarray, step: float) -> np.ndarray:
+def fd_hessian(grad: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, step: float) -> np.ndarray:
+    """``(n, n)`` symmetrised Hessian by central differences of ``grad`` ``(n,) -> (n,)`` around ``x0`` (2n calls)."""
     n = x0.size
     h = np.empty((n, n))
     for k in range(n):
@@ -452,7 +453,7 @@ def xtb_hessian(
         atoms.set_positions(x.reshape(-1, 3))
         return -atoms.get_forces().ravel()
 
-    return _fd_hessian(grad, np.asarray(positions, dtype=np.float64).ravel(), step)
+    return fd_hessian(grad, np.asarray(positions, dtype=np.float64).ravel(), step)
 
 
 # --------------------------------------------------------------------------------------------
