@@ -177,23 +177,11 @@ def test_sample_structures_with_x0_denoiser(tmp_path):
 
 def _tmd_position_model(output_model: str = "PositionOutput", task: str = "structure", perturb: bool = True):
     pytest.importorskip("torchmdnet_ext")
+    from _torchmdnet_args import tiny_model_args
     from torchmdnet.models.model import create_model
-    from torchmdnet_ext.cli import get_argparse
     from torchmdnet_ext.module import prepare_hparams
 
-    args = vars(get_argparse().parse_args([]))
-    args.update(
-        model="tensornet",
-        output_model=output_model,
-        embedding_dimension=16,
-        num_layers=1,
-        num_rbf=8,
-        cutoff_upper=4.0,
-        max_num_neighbors=32,
-        derivative=False,
-        task=task,
-    )
-    hparams = prepare_hparams(args)
+    hparams = prepare_hparams(tiny_model_args(output_model=output_model, task=task))
     torch.manual_seed(0)
     model = create_model(dict(hparams))
     if perturb:  # the position head is the identity at initialisation; make it move atoms

@@ -156,24 +156,12 @@ def test_torchmdnet_position_model_trains_on_fitted_springs(dataset):
     """The TorchMD-Net adapter's TensorNet + PositionOutput model, trained in a plain loop on the
     stored springs (the adapter's Lightning module does not pass per-structure springs yet)."""
     pytest.importorskip("torchmdnet_ext")
+    from _torchmdnet_args import tiny_model_args
     from torchmdnet.models.model import create_model
-    from torchmdnet_ext.cli import get_argparse
     from torchmdnet_ext.module import prepare_hparams
 
-    args = vars(get_argparse().parse_args([]))
-    args.update(
-        model="tensornet",
-        output_model="PositionOutput",
-        embedding_dimension=16,
-        num_layers=1,
-        num_rbf=16,
-        cutoff_upper=5.0,
-        max_num_neighbors=32,
-        derivative=False,
-        task="structure",
-    )
     torch.manual_seed(0)
-    model = create_model(prepare_hparams(args))
+    model = create_model(prepare_hparams(tiny_model_args(num_rbf=16, cutoff_upper=5.0, task="structure")))
     x, y, z, batch, edge_index, k = _batch(_samples(dataset, 8, seed=0))
     xt, yt, zt, bt, et, kt = _batch(_samples(dataset, 4, seed=100))
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)

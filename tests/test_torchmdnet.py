@@ -21,6 +21,7 @@ pytest.importorskip("lightning")
 
 import torchmdnet_ext  # noqa: E402
 from energyloss_plugins.alignment import random_rotations  # noqa: E402
+from _torchmdnet_args import tiny_model_args  # noqa: E402
 from energyloss_plugins.losses import call_loss  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
@@ -67,15 +68,6 @@ def db_path(tmp_path_factory):
     build_dataset("g2", path, method="mmff", inputs=("thermal",), n_thermal=3, temperature=3000.0,
                   max_molecules=10, max_heavy_atoms=6, seed=0, progress=False)
     return path
-
-
-def _model_args(model="tensornet", output_model="PositionOutput", **kw):
-    from torchmdnet_ext.cli import get_argparse
-
-    args = vars(get_argparse().parse_args([]))
-    args.update(model=model, output_model=output_model, embedding_dimension=16, num_layers=1, num_rbf=8,
-                cutoff_upper=4.0, max_num_neighbors=32, num_heads=2, derivative=False, **kw)
-    return args
 
 
 def _molecule(n=6, seed=0):
@@ -125,7 +117,7 @@ def test_position_head_identity_at_init_and_equivariant(arch):
     from torchmdnet_ext.module import prepare_hparams
 
     torch.manual_seed(0)
-    model = create_model(prepare_hparams(_model_args(arch)))
+    model = create_model(prepare_hparams(tiny_model_args(arch)))
     z, pos = _molecule()
     y, _ = model(z, pos)
     assert y.shape == (6, 3) and torch.allclose(y, pos, atol=1e-6)  # Δ = 0 at initialisation
@@ -146,7 +138,7 @@ def test_noise_head_needs_time_and_samples(arch):
 
     from torchmdnet_ext.module import make_objective, prepare_hparams
 
-    h = prepare_hparams(_model_args(arch, "NoiseOutput", task="diffusion"))
+    h = prepare_hparams(tiny_model_args(arch, "NoiseOutput", task="diffusion"))
     model = create_model(h)
     z, pos = _molecule()
     with pytest.raises(ValueError, match="denoiser"):
@@ -162,12 +154,12 @@ def test_prepare_hparams_errors():
     from torchmdnet_ext.module import prepare_hparams
 
     with pytest.raises(ValueError, match="NoiseOutput"):
-        prepare_hparams(_model_args(output_model="PositionOutput", task="diffusion"))
+        prepare_hparams(tiny_model_args(output_model="PositionOutput", task="diffusion"))
     with pytest.raises(ValueError, match="coefficient"):
-        prepare_hparams(_model_args(train_loss="energy_loss", train_loss_arg={"coefficients": "expp"}))
+        prepare_hparams(tiny_model_args(train_loss="energy_loss", train_loss_arg={"coefficients": "expp"}))
     with pytest.raises(ValueError, match="position targets"):
-        prepare_hparams(_model_args(train_loss="huber_loss"))
-    h = prepare_hparams(_model_args(output_model="Scalar", train_loss_arg="{coefficients: inverse}"))
+        prepare_hparams(tiny_model_args(train_loss="huber_loss"))
+    h = prepare_hparams(tiny_model_args(output_model="Scalar", train_loss_arg="{coefficients: inverse}"))
     assert h["output_model"].startswith("PositionOutput") and h["train_loss_arg"] == {"coefficients": "inverse"}
 
 
