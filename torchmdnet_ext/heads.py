@@ -206,7 +206,3 @@ def checkpoint_name(name: str) -> str:
 def base_name(name: str) -> str:
     """``PositionOutput`` for ``PositionOutput (needs ...)``; other names unchanged."""
     return name[: -len(CHECKPOINT_SUFFIX)] if name.endswith(CHECKPOINT_SUFFIX) else name
-
-
-def is_position_head(name: str | None) -> bool:
-    return name is not None and base_name(name) in HEADS

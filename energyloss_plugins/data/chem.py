@@ -8,7 +8,7 @@ eV/Å, Hessians in eV/Å².
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -545,7 +545,3 @@ def _eigh_single_thread(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def seed_for(seed: int, index: int, stream: int = 0) -> int:
     """Deterministic 31-bit seed for structure ``index`` (and sub-stream) from the global seed."""
     return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1)[0]) & 0x7FFFFFFF
-
-
-def as_int_list(x: Sequence[int] | np.ndarray) -> list[int]:
-    return [int(v) for v in np.asarray(x).tolist()]
