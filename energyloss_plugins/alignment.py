@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from energyloss_plugins.layouts import segment_mean
+from energyloss_plugins import _checks
+from energyloss_plugins.layouts import segment_mean, structure_index
 
 
 @torch.no_grad()
@@ -45,15 +46,15 @@ def kabsch_align(mobile: Tensor, reference: Tensor, batch: Tensor | None = None,
 
     Args:
         mobile, reference: ``(N_total, d)`` positions in Å.
-        batch: ``(N_total,)`` structure index; None for a single structure.
+        batch: ``(N_total,)`` structure id; None for a single structure.
+        n_structures: B if ``batch`` holds ids in ``[0, B)``; None: the distinct ids of ``batch``.
 
     Returns:
         ``(N_total, d)`` aligned copy of ``mobile``.
     """
     if batch is None:
-        batch = torch.zeros(mobile.shape[0], dtype=torch.long, device=mobile.device)
-    if n_structures is None:
-        n_structures = int(batch.max()) + 1 if batch.numel() else 0
+        batch, n_structures = torch.zeros(mobile.shape[0], dtype=torch.long, device=mobile.device), 1
+    batch, n_structures = structure_index(batch, n_structures, validate_args=False)
     rot = kabsch_rotation(mobile, reference, batch, n_structures)
     m_c = segment_mean(mobile, batch, n_structures)
     r_c = segment_mean(reference, batch, n_structures).detach()
@@ -61,14 +62,29 @@ def kabsch_align(mobile: Tensor, reference: Tensor, batch: Tensor | None = None,
 
 
 def aligned_rmsd(pred: Tensor, target: Tensor, batch: Tensor | None = None, n_structures: int | None = None) -> Tensor:
-    """``(B,)`` Kabsch-aligned RMSD in Å between ``pred`` and ``target`` per structure (no symmetry)."""
+    """``(B,)`` Kabsch-aligned RMSD in Å per structure (optimal proper rotation + translation, fixed atom order).
+
+    Args:
+        pred, target: ``(N_total, d)`` positions in Å (at least one atom).
+        batch: ``(N_total,)`` structure id, None for one structure; ``n_structures`` as in
+            :func:`kabsch_align`. A structure without atoms has RMSD NaN.
+
+    For symmetry-aware RMSD (equivalent atoms may be permuted) use
+    :func:`energyloss_plugins.metrics.symmetric_rmsd`.
+    """
+    _checks.check_positions("pred", pred, 2)
+    _checks.check_positions("target", target, 2)
+    _checks.check_same_shape(pred, target)
+    if pred.shape[0] == 0:
+        raise ValueError("pred and target hold no atoms; the RMSD needs at least one structure with atoms.")
     if batch is None:
-        batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
-    if n_structures is None:
-        n_structures = int(batch.max()) + 1 if batch.numel() else 0
+        batch, n_structures = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device), 1
+    else:
+        _checks.check_batch(batch, pred.shape[0])
+    batch, n_structures = structure_index(batch, n_structures)
     aligned = kabsch_align(pred, target, batch, n_structures)
     sq = ((aligned - target) ** 2).sum(-1)
-    return segment_mean(sq, batch, n_structures).sqrt()
+    return segment_mean(sq, batch, n_structures, empty=float("nan")).sqrt()
 
 
 def random_rotations(n: int, dim: int = 3, *, dtype: torch.dtype = torch.float32, device=None,

@@ -179,3 +179,13 @@ def lennard_jones(ctx: PairContext, epsilon: float = 1.0, r_min: float | None = 
     d = ctx.distance.clamp_min(1e-6)
     x6 = (p["r_min"] / d) ** 6
     return (p["epsilon"] * (156 * x6**2 - 84 * x6) / d**2).clamp_min(k_min)
+
+
+def scheme_function(scheme: str | CoefficientFn) -> CoefficientFn:
+    """The raw scheme ``fn(PairContext, **params) -> (E,)`` of a name or callable, without the checks
+    :func:`resolve_coefficients` adds (the ``validate_args=False`` path of the losses, which must not
+    read values back to the host), e.g. to inspect its parameters."""
+    if callable(scheme):
+        return scheme
+    _checks.check_choice("coefficient scheme", scheme, _REGISTRY)
+    return _REGISTRY[scheme]

@@ -13,12 +13,9 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.diffusion import Denoiser, NoiseSchedule, diffusion_loss, noise_batch, sample
-from energyloss_plugins.losses import LOSSES, call_loss
+from energyloss_plugins.losses import LOSSES, REDUCTIONS, call_loss
+from energyloss_plugins.modules import DATA_SPRINGS, check_energy_options
 
-
-#: Coefficient name meaning "the per-structure springs stored with the data" (e.g. fitted to a
-#: calculator's Hessian by :func:`energyloss_plugins.ase.coefficients_from_calculator`).
-DATA_SPRINGS = "hessian"
 
 
 def with_batch_data(options: Mapping, numbers: Tensor | None = None, bonds: Tensor | None = None,
@@ -51,6 +48,12 @@ class _Objective:
         _checks.check_choice("loss", loss, LOSSES)
         self.loss_name = loss
         self.loss_kwargs = dict(loss_kwargs or {})
+        # Configuration errors now, not at the first batch; springs stored with the data are read per batch.
+        names = ("coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction")
+        if loss == "energy":
+            check_energy_options(**{k: v for k, v in self.loss_kwargs.items() if k in names}, data_springs=True)
+        elif "reduction" in self.loss_kwargs:
+            _checks.check_choice("reduction", self.loss_kwargs["reduction"], REDUCTIONS)
 
     @property
     def needs_springs(self) -> bool:

@@ -58,15 +58,12 @@ class EnergyLoss(nn.Module):
                  graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean",
                  normalize: bool = True):
         super().__init__()
-        from energyloss_plugins.modules import make_loss
-
         options = {"coefficients": _plain(coefficients), "coefficient_kwargs": dict(_plain(coefficient_kwargs) or {}),
                    "graph": graph, "graph_kwargs": dict(_plain(graph_kwargs) or {}), "reduction": reduction,
                    "normalize": normalize}
-        make_loss(loss, **options)  # validate names now (a typo fails at instantiation, not at the first batch)
         self.loss_name = loss
         self.options = options
-        self.objective = StructureObjective(loss, options)
+        self.objective = StructureObjective(loss, options)  # validates now: a typo fails here, not at the first batch
 
     def forward(self, pred: Tensor, target: Tensor, batch: Tensor | None = None, numbers: Tensor | None = None,
                 bonds: Tensor | None = None) -> Tensor:

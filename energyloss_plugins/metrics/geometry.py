@@ -13,19 +13,9 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.alignment import aligned_rmsd as _core_aligned_rmsd
+from energyloss_plugins.alignment import aligned_rmsd  # noqa: F401  (public here too: energyloss_plugins.metrics.aligned_rmsd)
 from energyloss_plugins.graphs import complete_pairs
-
-
-def aligned_rmsd(pred: Tensor, target: Tensor, batch: Tensor | None = None, n_structures: int | None = None) -> Tensor:
-    """``(B,)`` Kabsch-aligned RMSD in Å per structure (optimal proper rotation + translation, fixed atom order).
-
-    Re-export of :func:`energyloss_plugins.alignment.aligned_rmsd` with input checks. For
-    symmetry-aware RMSD (equivalent atoms may be permuted) use
-    :func:`energyloss_plugins.metrics.symmetric_rmsd`.
-    """
-    batch, n_structures = _check_pair(pred, target, batch, n_structures)
-    return _core_aligned_rmsd(pred, target, batch, n_structures)
+from energyloss_plugins.layouts import segment_mean, structure_index
 
 
 def _check_pair(
@@ -42,9 +32,7 @@ def _check_pair(
     else:
         _checks.check_batch(batch, n)
         batch = batch.long()
-    if n_structures is None:
-        n_structures = int(batch.max()) + 1
-    return batch, n_structures
+    return structure_index(batch, n_structures)
 
 
 def _check_bonds(bonds: Tensor, batch: Tensor) -> Tensor:
@@ -53,12 +41,6 @@ def _check_bonds(bonds: Tensor, batch: Tensor) -> Tensor:
     if bonds.numel() and bool((batch[bonds[0]] != batch[bonds[1]]).any()):
         raise ValueError("bonds connect atoms of different structures; use flat indices within each structure.")
     return bonds
-
-
-def _per_structure_mean(values: Tensor, owner: Tensor, n_structures: int) -> Tensor:
-    total = values.new_zeros(n_structures).index_add_(0, owner, values)
-    count = torch.bincount(owner, minlength=n_structures)[:n_structures].to(values.dtype)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
 
 
 def bond_length_mae(
@@ -79,7 +61,7 @@ def bond_length_mae(
     bonds = _check_bonds(bonds, batch)
     dp = (pred[bonds[0]] - pred[bonds[1]]).norm(dim=-1)
     dt = (target[bonds[0]] - target[bonds[1]]).norm(dim=-1)
-    return _per_structure_mean((dp - dt).abs(), batch[bonds[0]], n_structures)
+    return segment_mean((dp - dt).abs(), batch[bonds[0]], n_structures, empty=math.nan)
 
 
 def bond_angles(bonds: Tensor, n_atoms: int) -> Tensor:
@@ -123,4 +105,4 @@ def angle_mae(
     bonds = _check_bonds(bonds, batch)
     triples = bond_angles(bonds, pred.shape[0])
     err = (_angles(pred, triples) - _angles(target, triples)).abs() * (180.0 / math.pi)
-    return _per_structure_mean(err, batch[triples[1]], n_structures)
+    return segment_mean(err, batch[triples[1]], n_structures, empty=math.nan)
