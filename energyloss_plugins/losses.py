@@ -27,6 +27,7 @@ The pair energy comes in two steps (docs/losses.md, "The lean path"):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -232,7 +233,7 @@ def pair_energy_kernel(
         same chunked pass, and is finite where predicted atoms coincide.
     """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
-    with torch.autocast(device_type=pred.device.type, enabled=False):
+    with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred = pred.float()
         flat = to_flat(pred, pred, batch, None, n_structures, validate_args=validate_args)
@@ -321,7 +322,7 @@ def pair_energy_loss(
         Under float16/bfloat16 autocast the loss computes and returns float32.
     """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
-    with torch.autocast(device_type=pred.device.type, enabled=False):
+    with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred, target = pred.float(), target.float()
         flat = to_flat(pred, target, batch, mask, n_structures, validate_args=validate_args)
@@ -429,6 +430,13 @@ def _unordered_once(edge_index: Tensor, k: Tensor | None, n_atoms: int) -> tuple
                          "PyG/TorchMD-Net edge lists do, or a pair twice) with different springs; each unordered pair "
                          "has one spring. Give each pair once, or the same spring on every copy.")
     return pairs, k_max
+
+
+def _no_autocast(x: Tensor):
+    """Autocast off on ``x``'s device (the loss computes in the inputs' precision), where autocast exists."""
+    if torch.amp.is_autocast_available(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _describe(x: object) -> str:
@@ -544,7 +552,7 @@ def _per_atom_loss(pred: Tensor, target: Tensor, batch: Tensor | None, mask: Ten
                    reduction: str, normalize: bool, per_atom: Callable[[Tensor, Tensor], Tensor],
                    align: bool = False, n_structures: int | None = None, validate_args: bool = True) -> Tensor:
     _checks.check_choice("reduction", reduction, REDUCTIONS)
-    with torch.autocast(device_type=pred.device.type, enabled=False):
+    with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred, target = pred.float(), target.float()
         flat = to_flat(pred, target, batch, mask, n_structures, validate_args=validate_args)
