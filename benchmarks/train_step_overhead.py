@@ -1,0 +1,218 @@
+"""What the pair energy loss adds to a PaiNN training step, against MSE (docs/benchmarks.md).
+
+    python benchmarks/train_step_overhead.py                 # CPU, 1 thread: ~2-4 minutes
+    python benchmarks/train_step_overhead.py --device cuda   # GPU
+
+One process, one run: a SchNetPack PaiNN (128 features, 3 interactions, cutoff 5 Å, 20 Gaussians)
+with the package's equivariant position head, on QM9-size batches of 16 and of 128 random
+molecules (10-29 atoms, H/C/N/O/F, atoms uniform in a ball at molecular density 0.1 Å^-3; the
+target is the input geometry + 0.2 Å noise). SchNetPack's neighbour lists (MatScipyNeighborList)
+are computed once, before timing, as a data loader does. A step is forward + loss + backward +
+Adam step; each loss variant trains its own copy of the same initial model.
+
+Loss variants (all exp springs, complete graph, energy per atom, mean over structures):
+
+- ``mse``: :func:`energyloss_plugins.mse_loss` as users call it (validated);
+- ``mse-lean``: the same with ``n_structures`` and ``validate_args=False`` (no host synchronisation);
+- ``energy``: :func:`energyloss_plugins.pair_energy_loss` as users call it: the pairs and springs
+  are resolved inside every call, with the input checks (``validate_args=True``);
+- ``energy-resolve``: the lean path with springs resolved per batch inside the step
+  (``resolve_springs(..., validate_args=False)`` then ``pair_energy_kernel(..., validate_args=False)``);
+- ``energy-cached``: the lean path with springs resolved once per molecule and collated with the
+  batch, outside the step, like the neighbour list (the collation time is reported beside).
+
+Timing: rounds of blocks; in each round every variant runs ``--steps`` consecutive steps (its
+steady state; scaled by 16 / molecules per batch, at least 1, so that blocks take similar times), the variants in a rotating order, so that a slow spell of the shared machine hits
+all of them. Per round the ratio of each variant's block time to MSE's is taken; the median and
+the range over rounds are reported. CPU: process CPU time with ``--threads`` intra-op threads
+(the waits for a shared core do not count; wall time printed beside). CUDA: wall time between
+synchronisations at the block ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+VARIANTS = ("mse", "mse-lean", "energy", "energy-resolve", "energy-cached")
+DENSITY = 0.1  # atoms per Å^3
+ELEMENTS = (1, 6, 7, 8, 9)
+ELEMENT_P = (0.5, 0.35, 0.06, 0.08, 0.01)  # QM9-like mix
+
+
+def molecules(n: int, seed: int):
+    """``n`` random QM9-size molecules as ASE Atoms (positions) plus their targets (Å)."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        size = int(rng.integers(10, 30))
+        radius = (3 * size / (4 * math.pi * DENSITY)) ** (1 / 3)
+        u = rng.standard_normal((size, 3))
+        pos = u / np.linalg.norm(u, axis=1, keepdims=True) * radius * rng.random((size, 1)) ** (1 / 3)
+        target = pos + 0.2 * rng.standard_normal(pos.shape)
+        out.append((Atoms(numbers=rng.choice(ELEMENTS, size, p=ELEMENT_P), positions=pos), target))
+    return out
+
+
+def build_batches(n_molecules: int, n_batches: int, device: str, seed: int) -> list[dict]:
+    """SchNetPack input dicts with precomputed neighbour lists, targets and per-molecule springs."""
+    from schnetpack.interfaces import AtomsConverter
+    from schnetpack.transform import MatScipyNeighborList
+
+    from energyloss_plugins import PairSprings, resolve_springs
+
+    converter = AtomsConverter(neighbor_list=MatScipyNeighborList(cutoff=5.0), device=device, dtype=torch.float32)
+    batches = []
+    for b in range(n_batches):
+        mols = molecules(n_molecules, seed + b)
+        inputs = converter([atoms for atoms, _ in mols])
+        targets = [torch.as_tensor(t, dtype=torch.float32) for _, t in mols]
+        cached = [resolve_springs(t) for t in targets]  # once per molecule, e.g. in the dataset
+        start = time.perf_counter()
+        springs = PairSprings.collate(cached).to(device)
+        collate_s = time.perf_counter() - start
+        batches.append({"inputs": inputs, "target": torch.cat(targets).to(device), "springs": springs,
+                        "n_structures": n_molecules, "collate_s": collate_s})
+    return batches
+
+
+def painn_model(seed: int):
+    import schnetpack as spk
+
+    from schnetpack_ext import PositionHead
+
+    torch.manual_seed(seed)
+    painn = spk.representation.PaiNN(n_atom_basis=128, n_interactions=3,
+                                     radial_basis=spk.nn.GaussianRBF(n_rbf=20, cutoff=5.0),
+                                     cutoff_fn=spk.nn.CosineCutoff(5.0))
+    return spk.model.NeuralNetworkPotential(representation=painn, input_modules=[spk.atomistic.PairwiseDistances()],
+                                            output_modules=[PositionHead(n_in=128, output_key="positions_pred")])
+
+
+def loss_fn(variant: str):
+    from energyloss_plugins import mse_loss, pair_energy_kernel, pair_energy_loss, resolve_springs
+
+    if variant == "mse":
+        return lambda pred, data, idx_m: mse_loss(pred, data["target"], idx_m)
+    if variant == "mse-lean":
+        return lambda pred, data, idx_m: mse_loss(pred, data["target"], idx_m, n_structures=data["n_structures"],
+                                                  validate_args=False)
+    if variant == "energy":
+        return lambda pred, data, idx_m: pair_energy_loss(pred, data["target"], idx_m)
+    if variant == "energy-resolve":
+        def resolve_then_kernel(pred, data, idx_m):
+            s = resolve_springs(data["target"], idx_m, n_structures=data["n_structures"], validate_args=False)
+            return pair_energy_kernel(pred, s.distances, s.pairs, s.springs, s.batch, s.n_structures,
+                                      validate_args=False)
+        return resolve_then_kernel
+    if variant == "energy-cached":
+        return lambda pred, data, idx_m: data["springs"].loss(pred, validate_args=False)
+    raise ValueError(variant)
+
+
+def make_step(model, optimizer, loss):
+    def step(data: dict) -> None:
+        # SchNetPack's model writes into its input dict: a shallow copy per step (as the loader yields new dicts).
+        inputs = dict(data["inputs"])
+        out = model(inputs)
+        value = loss(out["positions_pred"], data, inputs["_idx_m"])
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+    return step
+
+
+def measure(n_molecules: int, args) -> dict:
+    batches = build_batches(n_molecules, args.batches, args.device, seed=1000 * n_molecules)
+    base = painn_model(0).to(args.device)
+    steps = {}
+    for variant in VARIANTS:
+        model = copy.deepcopy(base)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        steps[variant] = make_step(model, optimizer, loss_fn(variant))
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for variant in VARIANTS:  # warm-up: allocator pools, lazy caches, Adam state
+        for data in batches:
+            steps[variant](data)
+    sync()
+    times = {v: [] for v in VARIANTS}
+    walls = {v: [] for v in VARIANTS}
+    k = 0
+    n_steps = max(1, round(args.steps * 16 / n_molecules))
+    for r in range(args.rounds):
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        for variant in order:
+            sync()
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(n_steps):
+                steps[variant](batches[k % len(batches)])
+                k += 1
+            sync()
+            c1, w1 = time.process_time(), time.perf_counter()
+            times[variant].append((w1 - w0) if cuda else (c1 - c0))
+            walls[variant].append(w1 - w0)
+    n_atoms = [int(b["inputs"]["_n_atoms"].sum()) for b in batches]
+    n_pairs = [int(b["inputs"]["_idx_i"].shape[0]) for b in batches]
+    return {"n_molecules": n_molecules, "times": times, "walls": walls, "atoms": statistics.mean(n_atoms),
+            "nbh_pairs": statistics.mean(n_pairs), "loss_pairs": statistics.mean(int(b["springs"].pairs.shape[1]) for b in batches),
+            "collate_ms": 1e3 * statistics.median(b["collate_s"] for b in batches), "steps": n_steps}
+
+
+def report(results: list[dict], args) -> None:
+    clock = "wall" if args.device.startswith("cuda") else "CPU"
+    print(f"\n| batch | atoms | PaiNN neighbour pairs | loss pairs | loss | {clock} ms / step (median) "
+          f"| wall ms / step | step time / MSE's: median [min, max] over {args.rounds} rounds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for res in results:
+        t, w = res["times"], res["walls"]
+        for variant in VARIANTS:
+            ratios = [a / b for a, b in zip(t[variant], t["mse"])]
+            per_step = 1e3 * statistics.median(t[variant]) / res["steps"]
+            wall = 1e3 * statistics.median(w[variant]) / res["steps"]
+            ratio = "1" if variant == "mse" else (f"{statistics.median(ratios):.4f} "
+                                                   f"[{min(ratios):.4f}, {max(ratios):.4f}]")
+            print(f"| {res['n_molecules']} molecules | {res['atoms']:.0f} | {res['nbh_pairs']:.0f} | "
+                  f"{res['loss_pairs']:.0f} | {variant} | {per_step:.2f} | {wall:.2f} | {ratio} |")
+    print(f"\ncollation of per-molecule springs (outside the step, with the batch): "
+          + ", ".join(f"{r['n_molecules']} molecules {r['collate_ms']:.2f} ms" for r in results))
+    print("\nTarget: a step with the energy loss costs at most 2 % more than with MSE (median ratio <= 1.02)")
+    for res in results:
+        t = res["times"]
+        for variant in VARIANTS[1:]:
+            med = statistics.median(a / b for a, b in zip(t[variant], t["mse"]))
+            print(f"[{'MET' if med <= 1.02 else 'NOT MET'}] {res['n_molecules']} molecules, {variant}: "
+                  f"{100 * (med - 1):+.2f} %")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (CPU)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 128], help="molecules per batch")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--steps", type=int, default=8, help="consecutive steps per variant and round (at 16 molecules)")
+    p.add_argument("--batches", type=int, default=4, help="distinct batches per size, cycled")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import schnetpack
+
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} thread(s)"
+    print(f"# train_step_overhead.py: {dev}, torch {torch.__version__}, schnetpack {schnetpack.__version__}; "
+          f"PaiNN 128 features x 3 interactions, cutoff 5 Å; {args.rounds} rounds of blocks of {args.steps} x 16 / molecules steps per variant")
+    start = time.perf_counter()
+    results = [measure(n, args) for n in args.sizes]
+    report(results, args)
+    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
