@@ -66,11 +66,13 @@ def structure_index(batch: Tensor, n_structures: int | None = None, *, validate_
         return batch, int(n_structures)
     if batch.numel() == 0:
         return batch, 0
+    lo, hi = (int(v) for v in batch.aminmax())
+    if lo >= 0 and hi < batch.shape[0]:  # ids 0..hi may all be present (N atoms hold at most N ids): check, O(N)
+        present = torch.zeros(hi + 1, dtype=torch.bool, device=batch.device).index_fill_(0, batch, True)
+        if bool(present.all()):  # already 0..B-1: keep the caller's tensor (the usual case; 2x faster than unique)
+            return batch, hi + 1
     ids, inverse = torch.unique(batch, return_inverse=True)
-    n = ids.shape[0]
-    if int(ids[-1]) == n - 1:  # already 0..B-1 (ids are distinct and >= 0): keep the caller's tensor
-        return batch, n
-    return inverse, n
+    return inverse, ids.shape[0]
 
 
 def padded_to_flat(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

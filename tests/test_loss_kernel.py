@@ -233,6 +233,11 @@ def test_directed_and_repeated_edge_lists_count_each_pair_once():
     for edges in (directed, repeated):
         assert torch.allclose(pair_energy_loss(pred, target, batch, edge_index=edges, reduction="none"), once)
         assert resolve_springs(target, batch, edge_index=edges).pairs.shape == pairs.shape
+    # Bond lists too (graph="bonds" and the bond_aware scheme).
+    bonds = torch.tensor([[0, 1, 2, 6, 7], [1, 2, 3, 7, 8]])
+    for opts in ({"graph": "bonds"}, {"coefficients": "bond_aware"}):
+        assert torch.allclose(pair_energy_loss(pred, target, batch, bonds=torch.cat([bonds, bonds.flip(0)], 1), **opts),
+                              pair_energy_loss(pred, target, batch, bonds=bonds, **opts))
     # Per-pair springs on a directed list: the same spring on both copies is one spring ...
     k = torch.rand(pairs.shape[1], dtype=DTYPE, generator=torch.Generator().manual_seed(11))
     ref = pair_energy_loss(pred, target, batch, edge_index=pairs, coefficients=k)
@@ -240,6 +245,16 @@ def test_directed_and_repeated_edge_lists_count_each_pair_once():
     # ... different springs on the copies of a pair are ambiguous.
     with pytest.raises(ValueError, match="coefficients: edge_index lists some pairs more than once"):
         pair_energy_loss(pred, target, batch, edge_index=directed, coefficients=torch.cat([k, 2 * k]))
+
+
+def test_metrics_count_each_bond_of_a_directed_list_once():
+    from energyloss_plugins.metrics import angle_mae
+
+    pred, target, batch = random_batch([6], seed=14)
+    bonds = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    directed = torch.cat([bonds, bonds.flip(0), bonds[:, :1]], 1)
+    for metric in (bond_length_mae, angle_mae):
+        assert torch.allclose(metric(pred, target, directed), metric(pred, target, bonds))
 
 
 def test_per_pair_springs_errors_name_the_argument():

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.alignment import aligned_rmsd  # noqa: F401  (public here too: energyloss_plugins.metrics.aligned_rmsd)
-from energyloss_plugins.graphs import complete_pairs
+from energyloss_plugins.graphs import complete_pairs, unique_pairs
 from energyloss_plugins.layouts import segment_mean, structure_index
 
 
@@ -40,7 +40,9 @@ def _check_bonds(bonds: Tensor, batch: Tensor) -> Tensor:
     bonds = bonds.long()
     if bonds.numel() and bool((batch[bonds[0]] != batch[bonds[1]]).any()):
         raise ValueError("bonds connect atoms of different structures; use flat indices within each structure.")
-    return bonds
+    # A directed list (both (i, j) and (j, i), as PyG/TorchMD-Net keep them) or a repeated bond
+    # would weigh that bond twice and add zero angles (i, j, i): each bond counts once.
+    return unique_pairs(bonds)
 
 
 def bond_length_mae(
