@@ -221,7 +221,7 @@ def report(results: list[dict], args) -> None:
             extra = statistics.median(lt[variant]) - statistics.median(lt["mse"])
             print(f"| {res['n_molecules']} molecules | {variant} | {1e3 * statistics.median(lt[variant]):.3f} | "
                   f"{100 * extra / step:+.3f} % |")
-    print(f"\ncollation of per-molecule springs (outside the step, with the batch): "
+    print("\ncollation of per-molecule springs (outside the step, with the batch): "
           + ", ".join(f"{r['n_molecules']} molecules {r['collate_ms']:.2f} ms" for r in results))
     print("\nTarget: a step with the energy loss costs at most 2 % more than with MSE "
           "(median step ratio <= 1.02, and the loss's own extra cost < 2 % of the step)")

@@ -28,7 +28,7 @@ The pair energy comes in two steps (docs/losses.md, "The lean path"):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +38,7 @@ from energyloss_plugins import _checks
 from energyloss_plugins.alignment import kabsch_align
 from energyloss_plugins.coefficients import CoefficientFn, PairContext, resolve_coefficients, scheme_function
 from energyloss_plugins.graphs import PairSet, build_pairs
-from energyloss_plugins.layouts import FlatBatch, structure_counts, structure_index, to_flat
+from energyloss_plugins.layouts import FlatBatch, structure_counts, to_flat
 from energyloss_plugins.periodic import MinimumImage
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -374,14 +374,14 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
             raise ValueError("coefficients: a tensor of per-pair springs needs the matching edge_index= pair list.")
         distance_fn = None
         if image is not None:
-            distance_fn = lambda p: (target[p[1]] - target[p[0]] + image.shifts(p)).norm(dim=-1)  # noqa: E731
+            distance_fn = lambda p: (target[p[1]] - target[p[0]] + image.shifts(p)).norm(dim=-1)
         pairs = build_pairs(graph, target, batch, n_structures, bonds=bonds, numbers=numbers,
                             distance_fn=distance_fn, **dict(graph_kwargs or {}))
     if validate_args:
         coeff = resolve_coefficients(coefficients, coefficient_kwargs)
     else:
         fn, params = scheme_function(coefficients), dict(coefficient_kwargs or {})
-        coeff = lambda ctx: fn(ctx, **params)  # noqa: E731
+        coeff = lambda ctx: fn(ctx, **params)
     bond_keys = None
     if bonds is not None:
         _checks.check_edge_index(bonds, target.shape[0])

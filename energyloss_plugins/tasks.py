@@ -17,7 +17,6 @@ from energyloss_plugins.losses import LOSSES, REDUCTIONS, call_loss
 from energyloss_plugins.modules import DATA_SPRINGS, check_energy_options
 
 
-
 def with_batch_data(options: Mapping, numbers: Tensor | None = None, bonds: Tensor | None = None,
                     springs: tuple[Tensor, Tensor] | None = None) -> dict:
     """Loss options completed with a batch's atomic numbers, bonds and stored springs.

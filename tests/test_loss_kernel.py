@@ -4,6 +4,8 @@ and configuration errors raised at construction."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -61,8 +63,8 @@ def test_resolved_springs_and_kernel_equal_the_one_call_loss(options):
     springs = resolve_springs(target, batch, **options)
     assert springs.pairs.shape[0] == 2 and springs.springs.shape == springs.distances.shape == (springs.pairs.shape[1],)
     for reduction in ("mean", "none"):
-        ref = value_and_grad(lambda p: pair_energy_loss(p, target, batch, reduction=reduction, **options), pred)
-        lean = value_and_grad(lambda p: springs.loss(p, reduction=reduction), pred)
+        ref = value_and_grad(lambda p, r=reduction: pair_energy_loss(p, target, batch, reduction=r, **options), pred)
+        lean = value_and_grad(lambda p, r=reduction: springs.loss(p, reduction=r), pred)
         assert torch.allclose(lean[0], ref[0], rtol=0, atol=1e-12)
         assert torch.allclose(lean[1], ref[1], rtol=0, atol=1e-12)
 
@@ -87,12 +89,12 @@ def test_collated_per_structure_springs_equal_the_batch():
     sizes = [5, 12, 8]
     pred, target, batch = random_batch(sizes, seed=3)
     starts = [0, 5, 17, 25]
-    items = [resolve_springs(target[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    items = [resolve_springs(target[a:b]) for a, b in itertools.pairwise(starts)]
     collated = PairSprings.collate(items)
     assert collated.n_structures == 3 and torch.equal(collated.batch, batch)
     for reduction in ("mean", "none"):
-        ref = value_and_grad(lambda p: pair_energy_loss(p, target, batch, reduction=reduction), pred)
-        lean = value_and_grad(lambda p: collated.loss(p, reduction=reduction), pred)
+        ref = value_and_grad(lambda p, r=reduction: pair_energy_loss(p, target, batch, reduction=r), pred)
+        lean = value_and_grad(lambda p, r=reduction: collated.loss(p, reduction=r), pred)
         assert torch.allclose(lean[0], ref[0], atol=1e-12) and torch.allclose(lean[1], ref[1], atol=1e-12)
     # The module takes resolved springs too.
     assert torch.allclose(PairEnergyLoss()(pred, springs=collated), pair_energy_loss(pred, target, batch), atol=1e-12)
@@ -156,9 +158,9 @@ def test_unvalidated_path_equals_validated_path():
     pred, target, batch = random_batch([4, 10, 7], seed=7)
     pairs = complete_pairs(batch, 3)
     for options in ({}, {"coefficients": "inverse"}):
-        fast = value_and_grad(lambda p: pair_energy_loss(p, target, batch, edge_index=pairs, n_structures=3,
-                                                         validate_args=False, **options), pred)
-        slow = value_and_grad(lambda p: pair_energy_loss(p, target, batch, **options), pred)
+        fast = value_and_grad(lambda p, o=options: pair_energy_loss(p, target, batch, edge_index=pairs, n_structures=3,
+                                                                    validate_args=False, **o), pred)
+        slow = value_and_grad(lambda p, o=options: pair_energy_loss(p, target, batch, **o), pred)
         assert torch.allclose(fast[0], slow[0], atol=1e-12) and torch.allclose(fast[1], slow[1], atol=1e-12)
 
 
@@ -250,7 +252,7 @@ def test_directed_and_repeated_edge_lists_count_each_pair_once():
 def test_metrics_count_each_bond_of_a_directed_list_once():
     from energyloss_plugins.metrics import angle_mae
 
-    pred, target, batch = random_batch([6], seed=14)
+    pred, target, _ = random_batch([6], seed=14)
     bonds = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
     directed = torch.cat([bonds, bonds.flip(0), bonds[:, :1]], 1)
     for metric in (bond_length_mae, angle_mae):
