@@ -50,9 +50,10 @@ def check_energy_options(coefficients: str | CoefficientFn = "exp", coefficient_
                 "here), or train through a task objective (schnetpack_ext/torchmdnet_ext, energyloss_plugins.tasks), "
                 "which reads them from the batch (fit them with energyloss_plugins.ase.add_springs_to_db).")
     elif not callable(coefficients):
-        raise ValueError(  # noqa: TRY004 - the team's convention: bad arguments get a ValueError naming themf"coefficients must be a scheme name or a callable, got {type(coefficients).__name__}; "
-                         f"per-pair springs are passed per call with edge_index=. Valid names: "
-                         f"{', '.join(coefficient_names())}.")
+        # A ValueError naming the argument, the team's convention for bad arguments.
+        raise ValueError(  # noqa: TRY004
+            f"coefficients must be a scheme name or a callable, got {type(coefficients).__name__}; "
+            f"per-pair springs are passed per call with edge_index=. Valid names: {', '.join(coefficient_names())}.")
     _checks.check_choice("graph", graph, GRAPH_NAMES)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     if coefficient_kwargs and not (isinstance(coefficients, str) and coefficients == DATA_SPRINGS):
