@@ -216,6 +216,10 @@ def test_metrics_use_distinct_ids_and_one_segment_mean():
     assert torch.allclose(aligned_rmsd(pred, target, gapped), aligned_rmsd(pred, target, batch).flip(0))
     bonds = torch.tensor([[0, 4], [1, 5]])
     assert torch.allclose(bond_length_mae(pred, target, bonds, gapped), bond_length_mae(pred, target, bonds, batch).flip(0))
+    from energyloss_plugins.metrics import atom_stability
+
+    numbers = torch.tensor([6, 1, 1, 1, 1, 8, 1, 1, 6])
+    assert torch.equal(atom_stability(numbers, target, gapped), atom_stability(numbers, target, batch).flip(0))
     # segment_mean: 0 or NaN (metrics) for a structure that owns nothing
     x = torch.tensor([1.0, 3.0, 5.0])
     owner = torch.tensor([0, 0, 2])

@@ -21,7 +21,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.elements import COVALENT_RADII
 from energyloss_plugins.graphs import complete_pairs
-from energyloss_plugins.layouts import structure_counts
+from energyloss_plugins.layouts import structure_counts, structure_index
 
 MAX_Z = len(COVALENT_RADII)
 
@@ -110,7 +110,7 @@ def _prepare(numbers: Tensor, positions: Tensor, batch: Tensor | None) -> tuple[
     else:
         _checks.check_batch(batch, n)
         batch = batch.long()
-    n_structures = int(batch.max()) + 1 if n else 0
+    batch, n_structures = structure_index(batch)  # distinct ids: gaps are no structures, no allocation by the largest id
     return numbers.long(), batch, n_structures
 
 
