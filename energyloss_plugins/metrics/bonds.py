@@ -199,9 +199,7 @@ def atom_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = No
     """
     numbers_l, batch_l, n_structures = _prepare(numbers, positions, batch)
     stable = stable_atoms(numbers_l, positions, batch_l).to(positions.dtype)
-    counts = structure_counts(batch_l, n_structures)
-    if bool((counts == 0).any()):
-        raise ValueError(f"Structure(s) {torch.nonzero(counts == 0).flatten().tolist()} have no atoms.")
+    counts = structure_counts(batch_l, n_structures)  # >= 1: structures are the distinct ids of batch
     return positions.new_zeros(n_structures).index_add_(0, batch_l, stable) / counts.to(positions.dtype)
 
 

@@ -23,21 +23,13 @@ BOND_METHODS = ("edm", "determine")
 
 
 def split_structures(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[np.ndarray]:
-    """Flat atom indices of each structure ``b = 0..B-1`` (in order).
-
-    Raises:
-        ValueError: a structure index between 0 and max(batch) has no atoms.
-    """
+    """Flat atom indices of each structure (the distinct ids of ``batch``, in increasing order)."""
     _, batch_l, n_structures = _prepare(numbers, positions, batch)
     if n_structures == 0:
         raise ValueError("No atoms given; metrics need at least one structure with atoms.")
     b = batch_l.cpu().numpy()
     order = np.argsort(b, kind="stable")
     counts = np.bincount(b, minlength=n_structures)
-    if (counts == 0).any():
-        raise ValueError(
-            f"Structure(s) {np.flatnonzero(counts == 0).tolist()} have no atoms (batch indices must be 0..B-1)."
-        )
     return np.split(order, np.cumsum(counts)[:-1])
 
 
