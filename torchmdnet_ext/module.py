@@ -100,13 +100,15 @@ def prepare_hparams(hparams) -> dict:
 def _check_loss_options(train_loss: str, options: dict):
     name = core_name(train_loss)
     if name == "energy":
-        from energyloss_plugins.modules import PairEnergyLoss
+        from energyloss_plugins.modules import check_energy_options
 
         energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize", "chunk_size"}
         unknown = set(options) - energy_keys
         if unknown:
             raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; valid: {sorted(energy_keys)}.")
-        PairEnergyLoss(**options)  # fails now for a misspelt scheme or graph
+        # Fails now for a misspelt scheme, graph or parameter; 'hessian' springs come with each batch.
+        check_energy_options(**{k: v for k, v in options.items() if k not in ("normalize", "chunk_size")},
+                             data_springs=True)
     else:
         unknown = set(options) - {"reduction", "normalize"}
         if unknown:
