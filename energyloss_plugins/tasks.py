@@ -79,15 +79,6 @@ class StructureObjective(_Objective):
         """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``."""
         return call_loss(self.loss_name, pred, target, batch, **self._options(numbers, bonds, springs))
 
-    @staticmethod
-    def metrics(pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor,
-                bonds: Tensor | None = None) -> dict[str, Tensor]:
-        """Per-batch structure metrics (aligned RMSD, bond/angle MAE, stability) for logging."""
-        from energyloss_plugins.metrics import structure_metrics
-
-        with torch.no_grad():
-            return structure_metrics(pred.detach(), target.detach(), batch, numbers, bonds=bonds)
-
 
 class DiffusionObjective(_Objective):
     """Denoising diffusion or flow matching on equilibrium structures with the energy loss (SPEC §3).

@@ -17,6 +17,7 @@ from torch import nn
 import schnetpack.properties as properties
 from schnetpack.task import ModelOutput
 
+from energyloss_plugins.diffusion import network_target
 from energyloss_plugins.tasks import DiffusionObjective
 
 #: Batch entries the adapter's tasks copy into ``targets`` for the losses and metrics.
@@ -89,17 +90,9 @@ class DiffusionOutput(ModelOutput):
                                             loss_kwargs=options, max_weight=max_weight)
 
     def network_target(self, noised: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-        """What a perfect network outputs for this noised batch (for metrics)."""
-        x0, eps = noised["x0"], noised["eps"]
-        a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
-        p = self.objective.parameterization
-        if p == "eps":
-            return eps
-        if p == "v":
-            return a * eps - s * x0
-        if p == "velocity":
-            return eps - x0
-        return x0
+        """What a perfect network outputs for this noised batch ``(N, 3)`` (for metrics); see
+        :func:`energyloss_plugins.diffusion.network_target`."""
+        return network_target(noised, batch, self.objective.parameterization)
 
     def calculate_loss(self, pred, target):
         if self.loss_weight == 0 or self.loss_fn is None:

@@ -153,7 +153,7 @@ def test_diffusion_task_trains_and_samples_atoms(db, loss, parameterization):
     batch = next(iter(data))
     opt = torch.optim.Adam(task.parameters(), lr=1e-3)
     for _ in range(2):
-        new, extra = task._noised_batch(batch)
+        new, extra = task._prepare(batch, 0, "train")
         with task._context(new, extra):
             pred = task.predict_without_postprocessing(new)
             pred, targets = task.apply_constraints(pred, {"diffusion_target": new["diffusion_target"]})
@@ -163,7 +163,7 @@ def test_diffusion_task_trains_and_samples_atoms(db, loss, parameterization):
         value.backward()
         opt.step()
     # centre-of-mass-free noise and outputs
-    new, _ = task._noised_batch(batch)
+    new, _ = task._prepare(batch, 0, "train")
     n = int(batch[P.n_atoms].shape[0])
     com = torch.zeros(n, 3).index_add_(0, batch[P.idx_m], new["diffusion_target"])
     assert com.abs().max() < 1e-4
