@@ -19,7 +19,7 @@ _SEED_STRIDE = 1_000_003
 
 
 def seeded_rotation(positions: Tensor, seed: int, index: int) -> Tensor:
-    """``positions`` ``(n, d)`` (Å, d = 2 or 3) rotated about their centroid by a random proper rotation fixed by ``(seed, index)``.
+    """``positions`` ``(n, d)`` (Å, d = 2 or 3) rotated about their centroid by a rotation fixed by ``(seed, index)``.
 
     The rotation is drawn uniformly (Haar measure) from a generator seeded with
     ``seed * 1_000_003 + index``, so it depends only on the base seed and the sample's index: every

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any, Dict, List, Optional, Type
-
-import torch
-from torch import nn
+from typing import Any
 
 import schnetpack.properties as properties
+import torch
 from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask, ModelOutput
+from torch import nn
 
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.heads import DIFFUSION_TIME
@@ -38,15 +37,15 @@ class _ContextTask(AtomisticTask):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: Optional[bool] = None, **kwargs):
+                             weights_only: bool | None = None, **kwargs):
         """As Lightning's, but a full pickle by default (SchNetPack tasks store modules as hyperparameters;
         see :mod:`schnetpack_ext.checkpoint`). Only load checkpoints you trust."""
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=False if weights_only is None else weights_only,
                                             **kwargs)
 
-    _batch: Optional[Dict[str, torch.Tensor]] = None
-    _extra_targets: Optional[Dict[str, Any]] = None
+    _batch: dict[str, torch.Tensor] | None = None
+    _extra_targets: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def _context(self, batch, extra=None):
@@ -95,10 +94,10 @@ class StructureTask(_ContextTask):
             metrics are logged per epoch for every :class:`StructureOutput`.
     """
 
-    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
-                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
-                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
-                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
+    def __init__(self, model: AtomisticModel, outputs: list[ModelOutput],
+                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: dict[str, Any] | None = None, scheduler_cls: type | None = None,
+                 scheduler_args: dict[str, Any] | None = None, scheduler_monitor: str | None = None,
                  warmup_steps: int = 0, structure_metrics: Sequence[str] = ("val", "test")):
         outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
         super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
@@ -109,9 +108,10 @@ class StructureTask(_ContextTask):
             raise ValueError(f"structure_metrics: unknown subsets {sorted(unknown)}; choose from {list(_SUBSETS)}.")
         self.structure_metric_subsets = tuple(structure_metrics or ())
         # One dataset-level accumulator per (subset, structure output); its states are not saved in checkpoints.
+        structure_outputs = [o for o in self.outputs if isinstance(o, StructureOutput)]
         self._structure_metrics = nn.ModuleDict({
             f"{subset}_{output.name}": StructureMetrics()
-            for subset in self.structure_metric_subsets for output in self.outputs if isinstance(output, StructureOutput)
+            for subset in self.structure_metric_subsets for output in structure_outputs
         })
 
     def log_metrics(self, pred, targets, subset):
@@ -148,8 +148,8 @@ class StructureTask(_ContextTask):
         self._log_structure_metrics("test")
 
 
-def full_neighbor_list(idx_m: torch.Tensor, cutoff: Optional[float] = None,
-                       positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def full_neighbor_list(idx_m: torch.Tensor, cutoff: float | None = None,
+                       positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All ordered atom pairs (i ≠ j) inside each structure, optionally within ``cutoff`` Å of ``positions``.
 
     Returns SchNetPack's ``_idx_i``, ``_idx_j`` and zero ``_offsets`` (non-periodic molecules).
@@ -182,11 +182,11 @@ class DiffusionTask(_ContextTask):
         (other arguments as :class:`schnetpack.task.AtomisticTask`)
     """
 
-    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
-                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
-                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
-                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
-                 warmup_steps: int = 0, clean_positions: Optional[str] = None, cutoff: Optional[float] = None,
+    def __init__(self, model: AtomisticModel, outputs: list[ModelOutput],
+                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: dict[str, Any] | None = None, scheduler_cls: type | None = None,
+                 scheduler_args: dict[str, Any] | None = None, scheduler_monitor: str | None = None,
+                 warmup_steps: int = 0, clean_positions: str | None = None, cutoff: float | None = None,
                  val_seed: int = 1234):
         outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
         super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
@@ -194,7 +194,8 @@ class DiffusionTask(_ContextTask):
                          scheduler_args=scheduler_args, scheduler_monitor=scheduler_monitor, warmup_steps=warmup_steps)
         diffusion = [o for o in self.outputs if isinstance(o, DiffusionOutput)]
         if len(diffusion) != 1:
-            raise ValueError(f"DiffusionTask needs exactly one DiffusionOutput among its outputs, got {len(diffusion)}.")
+            raise ValueError(
+                f"DiffusionTask needs exactly one DiffusionOutput among its outputs, got {len(diffusion)}.")
         self.clean_positions = clean_positions
         self.cutoff = cutoff
         self.val_seed = val_seed
@@ -221,8 +222,8 @@ class DiffusionTask(_ContextTask):
         return new, {"_noised": noised}
 
     @torch.no_grad()
-    def sample(self, molecules: Sequence, *, steps: int = 100, method: Optional[str] = None, batch_size: int = 64,
-               seed: Optional[int] = None, progress: bool = False) -> list:
+    def sample(self, molecules: Sequence, *, steps: int = 100, method: str | None = None, batch_size: int = 64,
+               seed: int | None = None, progress: bool = False) -> list:
         """Generate one conformer per entry of ``molecules`` (ASE ``Atoms`` or atomic-number sequences).
 
         Args:
@@ -264,7 +265,7 @@ class DiffusionTask(_ContextTask):
 
                 x = self.diffusion_output.objective.sample(denoiser, idx_m, steps=steps, method=method,
                                                            progress=progress, generator=generator)
-                for positions, z in zip(torch.split(x.cpu(), counts.tolist()), chunk):
+                for positions, z in zip(torch.split(x.cpu(), counts.tolist()), chunk, strict=True):
                     result.append(Atoms(numbers=z.numpy(), positions=positions.double().numpy()))
         finally:
             self.train(was_training)

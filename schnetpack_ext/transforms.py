@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict
-
-import torch
-
 import schnetpack.properties as properties
+import torch
 from schnetpack.transform.base import Transform
 
 from energyloss_plugins.augment import seeded_rotation
@@ -36,7 +33,7 @@ class RotateTarget(Transform):
         self.property = property
         self.seed = seed
 
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.enabled:
             return inputs
         index = int(inputs[properties.idx].reshape(-1)[0])

@@ -12,8 +12,15 @@ import schnetpack.properties as P  # noqa: E402
 
 from energyloss_plugins.alignment import random_rotations  # noqa: E402
 from schnetpack_ext import (  # noqa: E402
-    DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, RotateTarget, StructureOutput, TimeEmbedding,
-    full_neighbor_list, predict_structures,
+    DiffusionOutput,
+    DiffusionTask,
+    EnergyLoss,
+    PositionHead,
+    RotateTarget,
+    StructureOutput,
+    TimeEmbedding,
+    full_neighbor_list,
+    predict_structures,
 )
 from schnetpack_ext._testing import loader, small_painn, small_so3net, structure_task, tiny_structure_db  # noqa: E402
 
@@ -110,7 +117,8 @@ def test_rotate_target_transform_is_a_fixed_rotation_per_sample():
     c = t({P.idx: torch.tensor([4]), "target_positions": x.clone()})["target_positions"]
     assert torch.allclose(a, b) and not torch.allclose(a, c)
     assert torch.allclose(torch.cdist(a, a), torch.cdist(x, x), atol=1e-5)
-    assert torch.equal(RotateTarget(enabled=False)({P.idx: torch.tensor([3]), "target_positions": x})["target_positions"], x)
+    off = RotateTarget(enabled=False)({P.idx: torch.tensor([3]), "target_positions": x})
+    assert torch.equal(off["target_positions"], x)
 
 
 def test_predict_structures_returns_atoms(db, tmp_path):
@@ -123,7 +131,7 @@ def test_predict_structures_returns_atoms(db, tmp_path):
     path = tmp_path / "best_model"
     torch.save(task.model, path)
     out = predict_structures(str(path), atoms)
-    assert len(out) == 3 and all(len(a) == len(b) for a, b in zip(out, atoms))
+    assert len(out) == 3 and all(len(a) == len(b) for a, b in zip(out, atoms, strict=True))
     assert all(math.isfinite(float(abs(a.positions).sum())) for a in out)
 
 
@@ -174,8 +182,8 @@ def test_diffusion_task_trains_and_samples_atoms(db, loss, parameterization):
 
 
 def test_search_path_plugin_acts_only_on_schnetpack_apps():
-    from hydra.core.config_search_path import ConfigSearchPath
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.config_search_path import ConfigSearchPath
 
     from hydra_plugins.energyloss_plugins_searchpath.energyloss_searchpath import EnergyLossSearchPathPlugin
 

@@ -74,12 +74,14 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError(f"task must be one of {TASKS}, got {h['task']!r}.")
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
-        raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of {sorted(CORE_NAMES)} "
-                         "(energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, l1_loss).")
+        raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
+                         f"{sorted(CORE_NAMES)} (energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, "
+                         "l1_loss).")
     h["train_loss_arg"] = _parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
     _check_loss_options(h["train_loss"], h["train_loss_arg"])
     if h.get("derivative"):
-        raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; set derivative: false.")
+        raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; "
+                         "set derivative: false.")
     if h.get("standardize"):
         raise ValueError("standardize: true rescales energies; it does not apply to position targets.")
     if h.get("remove_ref_energy"):
@@ -106,15 +108,18 @@ def _check_loss_options(train_loss: str, options: dict):
     if name == "energy":
         from energyloss_plugins.modules import PairEnergyLoss
 
-        energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize", "chunk_size"}
+        energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize",
+                       "chunk_size"}
         unknown = set(options) - energy_keys
         if unknown:
-            raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; valid: {sorted(energy_keys)}.")
+            raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; "
+                             f"valid: {sorted(energy_keys)}.")
         PairEnergyLoss(**options)  # fails now for a misspelt scheme or graph
     else:
         unknown = set(options) - {"reduction", "normalize"}
         if unknown:
-            warnings.warn(f"train_loss_arg {sorted(unknown)} ignored by {train_loss} (energy-only options).", stacklevel=3)
+            warnings.warn(f"train_loss_arg {sorted(unknown)} ignored by {train_loss} (energy-only options).",
+                          stacklevel=3)
 
 
 def make_objective(h: Mapping, train_loss: str | None = None):
@@ -208,7 +213,8 @@ class PositionLNNP(LNNP):
                 out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
                 compared = (out, noised)
             for name, loss_fn in loss_fn_list:
-                objective = loss_fn if isinstance(loss_fn, (StructureObjective, DiffusionObjective)) else self._objective(name)
+                is_core = isinstance(loss_fn, StructureObjective | DiffusionObjective)
+                objective = loss_fn if is_core else self._objective(name)
                 loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs)
                 loss = self._update_loss_with_ema(stage, "y", name, loss)
                 if self.hparams.y_weight > 0:

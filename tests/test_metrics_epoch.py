@@ -1,0 +1,96 @@
+"""StructureMetrics: dataset-level structure metrics over an epoch (sums and counts, DDP-mergeable)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("torchmetrics")
+
+from energyloss_plugins.metrics import structure_metrics  # noqa: E402
+from energyloss_plugins.metrics.epoch import STRUCTURE_METRICS, StructureMetrics  # noqa: E402
+
+WATER = torch.tensor([[0.0, 0.0, 0.0], [0.759, 0.588, 0.0], [-0.759, 0.588, 0.0]], dtype=torch.float64)
+METHANE = 1.09 / math.sqrt(3) * torch.tensor(
+    [[0.0, 0.0, 0.0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+
+
+def _molecules(n: int, seed: int = 0):
+    """n waters and methanes; predictions noisy enough that some atoms (molecules) lose stability."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        x, z = (WATER, [8, 1, 1]) if i % 2 else (METHANE, [6, 1, 1, 1, 1])
+        pred = x + (0.02 + 0.08 * (i % 3)) * torch.randn(x.shape, dtype=torch.float64, generator=g)
+        out.append((pred, x.clone(), torch.tensor(z)))
+    return out
+
+
+def _flat(mols):
+    pred = torch.cat([m[0] for m in mols])
+    target = torch.cat([m[1] for m in mols])
+    numbers = torch.cat([m[2] for m in mols])
+    batch = torch.repeat_interleave(torch.arange(len(mols)), torch.tensor([len(m[2]) for m in mols]))
+    return pred, target, batch, numbers
+
+
+def _dataset_level(mols):
+    """Independent reference: per-structure values of the whole set, reduced once."""
+    pred, target, batch, numbers = _flat(mols)
+    per = structure_metrics(pred, target, batch, numbers, per_structure=True)
+    n_atoms = torch.bincount(batch).double()
+    out = {k: per[k][~per[k].isnan()].mean() for k in ("rmsd", "bond_mae", "angle_mae", "molecule_stability")}
+    out["atom_stability"] = (per["atom_stability"] * n_atoms).sum() / n_atoms.sum()
+    return out
+
+
+def test_epoch_value_is_the_dataset_value_whatever_the_batching():
+    mols = _molecules(11)
+    reference = _dataset_level(mols)
+    stab = float(reference["molecule_stability"])
+    assert 0 < stab < 1, stab  # some molecules unstable: the test can tell a mean of batch means
+    for sizes in ([11], [1, 10], [3, 3, 3, 2], [1] * 11):
+        metric = StructureMetrics()
+        start = 0
+        batch_means = []  # what averaging batch means would log
+        for size in sizes:
+            part = mols[start : start + size]
+            start += size
+            metric.update(*_flat(part))
+            batch_means.append(float(structure_metrics(*_flat(part))["molecule_stability"]))
+        result = metric.compute()
+        assert set(result) == set(STRUCTURE_METRICS)
+        for key in STRUCTURE_METRICS:
+            assert torch.allclose(result[key], reference[key].to(result[key].dtype), rtol=1e-12), (sizes, key)
+        if sizes == [1, 10]:
+            assert not math.isclose(sum(batch_means) / len(batch_means), stab)
+
+
+def test_merged_states_equal_one_process():
+    """DDP: torchmetrics sums the states of the processes; merging two halves gives the whole."""
+    mols = _molecules(8, seed=1)
+    whole, rank0, rank1 = StructureMetrics(), StructureMetrics(), StructureMetrics()
+    whole.update(*_flat(mols))
+    rank0.update(*_flat(mols[:3]))
+    rank1.update(*_flat(mols[3:]))
+    rank0.merge_state(rank1)
+    merged, expected = rank0.compute(), whole.compute()
+    assert all(torch.allclose(merged[k], expected[k], rtol=1e-12) for k in expected)
+
+
+def test_absent_and_undefined_figures():
+    pred, target, batch, numbers = _flat(_molecules(4))
+    geometry_only = StructureMetrics()
+    geometry_only.update(pred, target, batch)  # no numbers, no bonds: RMSD only
+    assert set(geometry_only.compute()) == {"rmsd"}
+    no_rule = StructureMetrics()
+    lithium = numbers.clone()
+    lithium[0] = 3  # no valence rule for Li: stability undefined, the rest unaffected
+    no_rule.update(pred, target, batch, lithium)
+    out = no_rule.compute()
+    assert math.isnan(float(out["molecule_stability"])) and math.isfinite(float(out["rmsd"]))
+    no_rule.reset()
+    no_rule.update(pred, target, batch, numbers)
+    assert math.isfinite(float(no_rule.compute()["molecule_stability"]))
