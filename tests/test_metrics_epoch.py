@@ -9,23 +9,9 @@ import torch
 
 pytest.importorskip("torchmetrics")
 
+from _molecules import noisy_molecules  # noqa: E402
 from energyloss_plugins.metrics import structure_metrics  # noqa: E402
 from energyloss_plugins.metrics.epoch import STRUCTURE_METRICS, StructureMetrics  # noqa: E402
-
-WATER = torch.tensor([[0.0, 0.0, 0.0], [0.759, 0.588, 0.0], [-0.759, 0.588, 0.0]], dtype=torch.float64)
-METHANE = 1.09 / math.sqrt(3) * torch.tensor(
-    [[0.0, 0.0, 0.0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
-
-
-def _molecules(n: int, seed: int = 0):
-    """n waters and methanes; predictions noisy enough that some atoms (molecules) lose stability."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        x, z = (WATER, [8, 1, 1]) if i % 2 else (METHANE, [6, 1, 1, 1, 1])
-        pred = x + (0.02 + 0.08 * (i % 3)) * torch.randn(x.shape, dtype=torch.float64, generator=g)
-        out.append((pred, x.clone(), torch.tensor(z)))
-    return out
 
 
 def _flat(mols):
@@ -47,7 +33,7 @@ def _dataset_level(mols):
 
 
 def test_epoch_value_is_the_dataset_value_whatever_the_batching():
-    mols = _molecules(11)
+    mols = noisy_molecules(11)
     reference = _dataset_level(mols)
     stab = float(reference["molecule_stability"])
     assert 0 < stab < 1, stab  # some molecules unstable: the test can tell a mean of batch means
@@ -70,7 +56,7 @@ def test_epoch_value_is_the_dataset_value_whatever_the_batching():
 
 def test_merged_states_equal_one_process():
     """DDP: torchmetrics sums the states of the processes; merging two halves gives the whole."""
-    mols = _molecules(8, seed=1)
+    mols = noisy_molecules(8, seed=1)
     whole, rank0, rank1 = StructureMetrics(), StructureMetrics(), StructureMetrics()
     whole.update(*_flat(mols))
     rank0.update(*_flat(mols[:3]))
@@ -81,7 +67,7 @@ def test_merged_states_equal_one_process():
 
 
 def test_absent_and_undefined_figures():
-    pred, target, batch, numbers = _flat(_molecules(4))
+    pred, target, batch, numbers = _flat(noisy_molecules(4))
     geometry_only = StructureMetrics()
     geometry_only.update(pred, target, batch)  # no numbers, no bonds: RMSD only
     assert set(geometry_only.compute()) == {"rmsd"}

@@ -209,3 +209,28 @@ def test_shipped_experiments_compose_with_schnetpack_defaults(db):
             assert cfg.data.split_file.endswith("split.npz") and cfg.data.num_train is None
             model = instantiate(cfg.model)
             assert isinstance(model.output_modules[0], PositionHead)
+
+
+def test_structure_task_logs_dataset_level_metrics(db):
+    """val_rmsd, val_molecule_stability, ... are exact over the validation set, whatever its batching."""
+    import pytorch_lightning as pl
+
+    from energyloss_plugins.metrics import structure_metrics
+
+    torch.manual_seed(0)
+    task = structure_task("energy")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, inference_mode=False)
+    trainer.validate(task, loader(db, batch_size=5), verbose=False)
+    whole = next(iter(loader(db, batch_size=10**6)))
+    with torch.no_grad():
+        pred = task.predict_without_postprocessing(dict(whole))["positions_pred"]
+    per = structure_metrics(pred.double(), whole["target_positions"].double(), whole[P.idx_m], whole[P.Z],
+                            per_structure=True)
+    logged = trainer.callback_metrics
+    assert math.isclose(float(logged["val_rmsd"]), float(per["rmsd"].mean()), rel_tol=1e-5)
+    assert math.isclose(float(logged["val_molecule_stability"]), float(per["molecule_stability"].mean()),
+                        rel_tol=1e-6)
+    n_atoms = torch.bincount(whole[P.idx_m]).double()
+    stable = float((per["atom_stability"] * n_atoms).sum() / n_atoms.sum())
+    assert math.isclose(float(logged["val_atom_stability"]), stable, rel_tol=1e-6)
