@@ -43,6 +43,7 @@ def main(argv=None):
                         "(ASE parses all 7,101 QM7 frames slowly; the builder works in source order, so the result "
                         "is the same as with the whole file as long as N covers --molecules)")
     p.add_argument("--num-steps", type=int, default=1500, help="optimiser steps per run (the same for every loss)")
+    p.add_argument("--budget", help=argparse.SUPPRESS)  # the former wall-clock budget: a clear error below
     p.add_argument("--max-hours", type=float, default=24.0,
                    help="safety limit of the wall time per run (a run that reaches it fails the comparison)")
     p.add_argument("--only", default="mse,kabsch,energy", help="losses to train")
@@ -50,6 +51,9 @@ def main(argv=None):
     p.add_argument("--tag", default="", help="suffix of the run names (for tuning variants)")
     p.add_argument("--extra", nargs="*", default=[], help="extra spktrain overrides for these runs")
     args = p.parse_args(argv)
+    if args.budget is not None:
+        p.error("--budget (a wall-clock limit per run) was replaced by --num-steps: every loss trains for the same "
+                "number of optimiser steps and the wall time is reported beside, e.g. --num-steps 1500.")
     os.makedirs(args.out, exist_ok=True)
 
     datapath = os.path.abspath(args.db or os.path.join(args.out, "qm7_mmff.db"))

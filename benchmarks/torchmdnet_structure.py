@@ -117,6 +117,7 @@ def main():
     p.add_argument("--out", default="bench_torchmdnet")
     p.add_argument("--molecules", type=int, default=1500, help="QM7 molecules (80 %% train, 10 %% val, 10 %% test)")
     p.add_argument("--num-steps", type=int, default=1000, help="optimiser steps per run (the same for every loss)")
+    p.add_argument("--budget", help=argparse.SUPPRESS)  # the former wall-clock budget: a clear error below
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--settings", nargs="+", default=["same", "random"])
     p.add_argument("--losses", nargs="+", default=list(LOSSES))
@@ -125,6 +126,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    if a.budget is not None:
+        p.error("--budget (a wall-clock limit per run) was replaced by --num-steps: every loss trains for the same "
+                "number of optimiser steps and the wall time is reported beside, e.g. --num-steps 1000.")
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
     import torchmdnet_ext  # noqa: F401
