@@ -10,7 +10,8 @@ logging, torchmetrics, checkpoints, EMA, ``spktrain``'s best-model export). They
 3. for diffusion, noise the clean positions before the forward pass and rebuild the neighbour list
    on the noisy positions, and sample new structures as ASE ``Atoms``.
 
-The loss, schedule, sampler and metric logic are the core's (:mod:`energyloss_plugins.tasks`).
+The loss, schedule and sampler are the core's (:mod:`energyloss_plugins.tasks`), and so are the epoch metrics
+(:class:`energyloss_plugins.metrics.epoch.StructureMetrics`).
 """
 
 from __future__ import annotations
