@@ -1,4 +1,4 @@
-"""Small noisy molecules for metric tests: alternating methane and water with perturbed positions."""
+"""Metric-test helpers: small noisy molecules, and dataset-level structure metrics computed in one pass."""
 
 from __future__ import annotations
 
@@ -22,4 +22,19 @@ def noisy_molecules(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Ten
         x, z = (WATER, [8, 1, 1]) if i % 2 else (METHANE, [6, 1, 1, 1, 1])
         noisy = x + (0.02 + 0.08 * (i % 3)) * torch.randn(x.shape, dtype=torch.float64, generator=g)
         out.append((noisy, x.clone(), torch.tensor(z)))
+    return out
+
+
+def dataset_metrics(pred: torch.Tensor, target: torch.Tensor, batch: torch.Tensor,
+                    numbers: torch.Tensor) -> dict[str, float]:
+    """Independent reference for epoch metrics: per-structure values of the whole set, reduced once.
+
+    Means over structures (NaN ones left out); atom stability as stable atoms over all atoms.
+    """
+    from energyloss_plugins.metrics import structure_metrics
+
+    per = structure_metrics(pred.double(), target.double(), batch, numbers, per_structure=True)
+    out = {k: float(v[~v.isnan()].mean()) for k, v in per.items() if k != "atom_stability"}
+    n_atoms = torch.bincount(batch).double()
+    out["atom_stability"] = float((per["atom_stability"] * n_atoms).sum() / n_atoms.sum())
     return out
