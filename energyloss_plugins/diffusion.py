@@ -115,6 +115,25 @@ def predicted_x0(output: Tensor, x_t: Tensor, batch: Tensor, alpha: Tensor, sigm
     return output, torch.ones_like(alpha)
 
 
+def network_target(noised: Mapping[str, Tensor], batch: Tensor, parameterization: str) -> Tensor:
+    """What a perfect network outputs for a noised batch ``(N, d)``: the inverse of :func:`predicted_x0`.
+
+    ``noised`` is the dict of :func:`noise_batch`. ε for ``eps``, v = α ε − σ x for ``v``, x for ``x0``
+    and u = ε − x for ``velocity`` (flow matching, where α = 1 − t, σ = t). Feeding it to
+    :func:`predicted_x0` returns ``noised["x0"]``.
+    """
+    _checks.check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    x0, eps = noised["x0"], noised["eps"]
+    if parameterization == "eps":
+        return eps
+    if parameterization == "v":
+        a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
+        return a * eps - s * x0
+    if parameterization == "velocity":
+        return eps - x0
+    return x0
+
+
 def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *, loss: str = "energy",
                    parameterization: str = "eps", max_weight: float | None = 1e3,
                    loss_kwargs: Mapping | None = None) -> Tensor:

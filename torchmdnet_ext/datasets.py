@@ -21,20 +21,9 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, Dataset
 
-from energyloss_plugins.alignment import random_rotations
+from energyloss_plugins.augment import seeded_rotation
 
 TARGET_FRAMES = ("same", "random")
-
-
-def _rotate_targets(targets: list[torch.Tensor], rows: Sequence[int], seed: int) -> list[torch.Tensor]:
-    """Rotate each target about its centroid by a random rotation fixed by (seed, row)."""
-    out = []
-    for target, row in zip(targets, rows, strict=True):
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(row))
-        rot = random_rotations(1, 3, dtype=target.dtype, generator=g)[0]
-        c = target.mean(0, keepdim=True)
-        out.append((target - c) @ rot.T + c)
-    return out
 
 
 def _check_frame(target_frame: str):
@@ -110,7 +99,7 @@ class EnergyLossDB(_PositionDataset):
         targets = [r.target_positions for r in records]
         self.rows = np.asarray([r.row_index for r in records], dtype=np.int64)
         if target_frame == "random":
-            targets = _rotate_targets(targets, self.rows, rotation_seed)
+            targets = [seeded_rotation(t, rotation_seed, row) for t, row in zip(targets, self.rows, strict=True)]
         self.items = [self._data(r.numbers, r.positions, t, r.bonds, r.row_index, (r.spring_pairs, r.spring_k))
                       for r, t in zip(records, targets, strict=True)]
         self.mol_ids = np.asarray([r.mol_id for r in records], dtype=np.int64)
@@ -163,7 +152,7 @@ class PositionHDF5(_PositionDataset):
                         rows.append(int(r[s]) if r is not None else len(rows))
         self.rows = np.asarray(rows, dtype=np.int64)
         if target_frame == "random":
-            targets = _rotate_targets(targets, self.rows, rotation_seed)
+            targets = [seeded_rotation(t, rotation_seed, row) for t, row in zip(targets, self.rows, strict=True)]
         self.items = [self._data(*args) for args in zip(numbers, positions, targets, bonds, rows, strict=True)]
 
 
