@@ -16,7 +16,6 @@ from ase.io import read  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
 from energyloss_plugins.ase import (  # noqa: E402
-    TorchMDNetCalculator,
     coefficients_from_calculator,
     compute_hessian,
     fit_springs,
@@ -60,6 +59,8 @@ def _tiny_torchmdnet():
 def test_torchmdnet_calculator_forces_hessian_and_fit():
     model = _tiny_torchmdnet()
     atoms = molecule("H2O")
+    from torchmdnet_ext import TorchMDNetCalculator
+
     calc = TorchMDNetCalculator(model)
     atoms.calc = calc
     forces = atoms.get_forces()
@@ -215,10 +216,12 @@ def test_run_structure_model_torchmdnet_object_and_checkpoint(tmp_path):
         path,
     )
     from_ckpt = run_structure_model(str(path), images, framework="torchmdnet")
-    for a, b in zip(from_ckpt, out):
+    detected = run_structure_model(str(path), images)  # the adapter is found from the checkpoint
+    for a, b, c in zip(from_ckpt, out, detected):
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-5)
-    with pytest.raises(ValueError, match="framework"):
-        run_structure_model(str(path), images)
+        np.testing.assert_allclose(c.positions, b.positions, atol=1e-5)
+    with pytest.raises(ValueError, match="schnetpack adapter does not handle"):
+        run_structure_model(str(path), images, framework="schnetpack")
 
 
 def test_run_diffusion_model_torchmdnet():

@@ -123,12 +123,6 @@ def make_objective(h: Mapping, train_loss: str | None = None):
                               loss_kwargs=options, max_weight=h["max_weight"])
 
 
-def run_denoiser(model, z, x_t, batch, t_atoms, box=None, q=None, s=None):
-    """Output of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times ``t_atoms``."""
-    x, v, z, pos, batch = model.representation_model(z, x_t, batch, box=box, q=q, s=s)
-    return model.output_model.pre_reduce(x, v, z, pos, batch, box=box, t=t_atoms)
-
-
 class PositionLNNP(LNNP):
     """LNNP for position targets; same constructor as TorchMD-Net's ``LNNP``."""
 
@@ -177,7 +171,7 @@ class PositionLNNP(LNNP):
                     values[name] = self._objective(name).loss(pred, target, b, numbers=z, bonds=bonds, springs=springs)
             else:
                 noised = self.objective.noise(target, b)
-                out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
+                out = heads.run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
                 for name in loss_names:
                     values[name] = self._objective(name).loss(out, noised, b, numbers=z, bonds=bonds, springs=springs)
         for name, value in values.items():
@@ -208,10 +202,8 @@ class PositionLNNP(LNNP):
         box, q, s = self._conditioning(batch)
         if self.hparams.task == "structure":
             return self(batch.z, batch.pos, batch=batch.batch, box=box, q=q, s=s)[0]
-        from torchmdnet_ext.inference import sample_positions
-
-        return sample_positions(self.model, batch.z, batch.batch, objective=self.objective,
-                                steps=self.hparams.sampling_steps)
+        return self.objective.sample(heads.denoiser(self.model, batch.z, box=box, q=q, s=s), batch.batch,
+                                     steps=self.hparams.sampling_steps)
 
     # --------------------------------------------------------------- logging
     def _reset_losses_dict(self):
