@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from schnetpack_ext._bench import read_split_rows, run_spktrain
+from _spk import read_split_rows, run_spktrain
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,7 +42,7 @@ def main(argv=None):
                  "+trainer.enable_progress_bar=false", "+seed=0"]
     run_dir = os.path.join(args.out, "runs", run_id)
     if not glob.glob(os.path.join(run_dir, "checkpoints", "*.ckpt")):
-        from schnetpack_ext._bench import spktrain_command
+        from _spk import spktrain_command
 
         cmd = spktrain_command(datapath, args.loss, os.path.join(args.out, "runs"), run_id, args.budget, overrides)
         cmd[1] = "experiment=energyloss_diffusion"

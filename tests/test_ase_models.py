@@ -241,7 +241,7 @@ def test_run_structure_and_diffusion_models_schnetpack():
     pytest.importorskip("schnetpack_ext")
     import schnetpack as spk
     from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
-    from schnetpack_ext._testing import small_painn, structure_task
+    from _schnetpack_helpers import small_painn, structure_task
 
     from energyloss_plugins.ase import run_diffusion_model, run_structure_model
 

@@ -60,17 +60,13 @@ def load_position_model(path: str, device: str | torch.device = "cpu") -> torch.
     return load_model(path, args=hparams, device=device)
 
 
-def load(path: str, device: str | torch.device = "cpu") -> Any:
-    """The LightningModule of a training checkpoint (structure, diffusion or generation task).
-
-    A checkpoint holding only ``hyper_parameters`` and a ``state_dict`` (not written by Lightning)
-    gives the bare network of a structure or diffusion head instead.
-    """
-    path = os.fspath(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "pytorch-lightning_version" not in checkpoint:
-        return load_position_model(path, device)
-    return PositionLNNP.load_from_checkpoint(path, map_location=device, weights_only=False).to(device)
+def load(path: str, device: str | torch.device = "cpu") -> PositionLNNP:
+    """The :class:`~torchmdnet_ext.PositionLNNP` of a checkpoint (``hyper_parameters`` + ``state_dict``, as
+    Lightning writes them), with its objective: structure, diffusion or generation task."""
+    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+    module = PositionLNNP(checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(device).eval()
 
 
 def _network(model: Any) -> torch.nn.Module:

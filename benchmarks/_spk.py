@@ -1,4 +1,4 @@
-"""Shared machinery of the SchNetPack demo and benchmark: run ``spktrain`` with the shipped
+"""Shared machinery of the SchNetPack benchmarks: run ``spktrain`` with the shipped
 experiment, evaluate the best model on the test split with the core's metrics, print tables."""
 
 from __future__ import annotations
