@@ -12,8 +12,11 @@ is the framework's name). It implements this protocol (ASE ``Atoms`` in and out,
   model's predicted positions ``(n_i, 3)``, one array per input, in the model's frame.
 - ``sample_conformers(model, templates, *, steps, method, seed, batch_size, device, progress, **options)
   -> list[Atoms]``: a diffusion model's conformers, one per template (Atoms or atomic-number lists).
-- ``generate(model, n, *, steps, method, seed, batch_size, progress) -> list[Atoms]``: ``n`` new
-  molecules from a generation model (its ``sample_molecules``).
+- ``generate(model, n, *, steps, method, seed, batch_size, device, progress) -> list[Atoms]``: ``n``
+  new molecules from a generation model. Both adapters use :func:`generate` here, which calls the
+  model's ``sample_molecules`` (the method every generation model has).
+
+Only load checkpoints you trust: they are full pickles (:func:`read_checkpoint`).
 
 Discovery reads the installed distribution's entry points; a source checkout whose installed
 metadata predates an adapter (an editable install not re-run after ``pyproject.toml`` changed)
@@ -25,6 +28,7 @@ from __future__ import annotations
 import importlib
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -134,3 +138,31 @@ def resolve(source: Any, framework: str | None = None, *, device: str = "cpu", l
         for name, why in unavailable.items():
             lines.append(f"Not installed: {name} ({why}; `pip install energyloss-plugins[{name}]`).")
     raise ValueError(" ".join(lines))
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """The unpickled content of a checkpoint file (``torch.load``, full pickle), or None if unreadable.
+
+    For adapters' ``identify``: a file another framework wrote, or one whose classes are not
+    importable, is simply not theirs.
+    """
+    import torch
+
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+    except Exception:  # any unreadable file is "not recognised", never an error of identify
+        return None
+
+
+def generate(model: Any, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
+             batch_size: int = 250, device: str = "cpu", progress: bool = True) -> Sequence:
+    """``n`` new molecules (``ase.Atoms``) from a generation model, through its ``sample_molecules``.
+
+    Raises:
+        ValueError: the model has no ``sample_molecules`` (not a generation model).
+    """
+    if not callable(getattr(model, "sample_molecules", None)):
+        raise ValueError(f"A {type(model).__name__} does not generate molecules (no sample_molecules); "
+                         "use a checkpoint of a generation model.")
+    model = model.to(device)
+    return model.sample_molecules(n, steps=steps, method=method, seed=seed, batch_size=batch_size, progress=progress)

@@ -24,6 +24,7 @@ import schnetpack.properties as properties
 from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask
 
+from energyloss_plugins.adapters import generate, read_checkpoint
 from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
 from schnetpack_ext.tasks import TASK_CLASS_KEY, DiffusionTask, StructureTask
 
@@ -37,13 +38,6 @@ def _kind_of_task(cls: type) -> str:
     if hasattr(cls, "sample"):
         return "diffusion"
     return "structure"
-
-
-def _read(path: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # not a torch file, or pickled classes of another framework: not ours
-        return None
 
 
 def _task_class(checkpoint: dict) -> type | None:
@@ -64,7 +58,7 @@ def _task_class(checkpoint: dict) -> type | None:
 def identify(source: Any) -> str | None:
     """``structure``/``diffusion``/``generation`` for a SchNetPack task, model or checkpoint path; else None."""
     if isinstance(source, (str, os.PathLike)):
-        content = _read(os.fspath(source))
+        content = read_checkpoint(source)
         if isinstance(content, AtomisticModel):
             return "structure"
         if isinstance(content, dict) and "state_dict" in content:
@@ -80,7 +74,7 @@ def identify(source: Any) -> str | None:
 
 def load(path: str, device: str | torch.device = "cpu") -> Any:
     """The task of a Lightning checkpoint, or the model of a ``best_model`` file."""
-    content = _read(os.fspath(path))
+    content = read_checkpoint(path)
     if isinstance(content, AtomisticModel):
         return content.to(device)
     cls = _task_class(content) if isinstance(content, dict) else None
@@ -134,11 +128,4 @@ def sample_conformers(model: Any, templates: Sequence, *, steps: int = 100, meth
                         progress=progress)
 
 
-def generate(model: Any, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
-             batch_size: int = 250, device: str | torch.device = "cpu", progress: bool = True) -> list[Atoms]:
-    """``n`` new molecules from a generation task (its ``sample_molecules``)."""
-    if not callable(getattr(model, "sample_molecules", None)):
-        raise ValueError(f"A {type(model).__name__} does not generate molecules (no sample_molecules); "
-                         "use a generation checkpoint.")
-    model = model.to(device)
-    return model.sample_molecules(n, steps=steps, method=method, seed=seed, batch_size=batch_size, progress=progress)
+__all__ = ["generate", "identify", "load", "load_structure_model", "predict", "sample_conformers"]

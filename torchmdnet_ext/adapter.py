@@ -18,11 +18,12 @@ from ase import Atoms
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from energyloss_plugins.adapters import generate, read_checkpoint
 from energyloss_plugins.ase import atoms_to_batch, batch_to_atoms
 from energyloss_plugins.layouts import flat_numbers
 from energyloss_plugins.tasks import DiffusionObjective
 from torchmdnet_ext import heads
-from torchmdnet_ext.calculator import TorchMDNetCalculator  # noqa: F401  (the adapter's ASE calculator)
+from torchmdnet_ext.calculator import TorchMDNetCalculator
 from torchmdnet_ext.inference import predict_positions, sample_positions
 from torchmdnet_ext.module import PositionLNNP, prepare_hparams
 
@@ -32,10 +33,7 @@ _KIND_OF_HEAD = {heads.PositionOutput: "structure", heads.EquivariantPositionOut
 
 
 def _hparams(path: str) -> dict | None:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # not a torch file, or pickled classes of another framework: not ours
-        return None
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "task" not in hparams or "output_model" not in hparams:
         return None
@@ -115,11 +113,5 @@ def sample_conformers(model: Any, templates: Sequence, *, steps: int = 100, meth
     return out
 
 
-def generate(model: Any, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
-             batch_size: int = 250, device: str | torch.device = "cpu", progress: bool = True) -> list[Atoms]:
-    """``n`` new molecules from a generation model (its ``sample_molecules``)."""
-    if not callable(getattr(model, "sample_molecules", None)):
-        raise ValueError(f"A {type(model).__name__} does not generate molecules (no sample_molecules); "
-                         "use a generation checkpoint (task: generation).")
-    model = model.to(device)
-    return model.sample_molecules(n, steps=steps, method=method, seed=seed, batch_size=batch_size, progress=progress)
+__all__ = ["TorchMDNetCalculator", "generate", "identify", "load", "load_position_model", "predict",
+           "sample_conformers"]
