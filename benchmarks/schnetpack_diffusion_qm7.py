@@ -56,6 +56,7 @@ def main(argv=None):
 
     from ase import Atoms
 
+    from energyloss_plugins.layouts import flat_numbers
     from energyloss_plugins.metrics import molecule_stability, stable_atoms
     from schnetpack_ext import DiffusionTask
 
@@ -71,9 +72,8 @@ def main(argv=None):
     elapsed = time.time() - start
     valid = [isinstance(a, Atoms) and len(a) == len(c) and np.isfinite(a.positions).all()
              and (a.numbers == c.numbers).all() for a, c in zip(samples, chosen)]
-    numbers = torch.as_tensor(np.concatenate([a.numbers for a in samples]))
+    numbers, batch, _ = flat_numbers([a.numbers for a in samples])
     positions = torch.as_tensor(np.concatenate([a.positions for a in samples]))
-    batch = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(a) for a in samples]))
     ref_positions = torch.as_tensor(np.concatenate(chosen_targets))
     report = {
         "checkpoint": ckpt, "loss": args.loss, "budget_s": args.budget, "samples": len(samples),

@@ -12,7 +12,6 @@ framework works without an adapter.
 
 from __future__ import annotations
 
-import os
 import types
 from collections.abc import Callable, Sequence
 from functools import partial
