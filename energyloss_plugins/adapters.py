@@ -77,9 +77,12 @@ def get_adapter(name: str) -> ModuleType:
     table = adapter_table()
     if name not in table:
         raise ValueError(f"Unknown framework {name!r}. Registered adapters: {', '.join(table) or 'none'}.")
+    module = table[name].split(":")[0]
     try:
-        return importlib.import_module(table[name].split(":")[0])
-    except ImportError as err:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] == module.split(".")[0]:
+            raise  # the adapter package itself is missing or broken: a bug, not a missing extra
         raise AdapterUnavailableError(
             f"The {name} adapter needs its framework ({err}); install it with "
             f"`pip install energyloss-plugins[{name}]`."

@@ -34,7 +34,9 @@ def test_installed_metadata_and_source_checkout_give_the_same_table(monkeypatch)
 
 
 def test_missing_framework_is_named_with_its_extra(monkeypatch, tmp_path):
-    monkeypatch.setattr(metadata, "entry_points", _entry_points({"fancyfw": "no_such_framework_ext.adapter"}))
+    (tmp_path / "fancyfw_adapter.py").write_text("import no_such_framework_xyz  # the framework, not installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(metadata, "entry_points", _entry_points({"fancyfw": "fancyfw_adapter"}))
     with pytest.raises(adapters.AdapterUnavailableError, match=r"energyloss-plugins\[fancyfw\]"):
         adapters.get_adapter("fancyfw")
     with pytest.raises(ValueError, match="Registered adapters: fancyfw"):
@@ -42,6 +44,10 @@ def test_missing_framework_is_named_with_its_extra(monkeypatch, tmp_path):
     junk = tmp_path / "junk.pt"
     torch.save({"weights": torch.zeros(2)}, junk)
     with pytest.raises(ValueError, match=r"No adapter recognises.*Not installed: fancyfw"):
+        adapters.resolve(str(junk))
+    # A registered module that does not exist is a packaging bug, not a missing extra: it is not hidden.
+    monkeypatch.setattr(metadata, "entry_points", _entry_points({"ghost": "no_such_adapter_pkg.adapter"}))
+    with pytest.raises(ModuleNotFoundError, match="no_such_adapter_pkg"):
         adapters.resolve(str(junk))
 
 
@@ -99,3 +105,17 @@ def test_plain_callables_need_no_adapter(monkeypatch):
     images = [molecule("CH4")]
     out = predict_structures(lambda pos, numbers: pos * 1.0, images)
     np.testing.assert_allclose(out[0].positions, images[0].positions, atol=1e-6)
+
+
+def test_names_that_moved_to_an_adapter_still_resolve_with_a_warning():
+    pytest.importorskip("torchmdnet")
+    import energyloss_plugins.ase as bridge
+    from torchmdnet_ext import TorchMDNetCalculator
+    from torchmdnet_ext.adapter import load_position_model
+
+    with pytest.warns(DeprecationWarning, match="torchmdnet_ext.adapter.TorchMDNetCalculator"):
+        assert bridge.TorchMDNetCalculator is TorchMDNetCalculator
+    with pytest.warns(DeprecationWarning, match="load_position_model"):
+        assert bridge.load_torchmdnet_position_model is load_position_model
+    with pytest.raises(AttributeError, match="no_such_name"):
+        bridge.no_such_name  # noqa: B018

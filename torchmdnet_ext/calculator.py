@@ -91,7 +91,7 @@ class TorchMDNetCalculator(TMDNETCalculator):
         z, pos, q = self._inputs(self.atoms)
         with torch.enable_grad():
             energy, neg_dy = self._energy(z, pos, q)
-            if neg_dy is None:
+            if neg_dy is None or neg_dy.numel() == 0:  # derivative=False: TorchMD-Net returns no forces
                 (grad,) = torch.autograd.grad(energy, pos)
                 neg_dy = -grad
         e = float(energy.detach()) * self.energy_factor
