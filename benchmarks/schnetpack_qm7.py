@@ -26,7 +26,7 @@ import json
 import os
 import time
 
-from schnetpack_ext._bench import evaluate_inputs, evaluate_run, evaluate_targets, run_spktrain, table
+from _spk import evaluate_inputs, evaluate_run, evaluate_targets, run_spktrain, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SOURCE = os.path.join(HERE, "..", "..", "shared", "data", "qm7", "qm7_pbe0.extxyz.gz")

@@ -41,7 +41,7 @@ def check_same_shape(pred: Tensor, target: Tensor) -> None:
 def check_batch(batch: Tensor, n_atoms: int) -> None:
     """Check a flat-layout structure index (PyG ``batch``, SchNetPack ``_idx_m``)."""
     if not isinstance(batch, Tensor) or batch.dim() != 1:
-        raise ValueError(f"batch must be a 1-D integer tensor with one structure index per atom, got {_desc(batch)}.")
+        raise ValueError(f"batch must be a 1-D integer tensor with one structure index per atom, got {describe(batch)}.")
     if batch.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
         raise ValueError(f"batch must hold integer structure indices, got dtype {batch.dtype}; use batch.long().")
     if batch.shape[0] != n_atoms:
@@ -56,12 +56,12 @@ def check_batch(batch: Tensor, n_atoms: int) -> None:
 def check_mask(mask: Tensor, shape: Iterable[int]) -> None:
     shape = tuple(shape)
     if not isinstance(mask, Tensor) or tuple(mask.shape) != shape:
-        raise ValueError(f"mask must be a (B, N_max) tensor matching the positions, expected {shape}, got {_desc(mask)}.")
+        raise ValueError(f"mask must be a (B, N_max) tensor matching the positions, expected {shape}, got {describe(mask)}.")
 
 
 def check_edge_index(edge_index: Tensor, n_atoms: int) -> None:
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, got {_desc(edge_index)}.")
+        raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, got {describe(edge_index)}.")
     if edge_index.is_floating_point():
         raise ValueError(f"edge_index must hold integer atom indices, got dtype {edge_index.dtype}.")
     if edge_index.numel():
@@ -78,7 +78,8 @@ def check_choice(kind: str, name: str, valid: Iterable[str]) -> None:
         raise ValueError(f"Unknown {kind} {name!r}. Valid names: {', '.join(valid)}.")
 
 
-def _desc(x: object) -> str:
+def describe(x: object) -> str:
+    """Shape and dtype of a tensor, else the type name (for error messages)."""
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     return type(x).__name__

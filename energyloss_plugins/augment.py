@@ -1,6 +1,6 @@
 """Seeded target rotations: data "in arbitrary frames" (SPEC §6), reproducible per sample.
 
-Both adapters use this one definition (SchNetPack's :class:`schnetpack_ext.RotateTarget` transform
+Both adapters use this one definition (the SchNetPack adapter's ``RotateTarget`` transform
 and TorchMD-Net's ``target_frame: random`` datasets), so the same seed and row index give the same
 rotated target in either framework.
 """

@@ -105,3 +105,22 @@ def segment_mean(x: Tensor, batch: Tensor, n_structures: int) -> Tensor:
     counts = structure_counts(batch, n_structures).clamp_min(1).to(x.dtype)
     return out / counts.view(-1, *([1] * (x.dim() - 1)))
 
+
+
+def flat_numbers(numbers_list, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """Flat batch of molecules given by their atomic numbers (one sequence, array or tensor per molecule).
+
+    Returns:
+        ``numbers`` ``(N_total,)`` long, ``batch`` ``(N_total,)`` long structure index, ``counts`` ``(B,)`` atoms per molecule.
+
+    Raises:
+        ValueError: no molecules, or a molecule without atoms.
+    """
+    parts = [torch.as_tensor(z, dtype=torch.long).reshape(-1) for z in numbers_list]
+    if not parts:
+        raise ValueError("No molecules given: pass at least one sequence of atomic numbers.")
+    counts = torch.tensor([len(z) for z in parts], dtype=torch.long)
+    if bool((counts == 0).any()):
+        raise ValueError(f"Molecule(s) {torch.nonzero(counts == 0).flatten().tolist()} have no atoms.")
+    batch = torch.repeat_interleave(torch.arange(len(parts)), counts)
+    return torch.cat(parts).to(device), batch.to(device), counts.to(device)

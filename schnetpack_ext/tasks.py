@@ -26,11 +26,14 @@ from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask, ModelOutput
 from torch import nn
 
+from energyloss_plugins.layouts import flat_numbers
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.outputs import BATCH_CONTEXT, DiffusionOutput, StructureOutput
 
 _SUBSETS = ("train", "val", "test")
+#: Checkpoint key naming the task class (``module.Class``), so a checkpoint can be loaded without knowing it.
+TASK_CLASS_KEY = "energyloss_task_class"
 
 
 class _ContextTask(AtomisticTask):
@@ -44,6 +47,10 @@ class _ContextTask(AtomisticTask):
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=False if weights_only is None else weights_only,
                                             **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     _batch: dict[str, torch.Tensor] | None = None
     _extra_targets: dict[str, Any] | None = None
@@ -252,9 +259,7 @@ class DiffusionTask(_ContextTask):
         try:
             for start in range(0, len(numbers_list), batch_size):
                 chunk = numbers_list[start : start + batch_size]
-                counts = torch.tensor([len(z) for z in chunk], device=device)
-                numbers = torch.cat(chunk).to(device)
-                idx_m = torch.repeat_interleave(torch.arange(len(chunk), device=device), counts)
+                numbers, idx_m, counts = flat_numbers(chunk, device)
 
                 def denoiser(x, t, batch, numbers=numbers, counts=counts):
                     inputs = {properties.Z: numbers, properties.R: x.to(dtype), properties.idx_m: batch,

@@ -21,7 +21,7 @@ from energyloss_plugins.data import (  # noqa: E402
     read_metadata,
     read_split,
 )
-from energyloss_plugins.data import chem  # noqa: E402
+from energyloss_plugins import chem  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ from schnetpack_ext import (  # noqa: E402
     full_neighbor_list,
     predict_structures,
 )
-from schnetpack_ext._testing import loader, small_painn, small_so3net, structure_task, tiny_structure_db  # noqa: E402
+from _schnetpack_helpers import loader, small_painn, small_so3net, structure_task, tiny_structure_db  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -51,10 +51,11 @@ def register() -> None:
 
 register()
 
+from torchmdnet_ext.calculator import TorchMDNetCalculator  # noqa: E402
 from torchmdnet_ext.datasets import EnergyLossDB, PositionHDF5, write_position_hdf5  # noqa: E402
 from torchmdnet_ext.inference import predict_positions, sample_positions  # noqa: E402
 from torchmdnet_ext.losses import energy_loss, kabsch_loss  # noqa: E402
 from torchmdnet_ext.module import PositionLNNP  # noqa: E402
 
-__all__ = ["EnergyLossDB", "PositionHDF5", "PositionLNNP", "energy_loss", "kabsch_loss", "predict_positions",
+__all__ = ["EnergyLossDB", "PositionHDF5", "PositionLNNP", "TorchMDNetCalculator", "energy_loss", "kabsch_loss", "predict_positions",
            "register", "sample_positions", "write_position_hdf5"]

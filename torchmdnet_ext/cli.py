@@ -24,7 +24,7 @@ import os
 import sys
 
 import torchmdnet_ext  # noqa: F401  (registers losses, heads, datasets)
-from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS, _parse_mapping, prepare_hparams
+from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS, parse_mapping, prepare_hparams
 
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
 
@@ -78,8 +78,8 @@ def get_args(argv=None) -> argparse.Namespace:
         logging.getLogger("pytorch_lightning").addHandler(logging.StreamHandler(sys.stdout))
     if args.inference_batch_size is None:
         args.inference_batch_size = args.batch_size
-    args.train_loss_arg = _parse_mapping(args.train_loss_arg, "train_loss_arg")
-    args.dataset_arg = _parse_mapping(args.dataset_arg, "dataset_arg") or None
+    args.train_loss_arg = parse_mapping(args.train_loss_arg, "train_loss_arg")
+    args.dataset_arg = parse_mapping(args.dataset_arg, "dataset_arg") or None
     if args.task is None:
         args.task = "structure" if args.dataset in POSITION_DATASETS else "energy"
     if args.task in TASKS:

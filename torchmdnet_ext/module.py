@@ -50,7 +50,8 @@ PLUGIN_DEFAULTS = {
 MONITOR_LOSSES = ("l1_loss", "mse_loss")
 
 
-def _parse_mapping(value, name: str) -> dict:
+def parse_mapping(value, name: str) -> dict:
+    """A mapping option given as a dict or a YAML string (None and empty YAML: ``{}``); ``name`` is used in errors."""
     if value is None:
         return {}
     if isinstance(value, str):
@@ -77,7 +78,7 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
                          f"{sorted(CORE_NAMES)} (energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, "
                          "l1_loss).")
-    h["train_loss_arg"] = _parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
+    h["train_loss_arg"] = parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
     _check_loss_options(h["train_loss"], h["train_loss_arg"])
     if h.get("derivative"):
         raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; "
@@ -130,12 +131,6 @@ def make_objective(h: Mapping, train_loss: str | None = None):
         return StructureObjective(core_name(name), options)
     return DiffusionObjective(core_name(name), parameterization=h["parameterization"], schedule=h["noise_schedule"],
                               loss_kwargs=options, max_weight=h["max_weight"])
-
-
-def run_denoiser(model, z, x_t, batch, t_atoms, box=None, q=None, s=None):
-    """Output of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times ``t_atoms``."""
-    x, v, z, pos, batch = model.representation_model(z, x_t, batch, box=box, q=q, s=s)
-    return model.output_model.pre_reduce(x, v, z, pos, batch, box=box, t=t_atoms)
 
 
 class PositionLNNP(LNNP):
@@ -210,7 +205,7 @@ class PositionLNNP(LNNP):
                 compared = (pred, target)
             else:
                 noised = self.objective.noise(target, b)
-                out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
+                out = heads.run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
                 compared = (out, noised)
             for name, loss_fn in loss_fn_list:
                 is_core = isinstance(loss_fn, StructureObjective | DiffusionObjective)
@@ -231,10 +226,8 @@ class PositionLNNP(LNNP):
         box, q, s = self._conditioning(batch)
         if self.hparams.task == "structure":
             return self(batch.z, batch.pos, batch=batch.batch, box=box, q=q, s=s)[0]
-        from torchmdnet_ext.inference import sample_positions
-
-        return sample_positions(self.model, batch.z, batch.batch, objective=self.objective,
-                                steps=self.hparams.sampling_steps)
+        return self.objective.sample(heads.denoiser(self.model, batch.z, box=box, q=q, s=s), batch.batch,
+                                     steps=self.hparams.sampling_steps)
 
     # --------------------------------------------------------------- logging
     def _log_structure_metrics(self, stages):

@@ -92,7 +92,7 @@ def _hessian(atoms: Atoms, calc: Calculator | None, method: str, delta: float) -
         )
     if delta <= 0:
         raise ValueError(f"delta must be a positive displacement in Å, got {delta}.")
-    from energyloss_plugins.data.chem import fd_hessian
+    from energyloss_plugins.chem import fd_hessian
 
     def gradient(x: np.ndarray) -> np.ndarray:
         work.positions = x.reshape(n, 3)

@@ -20,7 +20,7 @@ from energyloss_plugins.data.builder import (
     process_entry,
     split_molecules,
 )
-from energyloss_plugins.data.chem import (
+from energyloss_plugins.chem import (
     BOLTZMANN_EV,
     KCAL_MOL_IN_EV,
     TARGET_FMAX,

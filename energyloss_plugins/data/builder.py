@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from energyloss_plugins.data import chem
-from energyloss_plugins.data.chem import ChemError
+from energyloss_plugins import chem
+from energyloss_plugins.chem import ChemError
 from energyloss_plugins.data.sources import (
     SOURCE_NAMES,
     SourceEntry,
@@ -274,7 +274,7 @@ def _target(entry: SourceEntry, s: BuildSettings) -> tuple[np.ndarray, Any, floa
 def _same_connectivity(mol: Any, positions: np.ndarray) -> bool:
     from rdkit.Chem import rdDetermineBonds
 
-    probe = chem._bare_mol(np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), positions)
+    probe = chem.bare_mol(np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), positions)
     try:
         rdDetermineBonds.DetermineConnectivity(probe)
     except Exception:

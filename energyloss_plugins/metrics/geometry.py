@@ -24,13 +24,14 @@ def aligned_rmsd(pred: Tensor, target: Tensor, batch: Tensor | None = None, n_st
     symmetry-aware RMSD (equivalent atoms may be permuted) use
     :func:`energyloss_plugins.metrics.symmetric_rmsd`.
     """
-    batch, n_structures = _check_pair(pred, target, batch, n_structures)
+    batch, n_structures = check_pair(pred, target, batch, n_structures)
     return _core_aligned_rmsd(pred, target, batch, n_structures)
 
 
-def _check_pair(
+def check_pair(
     pred: Tensor, target: Tensor, batch: Tensor | None, n_structures: int | None = None
 ) -> tuple[Tensor, int]:
+    """Check a prediction/target pair of flat ``(N, d)`` positions; returns ``batch`` ``(N,)`` long and the structure count."""
     _checks.check_positions("pred", pred, 2)
     _checks.check_positions("target", target, 2)
     _checks.check_same_shape(pred, target)
@@ -75,7 +76,7 @@ def bond_length_mae(
         bonds: ``(2, M)`` long flat atom indices of the reference bonds.
         batch: ``(N_total,)`` structure index, None for one structure.
     """
-    batch, n_structures = _check_pair(pred, target, batch, n_structures)
+    batch, n_structures = check_pair(pred, target, batch, n_structures)
     bonds = _check_bonds(bonds, batch)
     dp = (pred[bonds[0]] - pred[bonds[1]]).norm(dim=-1)
     dt = (target[bonds[0]] - target[bonds[1]]).norm(dim=-1)
@@ -119,7 +120,7 @@ def angle_mae(
     Angles are all (i, j, k) with bonds i-j and j-k of the reference graph; angle values in [0°, 180°]
     from ``atan2(|u × v|, u · v)``.
     """
-    batch, n_structures = _check_pair(pred, target, batch, n_structures)
+    batch, n_structures = check_pair(pred, target, batch, n_structures)
     bonds = _check_bonds(bonds, batch)
     triples = bond_angles(bonds, pred.shape[0])
     err = (_angles(pred, triples) - _angles(target, triples)).abs() * (180.0 / math.pi)

@@ -1,4 +1,5 @@
-"""RDKit and tblite helpers shared by the dataset builder and the metrics.
+"""The chemistry toolbox: RDKit, force fields, tblite and finite-difference Hessians, used by the
+dataset builder (``data``), the metrics and the ASE bridge.
 
 Everything here imports RDKit (and tblite, ASE) lazily, inside the functions: importing this module
 needs numpy only. Positions are ``(N, 3)`` float64 numpy arrays in Å, energies in eV, forces in
@@ -81,7 +82,7 @@ def mol_from_xyz(numbers: np.ndarray, positions: np.ndarray, charge: int = 0) ->
     error = ""
     # First with charged fragments (zwitterions, nitro groups), then with radicals (open shells).
     for charged in (True, False):
-        mol = _bare_mol(numbers, positions)
+        mol = bare_mol(numbers, positions)
         try:
             with rdkit_quiet():
                 rdDetermineBonds.DetermineBonds(mol, charge=int(charge), allowChargedFragments=charged)
@@ -146,7 +147,8 @@ def mol_from_bonds(
     return mol
 
 
-def _bare_mol(numbers: np.ndarray, positions: np.ndarray) -> Any:
+def bare_mol(numbers: np.ndarray, positions: np.ndarray) -> Any:
+    """RDKit molecule of the atoms ``numbers`` ``(N,)`` at ``positions`` ``(N, 3)`` Å, with no bonds (unsanitised)."""
     from rdkit import Chem
 
     rw = Chem.RWMol()
@@ -545,3 +547,21 @@ def _eigh_single_thread(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def seed_for(seed: int, index: int, stream: int = 0) -> int:
     """Deterministic 31-bit seed for structure ``index`` (and sub-stream) from the global seed."""
     return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def edges_within(edges: np.ndarray, atoms: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edges among a subset of atoms, renumbered locally.
+
+    Args:
+        edges: ``(2, E)`` flat atom indices of a batch of ``n_total`` atoms.
+        atoms: ``(n,)`` flat indices of the subset (one structure, or its heavy atoms), in local order.
+
+    Returns:
+        ``(M, 2)`` local indices ``0..n-1`` of the edges with both ends in ``atoms``, and the ``(E,)``
+        bool mask of those edges (to select per-edge values such as bond orders).
+    """
+    local = np.full(int(n_total), -1, dtype=np.int64)
+    local[atoms] = np.arange(len(atoms))
+    edges = np.asarray(edges, dtype=np.int64).reshape(2, -1)
+    inside = (local[edges[0]] >= 0) & (local[edges[1]] >= 0)
+    return np.stack([local[edges[0][inside]], local[edges[1][inside]]], 1), inside

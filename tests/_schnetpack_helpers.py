@@ -1,9 +1,10 @@
-"""Small helpers shared by the adapter's tests, demo and benchmarks (not part of the public API)."""
+"""Helpers shared by the SchNetPack tests (tiny databases, models, loaders, DDP probes); not shipped."""
 
 from __future__ import annotations
 
 import os
 
+import pytorch_lightning as pl
 import torch
 
 
@@ -62,15 +63,7 @@ def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0
     return spk.data.AtomsLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, sampler=sampler)
 
 
-try:
-    import pytorch_lightning as _pl
-
-    _Callback = _pl.Callback
-except ImportError:  # pragma: no cover
-    _Callback = object
-
-
-class RecordSteps(_Callback):
+class RecordSteps(pl.Callback):
     """Lightning callback (top level, so ddp_spawn can pickle it): per-rank step losses and final parameters."""
 
     def __init__(self, directory: str):

@@ -1,4 +1,4 @@
-"""Shared machinery of the SchNetPack demo and benchmark: run ``spktrain`` with the shipped
+"""Shared machinery of the SchNetPack benchmarks: run ``spktrain`` with the shipped
 experiment, evaluate the best model on the test split with the core's metrics, print tables."""
 
 from __future__ import annotations
@@ -64,13 +64,12 @@ def read_split_rows(datapath: str, subset: str = "test"):
 
 def evaluate_positions(pred_list, atoms, targets) -> dict:
     """Core metrics (``energyloss_plugins.metrics.structure_metrics``) over all structures."""
+    from energyloss_plugins.layouts import flat_numbers
     from energyloss_plugins.metrics import structure_metrics
 
-    counts = [len(a) for a in atoms]
-    batch = torch.repeat_interleave(torch.arange(len(atoms)), torch.tensor(counts))
+    numbers, batch, _ = flat_numbers([a.numbers for a in atoms])
     pred = torch.as_tensor(np.concatenate(pred_list), dtype=torch.float64)
     target = torch.as_tensor(np.concatenate(targets), dtype=torch.float64)
-    numbers = torch.as_tensor(np.concatenate([a.numbers for a in atoms]))
     values = structure_metrics(pred, target, batch, numbers)
     return {k: float(values[k]) for k in METRICS if k in values}
 
