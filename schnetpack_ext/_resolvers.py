@@ -1,20 +1,37 @@
-"""OmegaConf resolvers used by the shipped configs (no heavy imports: the Hydra plugin loads this file)."""
+"""OmegaConf resolvers used by the shipped configs (no heavy imports at module level: the Hydra plugin
+loads this file; the resolvers import what they need when a config is resolved)."""
 
 from __future__ import annotations
 
 import os
 
+#: SchNetPack's default split file, created in the run directory from num_train/num_val.
+RUN_SPLIT = "split.npz"
 
-def split_file_beside(datapath: str, name: str = "split.npz") -> str:
-    """``split.npz`` beside the database if it exists (``energyloss-data build`` writes one), else
-    ``split.npz`` in the run directory (SchNetPack's default, created from num_train/num_val)."""
-    candidate = os.path.join(os.path.dirname(os.path.abspath(str(datapath))), name)
-    return candidate if os.path.exists(candidate) else name
+
+def split_file_beside(datapath: str) -> str:
+    """The database's split file (``energyloss-data build`` writes ``<name>.split.npz``; an older
+    ``split.npz`` beside it when unambiguous), else ``split.npz`` in the run directory.
+
+    Also checks ``datapath`` first (SchNetPack's data module would otherwise create an empty
+    database at a missing path and fail later with a ``KeyError``): see :func:`check_structure_db`.
+    """
+    check_structure_db(datapath)
+    from energyloss_plugins.data.paths import find_split_file
+
+    return find_split_file(datapath) or RUN_SPLIT
 
 
 def size_unless_split(datapath: str, size):
-    """``size`` (num_train/num_val) unless a split file lies beside the database (then None: the file decides)."""
-    return None if split_file_beside(datapath) != "split.npz" else size
+    """``size`` (num_train/num_val) unless the database has a split file (then None: the file decides)."""
+    return None if split_file_beside(datapath) != RUN_SPLIT else size
+
+
+def check_structure_db(datapath: str) -> None:
+    """Raise a ValueError unless ``datapath`` is an ASE database with ``target_positions`` (read-only)."""
+    from energyloss_plugins.data.reader import check_structure_db as check
+
+    check(os.path.expanduser(str(datapath)), what="data.datapath")
 
 
 def register_resolvers() -> None:

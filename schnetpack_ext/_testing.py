@@ -12,8 +12,10 @@ def tiny_structure_db(directory: str, n_molecules: int = 12, max_heavy_atoms: in
     """Build (once) a small structure database with ``energyloss-data``'s builder from RDKit's bundled NCI set."""
     from energyloss_plugins.data import build_dataset
 
+    from energyloss_plugins.data.paths import split_file_for
+
     path = os.path.join(directory, "data.db")
-    if not os.path.exists(os.path.join(directory, "split.npz")):
+    if not os.path.exists(split_file_for(path)):
         build_dataset("nci", path, method="mmff", inputs=inputs, max_molecules=n_molecules,
                       max_heavy_atoms=max_heavy_atoms, seed=seed, progress=False)
     return path

@@ -14,7 +14,7 @@ from ase import Atoms, units
 from torch import Tensor
 
 from energyloss_plugins.graphs import GRAPH_NAMES, as_rigid_as_complete, build_pairs, unique_pairs
-from energyloss_plugins.periodic import MinimumImage
+from energyloss_plugins.periodic import MinimumImage, minimum_image_shifts
 
 #: ħ ω in eV for a mass-weighted Hessian eigenvalue λ in eV/(Å² amu): ħω = _HBAR_SQRT · sqrt(λ) (as in ase.vibrations).
 _HBAR_SQRT = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
@@ -145,9 +145,7 @@ def pair_vectors(positions: np.ndarray, edge_index: np.ndarray, atoms: Atoms | N
     vec = positions[j] - positions[i]
     if atoms is not None and is_periodic(atoms):
         cell = np.asarray(atoms.cell[:])
-        frac = np.linalg.solve(cell.T, vec.T).T
-        frac -= np.round(frac) * np.asarray(atoms.pbc)[None, :]
-        vec = frac @ cell
+        vec = vec + minimum_image_shifts(positions, cell, np.asarray(atoms.pbc), np.asarray(edge_index)) @ cell
     return vec
 
 

@@ -63,6 +63,45 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return dict(connect(path, type="db", use_lock_file=False).metadata)
 
 
+#: What a structure database must hold, and how to make one (for error messages).
+_DB_CONTRACT = (
+    "It must be an ASE SQLite database whose rows hold the input geometry (the row's atoms) and "
+    "row.data['target_positions'] ((N, 3) equilibrium positions, Å); build one with "
+    "`energyloss-data build nci -o {path} --max-molecules 500` (see docs/data.md)."
+)
+
+
+def check_structure_db(path: str | os.PathLike, what: str = "path") -> None:
+    """Check, without changing the file, that ``path`` is a structure database with targets.
+
+    Args:
+        path: the ``.db`` file.
+        what: the argument's name in messages (e.g. ``"data.datapath"``).
+
+    Raises:
+        ValueError: missing file, not an ASE database, no rows, or rows without ``target_positions``;
+            the message says what the database must contain and how to build one.
+    """
+    from energyloss_plugins.data.paths import ase_db_metadata
+
+    path = os.path.abspath(os.fspath(path))
+    contract = _DB_CONTRACT.format(path=path)
+    if not os.path.exists(path):
+        raise ValueError(f"{what}={path} does not exist. {contract}")
+    if ase_db_metadata(path) is None:
+        raise ValueError(f"{what}={path} is not an ASE database. {contract}")
+    from ase.db import connect
+
+    db = connect(path, type="db", use_lock_file=False)
+    if db.count() == 0:
+        raise ValueError(f"{what}={path} holds no rows. {contract}")
+    row = db.get(id=next(db.select(limit=1, include_data=False)).id)
+    if "target_positions" not in row.data:
+        raise ValueError(
+            f"{what}={path}: its rows have no data['target_positions'] (found: {sorted(row.data) or 'none'}). {contract}"
+        )
+
+
 def read_dataset(
     path: str | os.PathLike,
     indices: Iterable[int] | None = None,
