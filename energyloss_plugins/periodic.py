@@ -53,14 +53,13 @@ def minimum_image_shifts(points: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
     if not len(i) or not pbc.any():
         return n0.astype(np.int64)
     bound = float(np.linalg.norm(vec + n0 @ cell, axis=1).max())
-    if bound == 0.0:
-        return n0.astype(np.int64)
     if d == 2:  # vesin is 3-D: a non-periodic third direction
         points = np.concatenate([points, np.zeros((len(points), 1))], axis=1)
         cell = np.block([[cell, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
         pbc = np.append(pbc, False)
-    # every image at least as short as the rounded one lies within the bound
-    cutoff = bound * (1 + 1e-9) + 1e-9
+    # every image at least as short as the rounded one lies within the bound (vesin refuses tiny
+    # cutoffs; 0.01 Å only adds pairs)
+    cutoff = max(bound, 1e-2) * (1 + 1e-9) + 1e-9
     ni, nj, ns, nd = _vesin().NeighborList(cutoff=cutoff, full_list=True).compute(
         points, cell, pbc, quantities="ijSd"
     )
