@@ -32,7 +32,6 @@ from torch import Tensor
 
 from ._checks import (
     check_couplings,
-    check_finite_scalar,
     check_lattice_match,
     check_logits,
     check_positive_scalar,
@@ -118,7 +117,7 @@ def local_field_weights(spins: Tensor, couplings: Tensor, h0: float = DEFAULT_H0
     """
     check_spins(spins)
     check_couplings(couplings)
-    check_finite_scalar("h0", h0)
+    check_positive_scalar("h0", h0)  # w_i > 0 at a ground state needs h0 > 0
     y = spins.to(couplings.dtype)
     with torch.no_grad():
         return y * local_fields(y, couplings.detach()) + h0
