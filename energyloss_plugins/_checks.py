@@ -18,10 +18,17 @@ def check_finite(name: str, x: Tensor) -> None:
         )
 
 
+def check_tensor(name: str, x: object) -> None:
+    """Raise a TypeError naming ``name`` unless ``x`` is a tensor (call before touching ``x.device``)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor({name}, dtype=torch.float64)."
+        )
+
+
 def check_positions(name: str, x: Tensor, ndim: int) -> None:
     """Check a positions tensor: floating point, ``ndim`` dimensions, last dimension 2 or 3."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    check_tensor(name, x)
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; use .float() or .double().")
     if x.dim() != ndim or x.shape[-1] not in (2, 3):
@@ -93,10 +100,12 @@ def as_pair_index(name: str, pairs: object, n_atoms: int) -> Tensor:
 
 
 def check_number(name: str, value: object, *, low: float | None = None, high: float | None = None,
-                 low_inclusive: bool = False, high_inclusive: bool = True, integer: bool = False) -> float:
+                 low_inclusive: bool = False, high_inclusive: bool = True, integer: bool = False,
+                 allow_inf: bool = False) -> float:
     """Check a numeric option lies in its valid range; returns it as float (or int).
 
-    Raises ``ValueError`` naming ``name``, the valid range and the value (NaN and Inf are never valid).
+    Raises ``ValueError`` naming ``name``, the valid range and the value (NaN is never valid, +-Inf
+    only with ``allow_inf`` and inside the range).
     """
     lo_b = "[" if low_inclusive else "("
     hi_b = "]" if high_inclusive and high is not None else ")"
@@ -107,7 +116,7 @@ def check_number(name: str, value: object, *, low: float | None = None, high: fl
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
         raise ValueError(f"{name} must be {kind} in {rng}, got {value!r}.")
     v = float(value)
-    ok = v == v and abs(v) != float("inf")
+    ok = v == v and (allow_inf or abs(v) != float("inf"))
     if ok and low is not None:
         ok = v >= low if low_inclusive else v > low
     if ok and high is not None:

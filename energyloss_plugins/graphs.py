@@ -191,7 +191,7 @@ def build_pairs(
     if graph == "radius":
         if cutoff is None:
             raise ValueError("graph='radius' needs a positive cutoff= in Å (graph_kwargs={'cutoff': 5.0}).")
-        _checks.check_number("graph_kwargs['cutoff']", cutoff, low=0.0)
+        _checks.check_number("graph_kwargs['cutoff']", cutoff, low=0.0, allow_inf=True)
         kept = [p[:, distance_fn(p) < cutoff] for p in _complete_chunks(batch, n_structures, 2**24)]
         index = torch.cat(kept, 1) if kept else torch.zeros(2, 0, dtype=torch.long, device=batch.device)
         return PairSet(batch, n_structures, index)

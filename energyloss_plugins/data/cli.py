@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             meta = read_metadata(args.path)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"energyloss-data: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(meta, indent=2, default=str))
@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from energyloss_plugins.data.builder import build_dataset, report_json
 
     try:
-        split = tuple(float(x) for x in args.split.split(","))
+        try:
+            split = tuple(float(x) for x in args.split.split(","))
+        except ValueError:
+            raise ValueError(f"--split must be three comma-separated fractions such as 0.8,0.1,0.1, got {args.split!r}.") from None
         report = build_dataset(
             args.source,
             args.out,
