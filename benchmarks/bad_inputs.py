@@ -31,10 +31,9 @@ import resource
 import sqlite3
 import sys
 import tempfile
-import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

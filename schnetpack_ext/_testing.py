@@ -52,6 +52,20 @@ def structure_task(loss: str = "energy", representation=None, lr: float = 1e-3, 
     return StructureTask(model=model, outputs=[output], optimizer_cls=torch.optim.Adam, optimizer_args={"lr": lr})
 
 
+def diffusion_task(loss: str = "energy", parameterization: str = "eps"):
+    """A small PaiNN diffusion task built in Python (what the diffusion YAML experiment instantiates)."""
+    import schnetpack as spk
+
+    from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
+
+    rep = small_painn(electronic_embeddings=[TimeEmbedding(16)], cutoff=10.0)
+    model = spk.model.NeuralNetworkPotential(
+        representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[PositionHead(16, output_key="diffusion_output", add_positions=False, remove_mean=True)])
+    out = DiffusionOutput(name="diffusion_output", loss_fn=EnergyLoss(loss=loss), parameterization=parameterization)
+    return DiffusionTask(model=model, outputs=[out], optimizer_args={"lr": 1e-3})
+
+
 def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0, shuffle: bool = False,
            load_properties=("target_positions",), sampler=None):
     import schnetpack as spk

@@ -13,10 +13,16 @@ import schnetpack.properties as P  # noqa: E402
 from energyloss_plugins.alignment import random_rotations  # noqa: E402
 from energyloss_plugins.data import split_file_for  # noqa: E402
 from schnetpack_ext import (  # noqa: E402
-    DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, RotateTarget, StructureOutput, TimeEmbedding,
-    full_neighbor_list, predict_structures,
+    EnergyLoss, PositionHead, RotateTarget, StructureOutput, full_neighbor_list, predict_structures,
 )
-from schnetpack_ext._testing import loader, small_painn, small_so3net, structure_task, tiny_structure_db  # noqa: E402
+from schnetpack_ext._testing import (  # noqa: E402
+    diffusion_task as _diffusion_task,
+    loader,
+    small_painn,
+    small_so3net,
+    structure_task,
+    tiny_structure_db,
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +139,6 @@ def test_full_neighbor_list_pairs_stay_inside_structures():
     nl = full_neighbor_list(idx_m)
     assert nl[P.idx_i].shape[0] == 3 * 2 + 2 * 1
     assert torch.equal(idx_m[nl[P.idx_i]], idx_m[nl[P.idx_j]])
-
-
-def _diffusion_task(loss="energy", parameterization="eps"):
-    rep = small_painn(electronic_embeddings=[TimeEmbedding(16)], cutoff=10.0)
-    model = spk.model.NeuralNetworkPotential(
-        representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
-        output_modules=[PositionHead(16, output_key="diffusion_output", add_positions=False, remove_mean=True)])
-    out = DiffusionOutput(name="diffusion_output", loss_fn=EnergyLoss(loss=loss), parameterization=parameterization)
-    return DiffusionTask(model=model, outputs=[out], optimizer_args={"lr": 1e-3})
 
 
 @pytest.mark.parametrize("loss,parameterization", [("energy", "eps"), ("mse", "eps"), ("energy", "velocity")])
