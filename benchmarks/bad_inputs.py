@@ -549,6 +549,15 @@ def _ase_cases() -> None:
                      ({"integrator": "verlet"}, "integrator"), ({"equilibration": -1}, "equilibration"),
                      ({"timestep_fs": math.inf}, "timestep_fs")]:
         add(s, f"boltzmann_sample {kw}", lambda kw=kw: boltzmann_sample(eth, n_samples=2, interval=2, **kw), err(name))
+    from energyloss_plugins.ase import coefficients_from_calculator, compute_hessian
+
+    calc0 = EnergyLossCalculator(eth)
+    fd = {"method": "finite_difference"}
+    for kw, name in [({**fd, "delta": 0.0}, "delta"), ({**fd, "delta": math.nan}, "delta"), ({"ridge": -1.0}, "ridge"),
+                     ({"k_min": math.nan}, "k_min"), ({"weighting": "heavy"}, "weighting"), ({"method": "exact"}, "method")]:
+        add(s, f"coefficients_from_calculator {kw}", lambda kw=kw: coefficients_from_calculator(eth, calc0, **kw), err(name))
+    add(s, "compute_hessian: finite differences = exact", lambda: compute_hessian(eth, calc0, method="finite_difference"),
+        Result(lambda v: np.allclose(v, calc0.get_hessian(), atol=1e-4)))
     skew = np.array([[5.0, 0, 0], [4.2, 4, 0], [3.1, 2.6, 3.5]])
     crystal = Atoms("H30", scaled_positions=np.random.default_rng(0).random((30, 3)), cell=skew, pbc=True)
     cp = np.array(np.triu_indices(30, 1))
