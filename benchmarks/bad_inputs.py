@@ -449,6 +449,8 @@ def _spin_cases() -> None:
     add(s, "unknown reduction", lambda: S.cross_entropy_spin_loss(z, y, reduction="avg"), err("reduction"))
     add(s, "unknown gauge", lambda: S.canonicalize(y, "x"), err("gauge"))
     add(s, "dataset L=1", lambda: S.make_spin_glass_dataset(1, 2, seed=0, cache_dir=False, progress=False), err("L"))
+    add(s, "dataset n=2.5", lambda: S.make_spin_glass_dataset(3, 2.5, seed=0, cache_dir=False, progress=False), err("n"))
+    add(s, "SpinResNet width=0", lambda: S.SpinResNet(width=0), err("width"))
     add(s, "exact ground state = brute force", lambda: S.ground_state(J[0]),
         Result(lambda v: abs(float(S.ising_energy(v[0].double()[None], J[:1])[0]) -
                              S.brute_force_ground_state(J[0])[1]) < 1e-9))
@@ -690,12 +692,19 @@ def _data_cases(tmp: str) -> None:
                        (["--split", "0.9,0.9,0"], "split"), (["--split", "a,b"], "--split"),
                        (["--inputs", "bogus"], "bogus"), (["--n-thermal", "0"], "n_thermal"),
                        (["--workers", "0"], "workers"), (["--method", "as-given"], "as-given"),
-                       (["--temperature", "nan"], "temperature"), (["--elements", "Xx"], "Xx")]:
+                       (["--temperature", "nan"], "temperature"), (["--elements", "Xx"], "Xx"),
+                       (["--seed", "-1"], "seed"), (["--max-heavy-atoms", "0"], "max_heavy_atoms")]:
         add(s, f"build {' '.join(argv)}", lambda argv=argv: _cli(["build", "nci", "-o", os.path.join(tmp, "v.db"),
                                                                    "--max-molecules", "2", "--no-progress", *argv]
                                                                   if "--max-molecules" not in argv else
                                                                   ["build", "nci", "-o", os.path.join(tmp, "v.db"),
                                                                    "--no-progress", *argv], []), Kept((name,)))
+    from energyloss_plugins.data import build_dataset
+
+    for kw, name in [({"n_thermal": 1.5}, "n_thermal"), ({"max_molecules": 2.5}, "max_molecules"),
+                     ({"n_etkdg": 0, "inputs": "etkdg"}, "n_etkdg"), ({"workers": 0.5}, "workers")]:
+        add(s, f"build_dataset {kw}", lambda kw=kw: build_dataset("nci", os.path.join(tmp, "py.db"), progress=False,
+                                                                  **{"max_molecules": 2, **kw}), err(name))
     add(s, "build from a missing source file", lambda: _cli(["build", os.path.join(tmp, "nope.xyz"), "-o",
                                                              os.path.join(tmp, "w.db")], []), Kept(("nope.xyz",)))
     add(s, "info on a missing path", lambda: _cli(["info", os.path.join(tmp, "nope.db")], []), Kept(("nope.db",)))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from energyloss_plugins._checks import check_number
 from energyloss_plugins.data import chem
 from energyloss_plugins.data.chem import ChemError
 from energyloss_plugins.data.paths import ase_db_metadata, check_output_path, split_file_for
@@ -196,10 +197,13 @@ def make_settings(
             "source has no geometry. Use method='mmff' or 'xtb' for SMILES."
         )
     kinds = resolve_inputs(method, inputs)
+    for name, value in (("n_thermal", n_thermal), ("n_etkdg", n_etkdg)):
+        check_number(name, value, low=1, low_inclusive=True, integer=True)
+    check_number("seed", seed, low=0, low_inclusive=True, integer=True)
+    if max_heavy_atoms is not None:
+        check_number("max_heavy_atoms", max_heavy_atoms, low=1, low_inclusive=True, integer=True)
     if ("xtb" in kinds or method == "xtb") and not chem.xtb_available():
         raise ValueError("GFN2-xTB (method or input 'xtb') needs tblite: pip install tblite.")
-    if n_thermal < 1 or n_etkdg < 1:
-        raise ValueError(f"n_thermal and n_etkdg must be >= 1, got {n_thermal} and {n_etkdg}.")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number of kelvin, got {temperature}.")
     return BuildSettings(
@@ -677,10 +681,9 @@ def build_dataset(
     """
     t0 = time.perf_counter()
     s = make_settings(source, method, inputs, n_thermal, temperature, n_etkdg, max_heavy_atoms, elements, seed, split)
-    if max_molecules is not None and max_molecules < 1:
-        raise ValueError(f"max_molecules must be >= 1 or None, got {max_molecules}.")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}.")
+    if max_molecules is not None:
+        max_molecules = int(check_number("max_molecules", max_molecules, low=1, low_inclusive=True, integer=True))
+    check_number("workers", workers, low=1, low_inclusive=True, integer=True)
     out = os.path.abspath(os.fspath(out))
     if not out.endswith(".db"):
         raise ValueError(f"out must end with .db (an ASE sqlite database SchNetPack can read), got {out}.")
