@@ -5,9 +5,10 @@ prediction equals the unwrapped one), then every pair uses the image shift of th
 minimum-image displacement for both structures. Shifts are integer lattice vectors: constants.
 
 The shortest image is found with vesin's neighbour list (exact for any cell, however skewed;
-rounding fractional coordinates is not): for the requested pairs, the rounded-fraction image gives
-an upper bound on the shortest distance, a neighbour list with that cutoff holds every image at
-least as short, and the shortest one listed is kept. The ASE bridge uses the same function.
+rounding fractional coordinates is not): for the requested pairs, the rounded-fraction image in the
+Minkowski-reduced cell gives an upper bound on the shortest distance, a neighbour list with that
+cutoff holds every image at least as short, and the shortest one listed is kept. The ASE bridge
+uses the same function.
 """
 
 from __future__ import annotations
@@ -41,41 +42,68 @@ def minimum_image_shifts(points: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
 
     Returns:
         ``(E, d)`` int64 shifts. A pair at distance 0 keeps the rounded-fraction shift (nothing is shorter).
+
+    The cell is first Minkowski-reduced (``ase.geometry.minkowski_reduce`` when ASE is installed),
+    which makes the rounded images short. Pairs whose rounded image is shorter than half the
+    smallest lattice-plane spacing are then exact without a neighbour list (the usual case for short
+    cutoffs); the others get one over the structure with their longest rounded length as cutoff,
+    whose cost grows with the square of the atom count for complete graphs of large cells.
     """
     points = np.asarray(points, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     i, j = np.asarray(pairs, dtype=np.int64)
     d = points.shape[1]
-    vec = points[j] - points[i]
-    safe = np.where(pbc[:, None] | pbc[None, :], cell, np.eye(d))
-    n0 = -np.round(vec @ np.linalg.inv(safe)) * pbc
     if not len(i) or not pbc.any():
-        return n0.astype(np.int64)
-    bound = float(np.linalg.norm(vec + n0 @ cell, axis=1).max())
-    if d == 2:  # vesin is 3-D: a non-periodic third direction
+        return np.zeros((len(i), d), dtype=np.int64)
+    if d == 2:  # vesin and the reduction are 3-D: a non-periodic third direction
         points = np.concatenate([points, np.zeros((len(points), 1))], axis=1)
         cell = np.block([[cell, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
         pbc = np.append(pbc, False)
-    # every image at least as short as the rounded one lies within the bound (vesin refuses tiny
-    # cutoffs; 0.01 Å only adds pairs)
-    cutoff = max(bound, 1e-2) * (1 + 1e-9) + 1e-9
-    ni, nj, ns, nd = _vesin().NeighborList(cutoff=cutoff, full_list=True).compute(
-        points, cell, pbc, quantities="ijSd"
-    )
-    n = len(points)
-    keys = ni.astype(np.int64) * n + nj
-    order = np.lexsort((nd, keys))  # by pair, shortest first
-    keys, ns = keys[order], ns[order]
-    first = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=bool)
-    keys, ns = keys[first], ns[first]
-    want = i * n + j
-    pos = np.searchsorted(keys, want)
-    found = pos < len(keys)
-    found[found] = keys[pos[found]] == want[found]
-    out = n0.astype(np.int64)
-    out[found] = ns[pos[found], :d]
-    return out
+    cell, op = _reduce(cell, pbc)
+    vec = points[j] - points[i]
+    # Non-periodic rows: an orthonormal basis of the complement of the periodic rows, so fractional
+    # coordinates along periodic directions are those of the projection onto the periodic span.
+    safe = cell.copy()
+    if not pbc.all():
+        q = np.linalg.qr(cell[pbc].T, mode="complete")[0]
+        safe[~pbc] = q[:, int(pbc.sum()):].T
+    inv = np.linalg.inv(safe)
+    out = (-np.round(vec @ inv) * pbc).astype(np.int64)
+    length = np.linalg.norm(vec + out @ safe, axis=1)
+    # Every lattice vector L = Σ n_k a_k != 0 (periodic k) has L · b_k = n_k for the columns b_k of inv,
+    # so |L| >= h = 1 / max_k |b_k|: an image of length <= h/2 is the shortest.
+    h = 1.0 / float(np.linalg.norm(inv[:, pbc], axis=0).max())
+    todo = np.flatnonzero(length > h / 2)
+    if len(todo):
+        # every image at least as short as the rounded one lies within the bound (vesin refuses
+        # tiny cutoffs; 0.01 Å only adds pairs)
+        cutoff = max(float(length[todo].max()), 1e-2) * (1 + 1e-9) + 1e-9
+        ni, nj, ns, nd = _vesin().NeighborList(cutoff=cutoff, full_list=True).compute(
+            points, safe, pbc, quantities="ijSd"
+        )
+        n = len(points)
+        keys = ni.astype(np.int64) * n + nj
+        order = np.lexsort((nd, keys))  # by pair, shortest first
+        keys, ns = keys[order], ns[order]
+        first = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=bool)
+        keys, ns = keys[first], ns[first]
+        want = i[todo] * n + j[todo]
+        pos = np.searchsorted(keys, want)
+        found = pos < len(keys)
+        found[found] = keys[pos[found]] == want[found]
+        out[todo[found]] = ns[pos[found]]
+    return (out @ op)[:, :d]
+
+
+def _reduce(cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minkowski-reduced cell and the integer ``op`` with ``reduced = op @ cell`` (identity without ASE)."""
+    try:
+        from ase.geometry import minkowski_reduce
+    except ImportError:  # exact anyway, only slower for strongly skewed cells
+        return cell, np.eye(3, dtype=np.int64)
+    reduced, op = minkowski_reduce(cell, pbc)
+    return np.asarray(reduced, dtype=np.float64), np.asarray(op, dtype=np.int64)
 
 
 class MinimumImage:
