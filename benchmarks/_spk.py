@@ -48,10 +48,12 @@ def run_spktrain(datapath: str, loss: str, run_path: str, run_id: str, max_time_
 
 
 def read_split_rows(datapath: str, subset: str = "test"):
-    """Input Atoms, target positions (Å) of the rows of a split (``split.npz`` beside the database)."""
+    """Input Atoms, target positions (Å) of the rows of a split (the database's split file)."""
     from ase.db import connect
 
-    split = np.load(os.path.join(os.path.dirname(os.path.abspath(datapath)), "split.npz"))
+    from energyloss_plugins.data.paths import find_split_file
+
+    split = np.load(find_split_file(datapath))
     idx = split[f"{subset}_idx"]
     atoms, targets = [], []
     with connect(datapath) as conn:

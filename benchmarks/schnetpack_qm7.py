@@ -57,7 +57,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
 
     datapath = os.path.abspath(args.db or os.path.join(args.out, "qm7_mmff.db"))
-    if not os.path.exists(os.path.join(os.path.dirname(datapath), "split.npz")):
+    from energyloss_plugins.data import find_split_file
+
+    if find_split_file(datapath) is None:
         from energyloss_plugins.data import build_dataset
 
         source = args.source

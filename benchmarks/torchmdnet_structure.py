@@ -26,6 +26,8 @@ import time
 import numpy as np
 import torch
 
+from energyloss_plugins.data.paths import find_split_file
+
 QM7 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "qm7", "qm7_pbe0.extxyz.gz")
 LOSSES = ("mse_loss", "kabsch_loss", "energy_loss")
 MODELS = {
@@ -121,7 +123,7 @@ def main():
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--settings", nargs="+", default=["same", "random"])
     p.add_argument("--losses", nargs="+", default=list(LOSSES))
-    p.add_argument("--db", default=None, help="reuse a database built the same way (split.npz beside it), e.g. the "
+    p.add_argument("--db", default=None, help="reuse a database built the same way (its split file beside it), e.g. the "
                    "SchNetPack benchmark's, so both adapters train on the same molecules and split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -134,7 +136,7 @@ def main():
     import torchmdnet_ext  # noqa: F401
 
     db = os.path.abspath(a.db) if a.db else build(a.out, a.molecules, a.seed)
-    split_file = os.path.join(os.path.dirname(db), "split.npz")
+    split_file = find_split_file(db)
     path = os.path.join(a.out, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else []
     done = {(r["model"], r["setting"], r["loss"]) for r in results}

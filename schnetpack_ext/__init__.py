@@ -16,7 +16,7 @@ Shipped experiments (found by ``spktrain`` through the Hydra search-path plugin
 ``experiment=energyloss_diffusion``.
 """
 
-from schnetpack_ext._resolvers import register_resolvers
+from schnetpack_ext.resolvers import register_resolvers
 from schnetpack_ext.checkpoint import TrustedCheckpointIO
 from schnetpack_ext.heads import PositionHead, TimeEmbedding
 from schnetpack_ext.losses import EnergyLoss

@@ -238,7 +238,7 @@ class DiffusionTask(_ContextTask):
             steps: denoising steps.
             method: ``ancestral`` (default for diffusion), ``ddim``, or ``euler`` (flow matching).
             batch_size: molecules per network call.
-            seed: seed of the sampler's noise.
+            seed: seed of the sampler's noise; None draws from torch's global RNG (new samples every call).
 
         Returns:
             a list of ``ase.Atoms`` with the generated positions (Å, centred).
@@ -248,9 +248,8 @@ class DiffusionTask(_ContextTask):
         numbers_list = [torch.as_tensor(m.numbers if hasattr(m, "numbers") else m, dtype=torch.long) for m in molecules]
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(seed)
+        # seed=None: torch's global RNG (fresh samples each call), as torchmdnet_ext.sample_positions
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         was_training, pp = self.training, self.model.do_postprocessing
         self.eval()
         self.model.do_postprocessing = False

@@ -13,8 +13,10 @@ def tiny_structure_db(directory: str, n_molecules: int = 12, max_heavy_atoms: in
     """Build (once) a small structure database with ``energyloss-data``'s builder from RDKit's bundled NCI set."""
     from energyloss_plugins.data import build_dataset
 
+    from energyloss_plugins.data.paths import split_file_for
+
     path = os.path.join(directory, "data.db")
-    if not os.path.exists(os.path.join(directory, "split.npz")):
+    if not os.path.exists(split_file_for(path)):
         build_dataset("nci", path, method="mmff", inputs=inputs, max_molecules=n_molecules,
                       max_heavy_atoms=max_heavy_atoms, seed=seed, progress=False)
     return path
@@ -49,6 +51,20 @@ def structure_task(loss: str = "energy", representation=None, lr: float = 1e-3, 
     output = StructureOutput(name="positions_pred", target_property="target_positions",
                              loss_fn=EnergyLoss(loss=loss, **loss_kwargs))
     return StructureTask(model=model, outputs=[output], optimizer_cls=torch.optim.Adam, optimizer_args={"lr": lr})
+
+
+def diffusion_task(loss: str = "energy", parameterization: str = "eps"):
+    """A small PaiNN diffusion task built in Python (what the diffusion YAML experiment instantiates)."""
+    import schnetpack as spk
+
+    from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
+
+    rep = small_painn(electronic_embeddings=[TimeEmbedding(16)], cutoff=10.0)
+    model = spk.model.NeuralNetworkPotential(
+        representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[PositionHead(16, output_key="diffusion_output", add_positions=False, remove_mean=True)])
+    out = DiffusionOutput(name="diffusion_output", loss_fn=EnergyLoss(loss=loss), parameterization=parameterization)
+    return DiffusionTask(model=model, outputs=[out], optimizer_args={"lr": 1e-3})
 
 
 def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0, shuffle: bool = False,

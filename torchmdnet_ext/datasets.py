@@ -73,14 +73,15 @@ class EnergyLossDB(_PositionDataset):
             centroid by a random rotation fixed per row: the "arbitrary frame" benchmark setting).
         rotation_seed: seed of those rotations.
         max_rows: read only the first rows (quick runs).
-        split_file: the builder's ``split.npz`` (default: beside the database); used when the run
-            gives no ``splits``.
+        split_file: the builder's split file (default: the database's own ``<name>.split.npz``, or a
+            legacy ``split.npz`` beside it when unambiguous); used when the run gives no ``splits``.
     """
 
     def __init__(self, root: str, input_kinds: Sequence[str] | str | None = None, target_frame: str = "same",
                  rotation_seed: int = 0, max_rows: int | None = None, split_file: str | None = None,
                  dataset_preload_limit=None, **unused):
         super().__init__()
+        from energyloss_plugins.data.paths import find_split_file
         from energyloss_plugins.data.reader import read_dataset
 
         _check_frame(target_frame)
@@ -104,7 +105,7 @@ class EnergyLossDB(_PositionDataset):
                       for r, t in zip(records, targets, strict=True)]
         self.mol_ids = np.asarray([r.mol_id for r in records], dtype=np.int64)
         self.input_kinds = [r.input_kind for r in records]
-        self.split_file = split_file or os.path.join(os.path.dirname(self.path), "split.npz")
+        self.split_file = split_file or find_split_file(self.path)
 
 
 class PositionHDF5(_PositionDataset):

@@ -49,8 +49,7 @@ def check_pair(
 
 
 def _check_bonds(bonds: Tensor, batch: Tensor) -> Tensor:
-    _checks.check_edge_index(bonds, batch.shape[0])
-    bonds = bonds.long()
+    bonds = _checks.as_pair_index("bonds", bonds, batch.shape[0]).to(batch.device)
     if bonds.numel() and bool((batch[bonds[0]] != batch[bonds[1]]).any()):
         raise ValueError("bonds connect atoms of different structures; use flat indices within each structure.")
     return bonds
