@@ -48,7 +48,8 @@ PLUGIN_DEFAULTS = {
 MONITOR_LOSSES = ("l1_loss", "mse_loss")
 
 
-def _parse_mapping(value, name: str) -> dict:
+def parse_mapping(value, name: str) -> dict:
+    """A mapping option (``train_loss_arg``, ``dataset_arg``) as a dict: a mapping, a YAML/JSON string or None ({})."""
     if value is None:
         return {}
     if isinstance(value, str):
@@ -74,7 +75,7 @@ def prepare_hparams(hparams) -> dict:
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of {sorted(CORE_NAMES)} "
                          "(energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, l1_loss).")
-    h["train_loss_arg"] = _parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
+    h["train_loss_arg"] = parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
     _check_loss_options(h["train_loss"], h["train_loss_arg"])
     if h.get("derivative"):
         raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; set derivative: false.")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from energyloss_plugins._optional import require
 from energyloss_plugins.data import chem
 from energyloss_plugins.data.chem import ChemError
 from energyloss_plugins.data.sources import (
@@ -193,8 +194,8 @@ def make_settings(
             "source has no geometry. Use method='mmff' or 'xtb' for SMILES."
         )
     kinds = resolve_inputs(method, inputs)
-    if ("xtb" in kinds or method == "xtb") and not chem.xtb_available():
-        raise ValueError("GFN2-xTB (method or input 'xtb') needs tblite: pip install tblite.")
+    if "xtb" in kinds or method == "xtb":
+        require("tblite.ase", "GFN2-xTB (method or input 'xtb')", "xtb")
     if n_thermal < 1 or n_etkdg < 1:
         raise ValueError(f"n_thermal and n_etkdg must be >= 1, got {n_thermal} and {n_etkdg}.")
     if not (temperature > 0 and math.isfinite(temperature)):
@@ -646,6 +647,7 @@ def build_dataset(
         :class:`BuildReport`.
     """
     t0 = time.perf_counter()
+    require("rdkit", "build_dataset", "data")
     s = make_settings(source, method, inputs, n_thermal, temperature, n_etkdg, max_heavy_atoms, elements, seed, split)
     if max_molecules is not None and max_molecules < 1:
         raise ValueError(f"max_molecules must be >= 1 or None, got {max_molecules}.")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
+from energyloss_plugins._optional import require
 from energyloss_plugins.data import chem
 from energyloss_plugins.metrics.bonds import _prepare, distance_bond_orders
 
@@ -126,7 +127,7 @@ def symmetric_rmsd(
         heavy_only: RMSD over non-hydrogen atoms only (NaN for a structure without any).
         max_matches: cap on the symmetry-equivalent atom maps RDKit enumerates.
     """
-    from rdkit import Chem
+    Chem = require("rdkit.Chem", "symmetry-aware RMSD (RDKit)", "data")
     from rdkit.Chem import rdDetermineBonds, rdMolAlign
 
     _checks.check_positions("pred", pred, 2)
