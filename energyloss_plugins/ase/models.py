@@ -27,6 +27,8 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from torch import Tensor
 
+from energyloss_plugins._optional import require
+
 #: Structure model: ``fn(positions (N, 3) Å, numbers (N,) long) -> positions (N, 3)`` for one structure,
 #: or with ``batched=True`` ``fn(positions, numbers, batch (N,) long) -> positions`` for a flat batch.
 StructureModel = Callable[..., Tensor]
@@ -236,8 +238,7 @@ class TorchMDNetCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         if isinstance(model, str):
-            from torchmdnet.models.model import load_model
-
+            load_model = require("torchmdnet.models.model", "TorchMDNetCalculator from a checkpoint", "torchmdnet").load_model
             model = load_model(model, device=device, derivative=True)
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a TorchMD-Net module or checkpoint path, got {type(model).__name__}.")
@@ -341,7 +342,8 @@ def _finish(
 def load_torchmdnet_position_model(path: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A TorchMD-Net position model (``PositionOutput``/``NoiseOutput`` head) from a ``torchmdnet_ext`` checkpoint."""
     import torchmdnet_ext  # noqa: F401  (registers the position heads with TorchMD-Net)
-    from torchmdnet.models.model import load_model
+
+    load_model = require("torchmdnet.models.model", "load_torchmdnet_position_model", "torchmdnet").load_model
     from torchmdnet_ext.module import prepare_hparams
 
     hparams = prepare_hparams(torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"])
