@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from energyloss_plugins._optional import require
+
 #: 1 kcal/mol in eV (``ase.units.kcal / ase.units.mol``).
 KCAL_MOL_IN_EV = 0.04336410390059322
 #: Boltzmann constant in eV/K (CODATA 2018).
@@ -391,10 +393,7 @@ def xtb_available() -> bool:
 def _xtb_atoms(numbers: np.ndarray, positions: np.ndarray, charge: int, multiplicity: int) -> Any:
     from ase import Atoms
 
-    try:
-        from tblite.ase import TBLite
-    except ImportError as exc:
-        raise ImportError("GFN2-xTB needs tblite: pip install tblite (or energyloss-plugins[xtb]).") from exc
+    TBLite = require("tblite.ase", "GFN2-xTB (tblite)", "xtb").TBLite
     atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
     atoms.calc = TBLite(method="GFN2-xTB", charge=float(charge), multiplicity=int(multiplicity), verbosity=0)
     return atoms

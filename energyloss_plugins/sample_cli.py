@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from energyloss_plugins._optional import MissingOptionalDependency, install_line
 from energyloss_plugins.adapters import AdapterUnavailableError, adapter_names, resolve
 
 
@@ -131,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, AdapterUnavailableError) as err:
         print(f"energyloss-sample: error: {err}", file=sys.stderr)
         return 2
-    except ImportError as err:  # an optional extra (ase, a framework) is missing
-        print(f"energyloss-sample: error: {err}; install energyloss-plugins[all]", file=sys.stderr)
+    except MissingOptionalDependency as err:  # its message names the extra to install
+        print(f"energyloss-sample: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # a framework an adapter needs is missing
+        print(f"energyloss-sample: error: {err}; {install_line('all')}", file=sys.stderr)
         return 2
     print(f"wrote {len(images)} structures to {args.output} ({time.time() - start:.1f} s)")
     return 0

@@ -16,14 +16,18 @@ Shipped experiments (found by ``spktrain`` through the Hydra search-path plugin
 ``experiment=energyloss_diffusion``.
 """
 
-from schnetpack_ext.resolvers import register_resolvers
-from schnetpack_ext.checkpoint import TrustedCheckpointIO
-from schnetpack_ext.heads import PositionHead, TimeEmbedding
-from schnetpack_ext.losses import EnergyLoss
-from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
-from schnetpack_ext.adapter import load_structure_model
-from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list
-from schnetpack_ext.transforms import RotateTarget
+from energyloss_plugins._optional import require
+
+require("schnetpack", "schnetpack_ext (the SchNetPack adapter)", "schnetpack")
+
+from schnetpack_ext.adapter import load_structure_model  # noqa: E402
+from schnetpack_ext.checkpoint import TrustedCheckpointIO  # noqa: E402
+from schnetpack_ext.heads import PositionHead, TimeEmbedding  # noqa: E402
+from schnetpack_ext.losses import EnergyLoss  # noqa: E402
+from schnetpack_ext.outputs import DiffusionOutput, StructureOutput  # noqa: E402
+from schnetpack_ext.resolvers import register_resolvers  # noqa: E402
+from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list  # noqa: E402
+from schnetpack_ext.transforms import RotateTarget  # noqa: E402
 
 from energyloss_plugins.ase import predict_structures  # noqa: E402  (the one implementation; finds this adapter)
 

@@ -15,6 +15,8 @@ Train with ``energyloss-torchmd-train --conf conf.yaml`` (every ``torchmd-train`
 
 from __future__ import annotations
 
+from energyloss_plugins._optional import require
+
 _REGISTERED = False
 
 
@@ -23,6 +25,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
+    require("torchmdnet", "torchmdnet_ext (the TorchMD-Net adapter)", "torchmdnet")
     from torchmdnet import datasets as tmd_datasets
     from torchmdnet import loss as tmd_loss
     from torchmdnet.models import output_modules

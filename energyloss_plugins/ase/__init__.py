@@ -14,16 +14,20 @@ adapter); ``energyloss_plugins.ase.TorchMDNetCalculator`` still finds it, with a
 See docs/ase.md.
 """
 
-from energyloss_plugins.ase._utils import (
+from energyloss_plugins._optional import require
+
+require("ase", "energyloss_plugins.ase", "ase")
+
+from energyloss_plugins.ase._utils import (  # noqa: E402
     bonds_from_atoms,
     frequencies_cm,
     n_rigid_modes,
     normal_modes,
     pairs_for_atoms,
 )
-from energyloss_plugins.ase.calculator import EnergyLossCalculator
-from energyloss_plugins.ase.mmff import MMFFCalculator, mmff_relax, mol_from_atoms
-from energyloss_plugins.ase.models import (
+from energyloss_plugins.ase.calculator import EnergyLossCalculator  # noqa: E402
+from energyloss_plugins.ase.mmff import MMFFCalculator, mmff_relax, mol_from_atoms  # noqa: E402
+from energyloss_plugins.ase.models import (  # noqa: E402
     atoms_to_batch,
     batch_to_atoms,
     predict_structures,
@@ -31,8 +35,8 @@ from energyloss_plugins.ase.models import (
     run_structure_model,
     sample_structures,
 )
-from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy
-from energyloss_plugins.ase.springs import (
+from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy  # noqa: E402
+from energyloss_plugins.ase.springs import (  # noqa: E402
     SpringFitReport,
     add_springs_to_db,
     coefficients_from_calculator,

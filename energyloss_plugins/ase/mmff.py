@@ -11,6 +11,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from energyloss_plugins._optional import require
+
 
 def mol_from_atoms(atoms: Atoms, charge: int = 0):
     """RDKit ``Mol`` (explicit hydrogens, one conformer) with bonds perceived from ``atoms``' geometry.
@@ -58,7 +60,7 @@ class MMFFCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        from rdkit import Chem
+        Chem = require("rdkit.Chem", "MMFFCalculator (MMFF94 through RDKit)", "ase")
 
         from energyloss_plugins.chem import MMFF_VARIANTS, ChemError, force_field, positions_of
 

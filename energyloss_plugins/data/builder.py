@@ -26,6 +26,7 @@ import numpy as np
 
 from energyloss_plugins import chem
 from energyloss_plugins._checks import check_number
+from energyloss_plugins._optional import require
 from energyloss_plugins.chem import ChemError
 from energyloss_plugins.data.paths import ase_db_metadata, check_output_path, split_file_for
 from energyloss_plugins.data.sources import (
@@ -202,8 +203,8 @@ def make_settings(
     check_number("seed", seed, low=0, low_inclusive=True, integer=True)
     if max_heavy_atoms is not None:
         check_number("max_heavy_atoms", max_heavy_atoms, low=1, low_inclusive=True, integer=True)
-    if ("xtb" in kinds or method == "xtb") and not chem.xtb_available():
-        raise ValueError("GFN2-xTB (method or input 'xtb') needs tblite: pip install tblite.")
+    if "xtb" in kinds or method == "xtb":
+        require("tblite.ase", "GFN2-xTB (method or input 'xtb')", "xtb")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number of kelvin, got {temperature}.")
     return BuildSettings(
@@ -680,6 +681,7 @@ def build_dataset(
         :class:`BuildReport`.
     """
     t0 = time.perf_counter()
+    require("rdkit", "build_dataset", "data")
     s = make_settings(source, method, inputs, n_thermal, temperature, n_etkdg, max_heavy_atoms, elements, seed, split)
     if max_molecules is not None:
         max_molecules = int(check_number("max_molecules", max_molecules, low=1, low_inclusive=True, integer=True))

@@ -12,6 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from energyloss_plugins._optional import console_script
+
 
 def _parser() -> argparse.ArgumentParser:
     from energyloss_plugins.data.builder import INPUT_KINDS, METHODS
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("energyloss-data")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``energyloss-data``; returns the exit status."""
     args = _parser().parse_args(argv)

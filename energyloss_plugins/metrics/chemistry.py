@@ -16,7 +16,8 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins import chem
-from energyloss_plugins.metrics.bonds import prepare_inputs, distance_bond_orders
+from energyloss_plugins._optional import require
+from energyloss_plugins.metrics.bonds import distance_bond_orders, prepare_inputs
 
 #: Ways to get bonds for the RDKit molecules.
 BOND_METHODS = ("edm", "determine")
@@ -123,7 +124,7 @@ def symmetric_rmsd(
         heavy_only: RMSD over non-hydrogen atoms only (NaN for a structure without any).
         max_matches: cap on the symmetry-equivalent atom maps RDKit enumerates.
     """
-    from rdkit import Chem
+    Chem = require("rdkit.Chem", "symmetry-aware RMSD (RDKit)", "data")
     from rdkit.Chem import rdDetermineBonds, rdMolAlign
 
     _checks.check_positions("pred", pred, 2)
