@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench shapes clean
+.PHONY: install demo test lint bench shapes clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The linter CI runs (rules in pyproject.toml [tool.ruff]).
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The paper's regular-polygon experiment (SPEC §5): MSE, Kabsch, energy and rigid-sparse energy.
 shapes: $(STAMP)

@@ -91,10 +91,9 @@ def input_gaps(path, sym_kinds=("etkdg",), energies=False, chunk=256):
 
 
 def _has_valence_rules(record):
-    from energyloss_plugins.metrics.bonds import _SYMBOLS, ALLOWED_VALENCES
+    from energyloss_plugins.metrics.bonds import HAS_RULE
 
-    ok = {_SYMBOLS[s] for s in ALLOWED_VALENCES}
-    return set(record.numbers.tolist()) <= ok
+    return bool(HAS_RULE[record.numbers.long()].all())
 
 
 def target_stability(path):

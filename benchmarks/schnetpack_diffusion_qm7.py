@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from schnetpack_ext._bench import read_split_rows, run_spktrain
+from _spk import read_split_rows, run_spktrain
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,7 +42,7 @@ def main(argv=None):
                  "+trainer.enable_progress_bar=false", "+seed=0"]
     run_dir = os.path.join(args.out, "runs", run_id)
     if not glob.glob(os.path.join(run_dir, "checkpoints", "*.ckpt")):
-        from schnetpack_ext._bench import spktrain_command
+        from _spk import spktrain_command
 
         cmd = spktrain_command(datapath, args.loss, os.path.join(args.out, "runs"), run_id, args.budget, overrides)
         cmd[1] = "experiment=energyloss_diffusion"
@@ -56,6 +56,7 @@ def main(argv=None):
 
     from ase import Atoms
 
+    from energyloss_plugins.layouts import flat_numbers
     from energyloss_plugins.metrics import molecule_stability, stable_atoms
     from schnetpack_ext import DiffusionTask
 
@@ -71,9 +72,8 @@ def main(argv=None):
     elapsed = time.time() - start
     valid = [isinstance(a, Atoms) and len(a) == len(c) and np.isfinite(a.positions).all()
              and (a.numbers == c.numbers).all() for a, c in zip(samples, chosen)]
-    numbers = torch.as_tensor(np.concatenate([a.numbers for a in samples]))
+    numbers, batch, _ = flat_numbers([a.numbers for a in samples])
     positions = torch.as_tensor(np.concatenate([a.positions for a in samples]))
-    batch = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(a) for a in samples]))
     ref_positions = torch.as_tensor(np.concatenate(chosen_targets))
     report = {
         "checkpoint": ckpt, "loss": args.loss, "budget_s": args.budget, "samples": len(samples),

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from energyloss_plugins.spins import make_spin_glass_dataset, single_flip_descent
-from energyloss_plugins.spins.experiment import TrainConfig, excess_energy, train_spin_model
+from energyloss_plugins.spins.experiment import TrainConfig, excess_energy, plot_curves, train_spin_model
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -190,9 +190,6 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     # curves of the main variants
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "spins"))
-    from train_spins import plot_curves  # noqa: E402
-
     plot_curves(
         [r for r in runs if r["label"] in {v[0] for v in variants}],
         out / "curves.png",

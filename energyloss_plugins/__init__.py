@@ -1,8 +1,8 @@
 """Energy loss functions for physical systems (Kaba, Sareen, Levy & Ravanbakhsh, NeurIPS 2025).
 
 Framework-free core: the pair energy loss and its baselines (functional and ``nn.Module``),
-coefficient schemes, edge sets, alignment, diffusion helpers. Adapters for SchNetPack and
-TorchMD-Net live in the ``schnetpack_ext`` and ``torchmdnet_ext`` packages.
+coefficient schemes, edge sets, alignment, diffusion helpers. Framework adapters (SchNetPack,
+TorchMD-Net) are separate packages found through entry points: see :mod:`energyloss_plugins.adapters`.
 """
 
 from energyloss_plugins.alignment import aligned_rmsd, kabsch_align

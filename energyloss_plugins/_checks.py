@@ -18,10 +18,17 @@ def check_finite(name: str, x: Tensor) -> None:
         )
 
 
+def check_tensor(name: str, x: object) -> None:
+    """Raise a TypeError naming ``name`` unless ``x`` is a tensor (call before touching ``x.device``)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor({name}, dtype=torch.float64)."
+        )
+
+
 def check_positions(name: str, x: Tensor, ndim: int) -> None:
     """Check a positions tensor: floating point, ``ndim`` dimensions, last dimension 2 or 3."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    check_tensor(name, x)
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; use .float() or .double().")
     if x.dim() != ndim or x.shape[-1] not in (2, 3):
@@ -41,7 +48,7 @@ def check_same_shape(pred: Tensor, target: Tensor) -> None:
 def check_batch(batch: Tensor, n_atoms: int) -> None:
     """Check a flat-layout structure index (PyG ``batch``, SchNetPack ``_idx_m``)."""
     if not isinstance(batch, Tensor) or batch.dim() != 1:
-        raise ValueError(f"batch must be a 1-D integer tensor with one structure index per atom, got {_desc(batch)}.")
+        raise ValueError(f"batch must be a 1-D integer tensor with one structure index per atom, got {describe(batch)}.")
     if batch.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
         raise ValueError(f"batch must hold integer structure indices, got dtype {batch.dtype}; use batch.long().")
     if batch.shape[0] != n_atoms:
@@ -56,20 +63,67 @@ def check_batch(batch: Tensor, n_atoms: int) -> None:
 def check_mask(mask: Tensor, shape: Iterable[int]) -> None:
     shape = tuple(shape)
     if not isinstance(mask, Tensor) or tuple(mask.shape) != shape:
-        raise ValueError(f"mask must be a (B, N_max) tensor matching the positions, expected {shape}, got {_desc(mask)}.")
+        raise ValueError(f"mask must be a (B, N_max) tensor matching the positions, expected {shape}, got {describe(mask)}.")
 
 
-def check_edge_index(edge_index: Tensor, n_atoms: int) -> None:
+def check_edge_index(edge_index: Tensor, n_atoms: int, name: str = "edge_index") -> None:
+    """Check a ``(2, E)`` list of atom pairs; ``name`` is the argument named in the messages."""
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, got {_desc(edge_index)}.")
-    if edge_index.is_floating_point():
-        raise ValueError(f"edge_index must hold integer atom indices, got dtype {edge_index.dtype}.")
+        raise ValueError(f"{name} must be a (2, E) integer tensor of atom pairs, got {describe(edge_index)}.")
+    if edge_index.is_floating_point() or edge_index.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer atom indices, got dtype {edge_index.dtype}.")
     if edge_index.numel():
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= n_atoms:
-            raise ValueError(f"edge_index refers to atoms {lo}..{hi} but there are only {n_atoms} atoms.")
+            raise ValueError(f"{name} refers to atoms {lo}..{hi} but there are only {n_atoms} atoms (0-based).")
         if bool((edge_index[0] == edge_index[1]).any()):
-            raise ValueError("edge_index contains self-pairs (i, i); a pair energy needs two distinct atoms.")
+            raise ValueError(f"{name} contains self-pairs (i, i); a pair needs two distinct atoms.")
+
+
+def as_pair_index(name: str, pairs: object, n_atoms: int) -> Tensor:
+    """``(2, M)`` long pairs from a tensor, array or list in the ``(2, M)`` or ``(M, 2)`` layout.
+
+    ``(M, 2)`` is the layout databases store (``row.data["bonds"]``) and is transposed; a ``(2, 2)``
+    input is read as ``(2, M)``. Then checked like :func:`check_edge_index`, naming ``name``.
+    """
+    if not isinstance(pairs, Tensor):
+        try:
+            pairs = torch.as_tensor(pairs)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be (2, M) or (M, 2) integer atom pairs, got {type(pairs).__name__}.") from None
+    if pairs.dim() == 2 and pairs.shape[1] == 2 and pairs.shape[0] != 2:
+        pairs = pairs.t()
+    if pairs.dim() == 2 and pairs.shape[1] == 0 and pairs.shape[0] == 0:
+        pairs = pairs.reshape(2, 0)
+    check_edge_index(pairs, n_atoms, name)
+    return pairs.long()
+
+
+def check_number(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                 low_inclusive: bool = False, high_inclusive: bool = True, integer: bool = False,
+                 allow_inf: bool = False) -> float:
+    """Check a numeric option lies in its valid range; returns it as float (or int).
+
+    Raises ``ValueError`` naming ``name``, the valid range and the value (NaN is never valid, +-Inf
+    only with ``allow_inf`` and inside the range).
+    """
+    lo_b = "[" if low_inclusive else "("
+    hi_b = "]" if high_inclusive and high is not None else ")"
+    rng = f"{lo_b}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi_b}"
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise ValueError(f"{name} must be {kind} in {rng}, got {value!r}.")
+    v = float(value)
+    ok = v == v and (allow_inf or abs(v) != float("inf"))
+    if ok and low is not None:
+        ok = v >= low if low_inclusive else v > low
+    if ok and high is not None:
+        ok = v <= high if high_inclusive else v < high
+    if not ok:
+        raise ValueError(f"{name} must be {kind} in {rng}, got {value!r}.")
+    return int(v) if integer else v
 
 
 def check_choice(kind: str, name: str, valid: Iterable[str]) -> None:
@@ -78,7 +132,8 @@ def check_choice(kind: str, name: str, valid: Iterable[str]) -> None:
         raise ValueError(f"Unknown {kind} {name!r}. Valid names: {', '.join(valid)}.")
 
 
-def _desc(x: object) -> str:
+def describe(x: object) -> str:
+    """Shape and dtype of a tensor, else the type name (for error messages)."""
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     return type(x).__name__

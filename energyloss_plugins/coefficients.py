@@ -29,6 +29,7 @@ Register a custom scheme with :func:`register_coefficients`, or pass a callable 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -76,14 +77,61 @@ def coefficient_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Parameters of the built-in schemes that are lengths or strengths: > 0 (``k_min``: >= 0).
+_POSITIVE = {"k0", "length_scale", "k_bond", "D", "a", "r0", "epsilon", "r_min"}
+_NON_NEGATIVE = {"k_min"}
+
+
+def _check_param(name: str, value: object) -> None:
+    if name in _POSITIVE and value is not None:
+        _checks.check_number(f"coefficient_kwargs[{name!r}]", value, low=0.0)
+    elif name in _NON_NEGATIVE:
+        _checks.check_number(f"coefficient_kwargs[{name!r}]", value, low=0.0, low_inclusive=True)
+
+
+def check_coefficient_params(name: str, fn: CoefficientFn, params: Mapping) -> None:
+    """Validate a built-in scheme's parameters: known names, valid ranges (also per element pair)."""
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    valid = [p for p in sig.parameters if p != next(iter(sig.parameters))]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown coefficient_kwargs {unknown} for scheme {name!r}. Valid: {', '.join(valid) or 'none'}."
+        )
+    for key, value in params.items():
+        if key == "params":
+            for pair, override in dict(value or {}).items():
+                for k, v in dict(override).items():
+                    _check_param(k, v)
+        else:
+            _check_param(key, value)
+
+
 def resolve_coefficients(scheme: str | CoefficientFn, params: Mapping | None = None) -> Callable[[PairContext], Tensor]:
-    """Turn a scheme name or callable plus parameters into ``fn(PairContext) -> (E,)`` springs."""
+    """Turn a scheme name or callable plus parameters into ``fn(PairContext) -> (E,)`` springs.
+
+    Raises:
+        ValueError: an unknown name (valid names listed), per-pair springs given as a list or array
+            (they must be a tensor with ``edge_index``), or a built-in scheme's parameter that is
+            unknown or out of range (e.g. ``length_scale <= 0``).
+    """
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(f"coefficient_kwargs must be a dict of scheme parameters, got {type(params).__name__}.")
     params = dict(params or {})
     if callable(scheme):
         fn, name = scheme, getattr(scheme, "__name__", "custom")
-    else:
+    elif isinstance(scheme, str):
         _checks.check_choice("coefficient scheme", scheme, _REGISTRY)
         fn, name = _REGISTRY[scheme], scheme
+        check_coefficient_params(name, fn, params)
+    else:
+        raise ValueError(
+            f"coefficients must be a scheme name ({', '.join(coefficient_names())}), a callable, or per-pair "
+            f"springs as a (E,) torch.Tensor together with edge_index=; got a {type(scheme).__name__}"
+            + (" (convert it with torch.tensor(...) and pass edge_index=)." if not isinstance(scheme, Tensor) else ".")
+        )
 
     def evaluate(ctx: PairContext) -> Tensor:
         with torch.no_grad():

@@ -56,6 +56,7 @@ class NoiseSchedule:
 
     def __post_init__(self):
         _checks.check_choice("noise schedule", self.kind, SCHEDULES)
+        _checks.check_number("precision", self.precision, low=0.0, high=0.5, high_inclusive=False)
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """α_t and σ_t for ``t`` in [0, 1] (any shape)."""
@@ -83,6 +84,10 @@ def noise_batch(x0: Tensor, batch: Tensor, schedule: NoiseSchedule | None = None
     Returns:
         dict with ``x0`` (centred), ``x_t``, ``eps`` ``(N, d)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``.
     """
+    _checks.check_positions("x0", x0, 2)
+    _checks.check_batch(batch, x0.shape[0])
+    if t is not None:
+        _check_times("t", t)
     if n_structures is None:
         n_structures = int(batch.max()) + 1 if batch.numel() else 0
     x0 = remove_com(x0, batch, n_structures)
@@ -95,6 +100,14 @@ def noise_batch(x0: Tensor, batch: Tensor, schedule: NoiseSchedule | None = None
         alpha, sigma = (schedule or NoiseSchedule()).alpha_sigma(t)
     x_t = alpha[batch].unsqueeze(1) * x0 + sigma[batch].unsqueeze(1) * eps
     return {"x0": x0, "x_t": x_t, "eps": eps, "t": t, "alpha": alpha, "sigma": sigma}
+
+
+def _check_times(name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a (B,) tensor of times in [0, 1], got {type(t).__name__}.")
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        bad = t[~((t >= 0) & (t <= 1))]
+        raise ValueError(f"{name} must lie in [0, 1] (0: clean data, 1: pure noise), got values such as {bad[0].item()}.")
 
 
 def predicted_x0(output: Tensor, x_t: Tensor, batch: Tensor, alpha: Tensor, sigma: Tensor,
@@ -115,6 +128,25 @@ def predicted_x0(output: Tensor, x_t: Tensor, batch: Tensor, alpha: Tensor, sigm
     return output, torch.ones_like(alpha)
 
 
+def network_target(noised: Mapping[str, Tensor], batch: Tensor, parameterization: str) -> Tensor:
+    """What a perfect network outputs for a noised batch ``(N, d)``: the inverse of :func:`predicted_x0`.
+
+    ``noised`` is the dict of :func:`noise_batch`. ε for ``eps``, v = α ε − σ x for ``v``, x for ``x0``
+    and u = ε − x for ``velocity`` (flow matching, where α = 1 − t, σ = t). Feeding it to
+    :func:`predicted_x0` returns ``noised["x0"]``.
+    """
+    _checks.check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    x0, eps = noised["x0"], noised["eps"]
+    if parameterization == "eps":
+        return eps
+    if parameterization == "v":
+        a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
+        return a * eps - s * x0
+    if parameterization == "velocity":
+        return eps - x0
+    return x0
+
+
 def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *, loss: str = "energy",
                    parameterization: str = "eps", max_weight: float | None = 1e3,
                    loss_kwargs: Mapping | None = None) -> Tensor:
@@ -128,6 +160,17 @@ def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, 
             or uses L_simple). None disables.
         loss_kwargs: passed to the loss (coefficients, graph, numbers, ...).
     """
+    # Check what the caller passed before the loss sees the derived x̂ (it would blame ``pred``).
+    _checks.check_positions("output", output, 2)
+    for key in ("x_t", "x0"):
+        _checks.check_positions(f"noised[{key!r}]", noised[key], 2)
+    if max_weight is not None:
+        _checks.check_number("max_weight", max_weight, low=0.0)
+    elif parameterization in ("eps", "v", "velocity") and bool((noised["sigma"] == 0).any()):
+        raise ValueError(
+            "max_weight=None with noise level sigma = 0 (t = 0 in flow matching) gives an infinite weight "
+            "w_t (NaN loss); pass a max_weight (e.g. 1e3) or draw t in (0, 1]."
+        )
     x_hat, weight = predicted_x0(output, noised["x_t"], batch, noised["alpha"], noised["sigma"], parameterization)
     if max_weight is not None:
         weight = weight.clamp(max=max_weight)
@@ -152,6 +195,9 @@ def sample(denoiser: Denoiser, batch: Tensor, dim: int = 3, *, steps: int = 100,
         steps: number of denoising steps.
     """
     _checks.check_choice("sampler", method, ("ancestral", "ddim", "euler"))
+    _checks.check_number("steps", steps, low=1, low_inclusive=True, integer=True)
+    _checks.check_number("dim", dim, low=2, high=3, low_inclusive=True, integer=True)
+    steps = int(steps)
     n_structures = int(batch.max()) + 1 if batch.numel() else 0
     schedule = schedule or NoiseSchedule()
     x = com_free_noise(torch.empty(batch.shape[0], dim, dtype=dtype, device=batch.device), batch, generator)

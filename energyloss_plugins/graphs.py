@@ -158,6 +158,7 @@ def build_pairs(
     symmetrize: bool = False,
     numbers: Tensor | None = None,
     distance_fn=None,
+    **unknown,
 ) -> PairSet:
     """Build the edge set ``graph`` over a flat batch.
 
@@ -176,20 +177,28 @@ def build_pairs(
         distance_fn: ``(2, E) -> (E,)`` reference distances (minimum image for periodic input).
     """
     _checks.check_choice("graph", graph, GRAPH_NAMES)
+    if unknown:
+        raise ValueError(
+            f"Unknown graph_kwargs {sorted(unknown)}. Valid: cutoff (radius), seed, pool_size, symmetrize (rigid_sparse)."
+        )
+    if graph == "rigid_sparse":
+        _checks.check_number("graph_kwargs['pool_size']", pool_size, low=1, low_inclusive=True, integer=True)
+        _checks.check_number("graph_kwargs['seed']", seed, low=0, low_inclusive=True, integer=True)
     if distance_fn is None:
         distance_fn = lambda p: (target[p[1]] - target[p[0]]).norm(dim=-1)  # noqa: E731
     if graph == "complete":
         return PairSet(batch, n_structures)
     if graph == "radius":
-        if cutoff is None or cutoff <= 0:
+        if cutoff is None:
             raise ValueError("graph='radius' needs a positive cutoff= in Å (graph_kwargs={'cutoff': 5.0}).")
+        _checks.check_number("graph_kwargs['cutoff']", cutoff, low=0.0, allow_inf=True)
         kept = [p[:, distance_fn(p) < cutoff] for p in _complete_chunks(batch, n_structures, 2**24)]
         index = torch.cat(kept, 1) if kept else torch.zeros(2, 0, dtype=torch.long, device=batch.device)
         return PairSet(batch, n_structures, index)
     if graph == "bonds":
         if bonds is None:
             raise ValueError("graph='bonds' needs bonds= as a (2, M) tensor of bonded atom pairs (flat indices).")
-        _checks.check_edge_index(bonds, batch.shape[0])
+        bonds = _checks.as_pair_index("bonds", bonds, batch.shape[0]).to(batch.device)
         if bool((batch[bonds[0]] != batch[bonds[1]]).any()):
             raise ValueError("bonds connect atoms of different structures; bond indices must be flat atom indices.")
         return PairSet(batch, n_structures, unique_pairs(bonds))

@@ -140,7 +140,7 @@ def to_flat(pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Ten
     if validate_args:
         _checks.check_batch(batch, n)
     elif not isinstance(batch, Tensor) or batch.shape != (n,) or batch.is_floating_point():
-        raise ValueError(f"batch must be an integer tensor of shape ({n},), got {_describe(batch)}.")
+        raise ValueError(f"batch must be an integer tensor of shape ({n},), got {_checks.describe(batch)}.")
     batch, n_structures = structure_index(batch, n_structures, validate_args=validate_args)
     return FlatBatch(pred, target, batch, n_structures)
 
@@ -149,11 +149,8 @@ def _check_shape(x: Tensor, ndim: int) -> None:
     """Shape and dtype only (no value checks, no host synchronisation)."""
     if not x.is_floating_point() or x.dim() != ndim or x.shape[-1] not in (2, 3):
         layout = "(N_total, d)" if ndim == 2 else "(B, N_max, d)"
-        raise ValueError(f"pred and target must be floating-point {layout} with d in (2, 3), got {_describe(x)}.")
+        raise ValueError(f"pred and target must be floating-point {layout} with d in (2, 3), got {_checks.describe(x)}.")
 
-
-def _describe(x: object) -> str:
-    return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0) -> Tensor:
@@ -167,3 +164,22 @@ def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0
     counts = structure_counts(batch, n_structures).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
     mean = total / counts.clamp_min(1)
     return mean if empty == 0.0 else torch.where(counts > 0, mean, torch.full_like(mean, empty))
+
+
+def flat_numbers(numbers_list, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """Flat batch of molecules given by their atomic numbers (one sequence, array or tensor per molecule).
+
+    Returns:
+        ``numbers`` ``(N_total,)`` long, ``batch`` ``(N_total,)`` long structure index, ``counts`` ``(B,)`` atoms per molecule.
+
+    Raises:
+        ValueError: no molecules, or a molecule without atoms.
+    """
+    parts = [torch.as_tensor(z, dtype=torch.long).reshape(-1) for z in numbers_list]
+    if not parts:
+        raise ValueError("No molecules given: pass at least one sequence of atomic numbers.")
+    counts = torch.tensor([len(z) for z in parts], dtype=torch.long)
+    if bool((counts == 0).any()):
+        raise ValueError(f"Molecule(s) {torch.nonzero(counts == 0).flatten().tolist()} have no atoms.")
+    batch = torch.repeat_interleave(torch.arange(len(parts)), counts)
+    return torch.cat(parts).to(device), batch.to(device), counts.to(device)

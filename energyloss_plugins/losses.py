@@ -239,11 +239,11 @@ def pair_energy_kernel(
         flat = to_flat(pred, pred, batch, None, n_structures, validate_args=validate_args)
         n_pairs = pairs.shape[1] if isinstance(pairs, Tensor) and pairs.dim() == 2 else -1
         if not isinstance(pairs, Tensor) or pairs.shape[0] != 2 or pairs.is_floating_point():
-            raise ValueError(f"pairs must be a (2, E) integer tensor of atom pairs, got {_describe(pairs)}.")
+            raise ValueError(f"pairs must be a (2, E) integer tensor of atom pairs, got {_checks.describe(pairs)}.")
         for name, value, shape in (("distances", distances, (n_pairs,)), ("springs", springs, (n_pairs,)),
                                    ("shifts", shifts, (n_pairs, pred.shape[1]))):
             if value is not None and (not isinstance(value, Tensor) or tuple(value.shape) != shape):
-                raise ValueError(f"{name} must have shape {shape}, one entry per pair, got {_describe(value)}.")
+                raise ValueError(f"{name} must have shape {shape}, one entry per pair, got {_checks.describe(value)}.")
         pairs = pairs.long()
         if validate_args:
             _check_pairs("pairs", pairs, flat.batch)
@@ -343,6 +343,8 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
     """Pairs and springs of ``flat.target``: explicit springs resolved, scheme springs left to the chunks."""
     target, batch, n_structures = flat.target, flat.batch, flat.n_structures
     numbers = _flat_atoms_attr(numbers, flat, "numbers")
+    if bonds is not None:  # (2, M), or (M, 2) as databases store them
+        bonds = _checks.as_pair_index("bonds", bonds, target.shape[0]).to(target.device)
     image = MinimumImage(target, batch, n_structures, cell, pbc) if cell is not None else None
     if isinstance(coefficients, (list, tuple)) or type(coefficients).__module__ == "numpy":
         raise ValueError(f"coefficients: per-pair springs must be a torch.Tensor of shape (E,) (one per edge_index "
@@ -351,7 +353,7 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
         if validate_args:
             _check_pairs("edge_index", edge_index, batch)
         elif not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, got {_describe(edge_index)}.")
+            raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, got {_checks.describe(edge_index)}.")
         edge_index = edge_index.long()
         k = None
         if isinstance(coefficients, Tensor):
@@ -384,15 +386,14 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
         coeff = lambda ctx: fn(ctx, **params)
     bond_keys = None
     if bonds is not None:
-        _checks.check_edge_index(bonds, target.shape[0])
-        lo, hi = torch.minimum(bonds[0], bonds[1]).long(), torch.maximum(bonds[0], bonds[1]).long()
+        lo, hi = torch.minimum(bonds[0], bonds[1]), torch.maximum(bonds[0], bonds[1])
         bond_keys = torch.unique(lo * target.shape[0] + hi)
     return _SchemeSprings(pairs, target, coeff, numbers, bond_keys, image)
 
 
 def _check_pairs(name: str, pairs: Tensor, batch: Tensor) -> None:
     """Pair indices in range, no self-pairs, both atoms in one structure (reads back to the host)."""
-    _checks.check_edge_index(pairs, batch.shape[0])
+    _checks.check_edge_index(pairs, batch.shape[0], name)
     pairs = pairs.long()
     if pairs.numel() and bool((batch[pairs[0]] != batch[pairs[1]]).any()):
         raise ValueError(f"{name} pairs atoms of different structures; pairs must lie inside one structure.")
@@ -438,9 +439,6 @@ def _no_autocast(x: Tensor):
         return torch.autocast(device_type=x.device.type, enabled=False)
     return contextlib.nullcontext()
 
-
-def _describe(x: object) -> str:
-    return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _flat_atoms_attr(values: Tensor | None, flat: FlatBatch, name: str) -> Tensor | None:

@@ -81,15 +81,6 @@ class StructureObjective(_Objective):
         """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``."""
         return call_loss(self.loss_name, pred, target, batch, **self._options(numbers, bonds, springs))
 
-    @staticmethod
-    def metrics(pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor,
-                bonds: Tensor | None = None) -> dict[str, Tensor]:
-        """Per-batch structure metrics (aligned RMSD, bond/angle MAE, stability) for logging."""
-        from energyloss_plugins.metrics import structure_metrics
-
-        with torch.no_grad():
-            return structure_metrics(pred.detach(), target.detach(), batch, numbers, bonds=bonds)
-
 
 class DiffusionObjective(_Objective):
     """Denoising diffusion or flow matching on equilibrium structures with the energy loss (SPEC §3).
@@ -117,13 +108,19 @@ class DiffusionObjective(_Objective):
 
     def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None,
              bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Diffusion loss of a model output for ``noised["x_t"]`` (see :func:`~energyloss_plugins.diffusion.diffusion_loss`)."""
+        """Diffusion loss of a model output for ``noised["x_t"]``.
+
+        See :func:`~energyloss_plugins.diffusion.diffusion_loss`.
+        """
         return diffusion_loss(output, noised, batch, loss=self.loss_name, parameterization=self.parameterization,
                               max_weight=self.max_weight, loss_kwargs=self._options(numbers, bonds, springs))
 
     def sample(self, denoiser: Denoiser, batch: Tensor, *, steps: int = 100, method: str | None = None,
                progress: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Positions ``(N, 3)`` for the structures of ``batch``; ``method`` defaults to euler for flow matching, else ancestral."""
+        """Positions ``(N, 3)`` for the structures of ``batch``.
+
+        ``method`` defaults to euler for flow matching, else ancestral.
+        """
         method = method or ("euler" if self.flow_matching else "ancestral")
         return sample(denoiser, batch, 3, steps=steps, method=method, parameterization=self.parameterization,
                       schedule=self.schedule, progress=progress, generator=generator)

@@ -7,21 +7,29 @@ YAML building blocks (``_target_: schnetpack_ext.<name>``):
 - :class:`StructureTask`, :class:`DiffusionTask`: ``AtomisticTask`` subclasses (context, metrics, noising, sampling);
 - :class:`PositionHead`: equivariant per-atom displacement on PaiNN/SO3net vector features;
 - :class:`TimeEmbedding`: diffusion time as an embedding of PaiNN/SO3net;
-- :class:`RotateTarget`: data transform rotating targets against inputs (arbitrary frames).
+- :class:`RotateTarget`: data transform rotating targets against inputs (arbitrary frames);
+- :func:`predict_structures`: the core's (``energyloss_plugins.ase``), which runs ``best_model``/tasks/checkpoints
+  of this adapter through :mod:`schnetpack_ext.adapter`.
 
 Shipped experiments (found by ``spktrain`` through the Hydra search-path plugin
 ``hydra_plugins.energyloss_plugins_searchpath``): ``experiment=energyloss_structure`` and
 ``experiment=energyloss_diffusion``.
 """
 
-from schnetpack_ext._resolvers import register_resolvers
-from schnetpack_ext.checkpoint import TrustedCheckpointIO
-from schnetpack_ext.heads import PositionHead, TimeEmbedding
-from schnetpack_ext.losses import EnergyLoss
-from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
-from schnetpack_ext.predict import load_structure_model, predict_structures
-from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list
-from schnetpack_ext.transforms import RotateTarget
+from energyloss_plugins._optional import require
+
+require("schnetpack", "schnetpack_ext (the SchNetPack adapter)", "schnetpack")
+
+from schnetpack_ext.adapter import load_structure_model  # noqa: E402
+from schnetpack_ext.checkpoint import TrustedCheckpointIO  # noqa: E402
+from schnetpack_ext.heads import PositionHead, TimeEmbedding  # noqa: E402
+from schnetpack_ext.losses import EnergyLoss  # noqa: E402
+from schnetpack_ext.outputs import DiffusionOutput, StructureOutput  # noqa: E402
+from schnetpack_ext.resolvers import register_resolvers  # noqa: E402
+from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list  # noqa: E402
+from schnetpack_ext.transforms import RotateTarget  # noqa: E402
+
+from energyloss_plugins.ase import predict_structures  # noqa: E402  (the one implementation; finds this adapter)
 
 register_resolvers()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from energyloss_plugins.tasks import StructureObjective
@@ -26,11 +27,7 @@ from energyloss_plugins.tasks import StructureObjective
 
 def _plain(value):
     """OmegaConf containers (what Hydra passes) → plain Python, so the loss pickles into checkpoints cleanly."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency of the adapter
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
+    if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
 

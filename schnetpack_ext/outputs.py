@@ -9,21 +9,19 @@ the output) work unchanged.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
-
+import schnetpack.properties as properties
 import torch
+from schnetpack.task import ModelOutput
 from torch import nn
 
-import schnetpack.properties as properties
-from schnetpack.task import ModelOutput
-
+from energyloss_plugins.diffusion import network_target
 from energyloss_plugins.tasks import DiffusionObjective
 
 #: Batch entries the adapter's tasks copy into ``targets`` for the losses and metrics.
 BATCH_CONTEXT = (properties.idx_m, properties.Z, properties.R, properties.n_atoms)
 
 
-def _need(targets: Dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
+def _need(targets: dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
     if key not in targets:
         raise KeyError(f"{what} needs targets[{key!r}]: use it inside schnetpack_ext.StructureTask or "
                        "schnetpack_ext.DiffusionTask (task._target_ in the YAML), which pass the batch context.")
@@ -41,9 +39,9 @@ class StructureOutput(ModelOutput):
         loss_weight, metrics, constraints: as for :class:`schnetpack.task.ModelOutput`.
     """
 
-    def __init__(self, name: str = "positions_pred", loss_fn: Optional[nn.Module] = None, loss_weight: float = 1.0,
-                 metrics: Optional[Dict[str, nn.Module]] = None, constraints: Optional[List[nn.Module]] = None,
-                 target_property: Optional[str] = "target_positions"):
+    def __init__(self, name: str = "positions_pred", loss_fn: nn.Module | None = None, loss_weight: float = 1.0,
+                 metrics: dict[str, nn.Module] | None = None, constraints: list[nn.Module] | None = None,
+                 target_property: str | None = "target_positions"):
         super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
                          constraints=constraints, target_property=target_property)
 
@@ -77,10 +75,10 @@ class DiffusionOutput(ModelOutput):
             SchNetPack's metrics (e.g. MAE of the predicted noise).
     """
 
-    def __init__(self, name: str = "diffusion_output", loss_fn: Optional[nn.Module] = None,
-                 loss_weight: float = 1.0, metrics: Optional[Dict[str, nn.Module]] = None,
-                 constraints: Optional[List[nn.Module]] = None, target_property: Optional[str] = "diffusion_target",
-                 parameterization: str = "eps", schedule: str = "polynomial", max_weight: Optional[float] = 1e3):
+    def __init__(self, name: str = "diffusion_output", loss_fn: nn.Module | None = None,
+                 loss_weight: float = 1.0, metrics: dict[str, nn.Module] | None = None,
+                 constraints: list[nn.Module] | None = None, target_property: str | None = "diffusion_target",
+                 parameterization: str = "eps", schedule: str = "polynomial", max_weight: float | None = 1e3):
         super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
                          constraints=constraints, target_property=target_property)
         loss_name = getattr(loss_fn, "loss_name", "energy")
@@ -88,22 +86,14 @@ class DiffusionOutput(ModelOutput):
         self.objective = DiffusionObjective(loss=loss_name, parameterization=parameterization, schedule=schedule,
                                             loss_kwargs=options, max_weight=max_weight)
 
-    def network_target(self, noised: Dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-        """What a perfect network outputs for this noised batch (for metrics)."""
-        x0, eps = noised["x0"], noised["eps"]
-        a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
-        p = self.objective.parameterization
-        if p == "eps":
-            return eps
-        if p == "v":
-            return a * eps - s * x0
-        if p == "velocity":
-            return eps - x0
-        return x0
+    def network_target(self, noised: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """What a perfect network outputs for this noised batch ``(N, 3)`` (for metrics); see
+        :func:`energyloss_plugins.diffusion.network_target`."""
+        return network_target(noised, batch, self.objective.parameterization)
 
     def calculate_loss(self, pred, target):
         if self.loss_weight == 0 or self.loss_fn is None:
             return 0.0
         noised = _need(target, "_noised", type(self).__name__)
-        return self.loss_weight * self.objective.loss(pred[self.name], noised, _need(target, properties.idx_m, "DiffusionOutput"),
-                                                      numbers=target.get(properties.Z))
+        batch = _need(target, properties.idx_m, type(self).__name__)
+        return self.loss_weight * self.objective.loss(pred[self.name], noised, batch, numbers=target.get(properties.Z))

@@ -10,29 +10,30 @@ logging, torchmetrics, checkpoints, EMA, ``spktrain``'s best-model export). They
 3. for diffusion, noise the clean positions before the forward pass and rebuild the neighbour list
    on the noisy positions, and sample new structures as ASE ``Atoms``.
 
-The loss, schedule, sampler and metric logic are the core's (:mod:`energyloss_plugins.tasks`).
+The loss, schedule and sampler are the core's (:mod:`energyloss_plugins.tasks`), and so are the epoch metrics
+(:class:`energyloss_plugins.metrics.epoch.StructureMetrics`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Sequence
-from typing import Any, Dict, List, Optional, Type
-
-import torch
+from typing import Any
 
 import schnetpack.properties as properties
+import torch
 from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask, ModelOutput
+from torch import nn
 
-from energyloss_plugins.tasks import StructureObjective
+from energyloss_plugins.layouts import flat_numbers
+from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.outputs import BATCH_CONTEXT, DiffusionOutput, StructureOutput
 
-log = logging.getLogger(__name__)
 _SUBSETS = ("train", "val", "test")
+#: Checkpoint key naming the task class (``module.Class``), so a checkpoint can be loaded without knowing it.
+TASK_CLASS_KEY = "energyloss_task_class"
 
 
 class _ContextTask(AtomisticTask):
@@ -40,15 +41,19 @@ class _ContextTask(AtomisticTask):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: Optional[bool] = None, **kwargs):
+                             weights_only: bool | None = None, **kwargs):
         """As Lightning's, but a full pickle by default (SchNetPack tasks store modules as hyperparameters;
         see :mod:`schnetpack_ext.checkpoint`). Only load checkpoints you trust."""
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=False if weights_only is None else weights_only,
                                             **kwargs)
 
-    _batch: Optional[Dict[str, torch.Tensor]] = None
-    _extra_targets: Optional[Dict[str, Any]] = None
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    _batch: dict[str, torch.Tensor] | None = None
+    _extra_targets: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def _context(self, batch, extra=None):
@@ -68,17 +73,23 @@ class _ContextTask(AtomisticTask):
             targets.update(self._extra_targets or {})
         return super().apply_constraints(pred, targets)
 
+    def _prepare(self, batch, batch_idx, subset: str):
+        """The batch the step runs on and extra ``targets`` entries (subclasses transform it)."""
+        return batch, None
+
+    def _step(self, step, subset, batch, batch_idx):
+        batch, extra = self._prepare(batch, batch_idx, subset)
+        with self._context(batch, extra):
+            return step(self, batch, batch_idx)
+
     def training_step(self, batch, batch_idx):
-        with self._context(batch):
-            return super().training_step(batch, batch_idx)
+        return self._step(AtomisticTask.training_step, "train", batch, batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        with self._context(batch):
-            return super().validation_step(batch, batch_idx)
+        return self._step(AtomisticTask.validation_step, "val", batch, batch_idx)
 
     def test_step(self, batch, batch_idx):
-        with self._context(batch):
-            return super().test_step(batch, batch_idx)
+        return self._step(AtomisticTask.test_step, "test", batch, batch_idx)
 
 
 class StructureTask(_ContextTask):
@@ -91,10 +102,10 @@ class StructureTask(_ContextTask):
             metrics are logged per epoch for every :class:`StructureOutput`.
     """
 
-    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
-                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
-                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
-                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
+    def __init__(self, model: AtomisticModel, outputs: list[ModelOutput],
+                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: dict[str, Any] | None = None, scheduler_cls: type | None = None,
+                 scheduler_args: dict[str, Any] | None = None, scheduler_monitor: str | None = None,
                  warmup_steps: int = 0, structure_metrics: Sequence[str] = ("val", "test")):
         outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
         super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
@@ -104,44 +115,49 @@ class StructureTask(_ContextTask):
         if unknown:
             raise ValueError(f"structure_metrics: unknown subsets {sorted(unknown)}; choose from {list(_SUBSETS)}.")
         self.structure_metric_subsets = tuple(structure_metrics or ())
+        # One dataset-level accumulator per (subset, structure output); its states are not saved in checkpoints.
+        structure_outputs = [o for o in self.outputs if isinstance(o, StructureOutput)]
+        self._structure_metrics = nn.ModuleDict({
+            f"{subset}_{output.name}": StructureMetrics()
+            for subset in self.structure_metric_subsets for output in structure_outputs
+        })
 
     def log_metrics(self, pred, targets, subset):
         super().log_metrics(pred, targets, subset)
         if subset not in self.structure_metric_subsets or properties.idx_m not in targets:
             return
-        n_structures = int(targets[properties.n_atoms].shape[0]) if properties.n_atoms in targets else None
         for output in self.outputs:
-            if not isinstance(output, StructureOutput):
+            if isinstance(output, StructureOutput):
+                self._structure_metrics[f"{subset}_{output.name}"].update(
+                    pred[output.name], targets[output.target_property], targets[properties.idx_m],
+                    targets.get(properties.Z))
+
+    def _log_structure_metrics(self, subset: str):
+        for output in self.outputs:
+            key = f"{subset}_{output.name}"
+            if key not in self._structure_metrics:
                 continue
-            values = structure_metric_values(pred[output.name], targets[output.target_property],
-                                             targets[properties.idx_m], targets[properties.Z])
-            prefix = f"{subset}_" if len(self.outputs) == 1 else f"{subset}_{output.name}_"
-            for key, value in values.items():
-                self.log(prefix + key, value, on_step=False, on_epoch=True, prog_bar=key == "rmsd",
-                         batch_size=n_structures, sync_dist=subset != "train")
+            metric = self._structure_metrics[key]
+            if metric.update_called:
+                prefix = f"{subset}_" if len(self.outputs) == 1 else f"{subset}_{output.name}_"
+                # compute() already sums the states of all processes, so every rank logs the same
+                # value; sync_dist (a mean of equal values) only spares Lightning's DDP warning.
+                for name, value in metric.compute().items():
+                    self.log(prefix + name, value, prog_bar=name == "rmsd", sync_dist=True)
+            metric.reset()
+
+    def on_train_epoch_end(self):
+        self._log_structure_metrics("train")
+
+    def on_validation_epoch_end(self):
+        self._log_structure_metrics("val")
+
+    def on_test_epoch_end(self):
+        self._log_structure_metrics("test")
 
 
-def structure_metric_values(pred, target, batch, numbers) -> Dict[str, torch.Tensor]:
-    """Scalar per-batch structure metrics from the core (``energyloss_plugins.metrics``)."""
-    try:
-        values = StructureObjective.metrics(pred, target, batch, numbers)
-    except ImportError:  # the metrics package is optional at run time: fall back to the core's aligned RMSD
-        from energyloss_plugins.alignment import aligned_rmsd
-
-        warnings.warn("energyloss_plugins.metrics is not available: logging the aligned RMSD only.", stacklevel=2)
-        with torch.no_grad():
-            values = {"rmsd": aligned_rmsd(pred.detach(), target.detach(), batch)}
-    out = {}
-    for key, value in values.items():
-        value = torch.as_tensor(value).detach().float()
-        if value.numel() > 1:
-            value = value.nanmean()
-        out[key] = value.reshape(())
-    return out
-
-
-def full_neighbor_list(idx_m: torch.Tensor, cutoff: Optional[float] = None,
-                       positions: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def full_neighbor_list(idx_m: torch.Tensor, cutoff: float | None = None,
+                       positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All ordered atom pairs (i ≠ j) inside each structure, optionally within ``cutoff`` Å of ``positions``.
 
     Returns SchNetPack's ``_idx_i``, ``_idx_j`` and zero ``_offsets`` (non-periodic molecules).
@@ -174,11 +190,11 @@ class DiffusionTask(_ContextTask):
         (other arguments as :class:`schnetpack.task.AtomisticTask`)
     """
 
-    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
-                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
-                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
-                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
-                 warmup_steps: int = 0, clean_positions: Optional[str] = None, cutoff: Optional[float] = None,
+    def __init__(self, model: AtomisticModel, outputs: list[ModelOutput],
+                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: dict[str, Any] | None = None, scheduler_cls: type | None = None,
+                 scheduler_args: dict[str, Any] | None = None, scheduler_monitor: str | None = None,
+                 warmup_steps: int = 0, clean_positions: str | None = None, cutoff: float | None = None,
                  val_seed: int = 1234):
         outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
         super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
@@ -186,7 +202,8 @@ class DiffusionTask(_ContextTask):
                          scheduler_args=scheduler_args, scheduler_monitor=scheduler_monitor, warmup_steps=warmup_steps)
         diffusion = [o for o in self.outputs if isinstance(o, DiffusionOutput)]
         if len(diffusion) != 1:
-            raise ValueError(f"DiffusionTask needs exactly one DiffusionOutput among its outputs, got {len(diffusion)}.")
+            raise ValueError(
+                f"DiffusionTask needs exactly one DiffusionOutput among its outputs, got {len(diffusion)}.")
         self.clean_positions = clean_positions
         self.cutoff = cutoff
         self.val_seed = val_seed
@@ -195,7 +212,12 @@ class DiffusionTask(_ContextTask):
     def diffusion_output(self) -> DiffusionOutput:
         return next(o for o in self.outputs if isinstance(o, DiffusionOutput))
 
-    def _noised_batch(self, batch, generator=None):
+    def _prepare(self, batch, batch_idx, subset: str):
+        """Noise the clean positions (seeded in validation/test) and rebuild the neighbour list on x_t."""
+        generator = None
+        if subset != "train":  # fixed noise, so that val_loss is comparable across epochs
+            generator = torch.Generator(device=batch[properties.R].device)
+            generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
         output = self.diffusion_output
         idx_m = batch[properties.idx_m]
         x0 = batch[self.clean_positions or properties.R].to(batch[properties.R].dtype)
@@ -207,36 +229,16 @@ class DiffusionTask(_ContextTask):
         new[output.target_property] = output.network_target(noised, idx_m)
         return new, {"_noised": noised}
 
-    def _generator(self, batch_idx, device):
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
-        return generator
-
-    def training_step(self, batch, batch_idx):
-        new, extra = self._noised_batch(batch)
-        with self._context(new, extra):
-            return AtomisticTask.training_step(self, new, batch_idx)
-
-    def validation_step(self, batch, batch_idx):
-        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
-        with self._context(new, extra):
-            return AtomisticTask.validation_step(self, new, batch_idx)
-
-    def test_step(self, batch, batch_idx):
-        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
-        with self._context(new, extra):
-            return AtomisticTask.test_step(self, new, batch_idx)
-
     @torch.no_grad()
-    def sample(self, molecules: Sequence, *, steps: int = 100, method: Optional[str] = None, batch_size: int = 64,
-               seed: Optional[int] = None, progress: bool = False) -> list:
+    def sample(self, molecules: Sequence, *, steps: int = 100, method: str | None = None, batch_size: int = 64,
+               seed: int | None = None, progress: bool = False) -> list:
         """Generate one conformer per entry of ``molecules`` (ASE ``Atoms`` or atomic-number sequences).
 
         Args:
             steps: denoising steps.
             method: ``ancestral`` (default for diffusion), ``ddim``, or ``euler`` (flow matching).
             batch_size: molecules per network call.
-            seed: seed of the sampler's noise.
+            seed: seed of the sampler's noise; None draws from torch's global RNG (new samples every call).
 
         Returns:
             a list of ``ase.Atoms`` with the generated positions (Å, centred).
@@ -246,9 +248,8 @@ class DiffusionTask(_ContextTask):
         numbers_list = [torch.as_tensor(m.numbers if hasattr(m, "numbers") else m, dtype=torch.long) for m in molecules]
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(seed)
+        # seed=None: torch's global RNG (fresh samples each call), as torchmdnet_ext.sample_positions
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         was_training, pp = self.training, self.model.do_postprocessing
         self.eval()
         self.model.do_postprocessing = False
@@ -257,9 +258,7 @@ class DiffusionTask(_ContextTask):
         try:
             for start in range(0, len(numbers_list), batch_size):
                 chunk = numbers_list[start : start + batch_size]
-                counts = torch.tensor([len(z) for z in chunk], device=device)
-                numbers = torch.cat(chunk).to(device)
-                idx_m = torch.repeat_interleave(torch.arange(len(chunk), device=device), counts)
+                numbers, idx_m, counts = flat_numbers(chunk, device)
 
                 def denoiser(x, t, batch, numbers=numbers, counts=counts):
                     inputs = {properties.Z: numbers, properties.R: x.to(dtype), properties.idx_m: batch,
@@ -271,7 +270,7 @@ class DiffusionTask(_ContextTask):
 
                 x = self.diffusion_output.objective.sample(denoiser, idx_m, steps=steps, method=method,
                                                            progress=progress, generator=generator)
-                for positions, z in zip(torch.split(x.cpu(), counts.tolist()), chunk):
+                for positions, z in zip(torch.split(x.cpu(), counts.tolist()), chunk, strict=True):
                     result.append(Atoms(numbers=z.numpy(), positions=positions.double().numpy()))
         finally:
             self.train(was_training)

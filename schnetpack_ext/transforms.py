@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Dict
-
-import torch
-
 import schnetpack.properties as properties
+import torch
 from schnetpack.transform.base import Transform
 
-from energyloss_plugins.alignment import random_rotations
+from energyloss_plugins.augment import seeded_rotation
 
 
 class RotateTarget(Transform):
     """Rotate the target positions of each sample by a fixed random rotation about their centroid.
 
     Simulates data that arrives in arbitrary frames: the input geometry and the target no longer
-    share a frame. The rotation depends only on ``seed`` and the sample's database index, so every
-    epoch (and every process) sees the same rotated target. A rotation-invariant loss (energy) does
+    share a frame. The rotation depends only on ``seed`` and the sample's database index
+    (:func:`energyloss_plugins.augment.seeded_rotation`), so every epoch (and every process) sees the
+    same rotated target. A rotation-invariant loss (energy) does
     not care; MSE does (SPEC §6).
 
     Args:
@@ -35,12 +33,9 @@ class RotateTarget(Transform):
         self.property = property
         self.seed = seed
 
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.enabled:
             return inputs
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(inputs[properties.idx].reshape(-1)[0]))
-        target = inputs[self.property]
-        rotation = random_rotations(1, 3, dtype=target.dtype, generator=generator)[0]
-        centre = target.mean(0, keepdim=True)
-        inputs[self.property] = (target - centre) @ rotation.T + centre
+        index = int(inputs[properties.idx].reshape(-1)[0])
+        inputs[self.property] = seeded_rotation(inputs[self.property], self.seed, index)
         return inputs

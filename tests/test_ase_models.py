@@ -16,7 +16,6 @@ from ase.io import read  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
 from energyloss_plugins.ase import (  # noqa: E402
-    TorchMDNetCalculator,
     coefficients_from_calculator,
     compute_hessian,
     fit_springs,
@@ -27,39 +26,44 @@ from energyloss_plugins.ase import (  # noqa: E402
 torch.set_num_threads(1)
 
 
+#: A tiny TensorNet potential (energy head, float64) in TorchMD-Net's hyper-parameter layout.
+_TINY_ARGS = dict(
+    model="tensornet",
+    embedding_dimension=16,
+    num_layers=1,
+    num_rbf=8,
+    rbf_type="expnorm",
+    trainable_rbf=False,
+    activation="silu",
+    cutoff_lower=0.0,
+    cutoff_upper=5.0,
+    max_z=20,
+    max_num_neighbors=32,
+    equivariance_invariance_group="O(3)",
+    derivative=True,
+    atom_filter=-1,
+    prior_model=None,
+    output_model="Scalar",
+    reduce_op="add",
+    precision=64,
+)
+
+
 def _tiny_torchmdnet():
     pytest.importorskip("torchmdnet")
     from torchmdnet.models.model import create_model
 
-    args = dict(
-        model="tensornet",
-        embedding_dimension=16,
-        num_layers=1,
-        num_rbf=8,
-        rbf_type="expnorm",
-        trainable_rbf=False,
-        activation="silu",
-        cutoff_lower=0.0,
-        cutoff_upper=5.0,
-        max_z=20,
-        max_num_neighbors=32,
-        equivariance_invariance_group="O(3)",
-        derivative=True,
-        atom_filter=-1,
-        prior_model=None,
-        output_model="Scalar",
-        reduce_op="add",
-        precision=64,
-    )
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return create_model(args)
+        return create_model(dict(_TINY_ARGS))
 
 
 def test_torchmdnet_calculator_forces_hessian_and_fit():
     model = _tiny_torchmdnet()
     atoms = molecule("H2O")
+    from torchmdnet_ext import TorchMDNetCalculator
+
     calc = TorchMDNetCalculator(model)
     atoms.calc = calc
     forces = atoms.get_forces()
@@ -82,6 +86,27 @@ def test_torchmdnet_calculator_forces_hessian_and_fit():
     # Unit conversion: the same model read as kcal/mol.
     kcal = TorchMDNetCalculator(model, energy_unit="kcal/mol")
     assert kcal.get_potential_energy(atoms.copy()) == pytest.approx(atoms.get_potential_energy() * 0.0433641, rel=1e-5)
+
+
+def test_torchmdnet_calculator_from_checkpoint_through_upstream_loader(tmp_path):
+    """A checkpoint path goes through TorchMD-Net's own TMDNETCalculator loading; same energies and forces."""
+    from torchmdnet.calculators import TMDNETCalculator
+    from torchmdnet_ext import TorchMDNetCalculator
+
+    model = _tiny_torchmdnet()
+    path = tmp_path / "potential.ckpt"
+    torch.save({"hyper_parameters": dict(_TINY_ARGS),
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    from_path = TorchMDNetCalculator(str(path))
+    assert isinstance(from_path, TMDNETCalculator)
+    atoms = molecule("CH3OH")
+    atoms.rotate(33, "y")
+    reference = TorchMDNetCalculator(model)
+    assert from_path.get_potential_energy(atoms) == pytest.approx(reference.get_potential_energy(atoms), abs=1e-8)
+    np.testing.assert_allclose(from_path.get_forces(atoms), reference.get_forces(atoms), atol=1e-8)
+    charged = atoms.copy()
+    charged.info["charge"] = 0  # upstream's state check: a changed info entry means a new calculation
+    assert from_path.check_state(charged) == ["info"]
 
 
 def test_schnetpack_calculator_in_spring_fit():
@@ -215,10 +240,12 @@ def test_run_structure_model_torchmdnet_object_and_checkpoint(tmp_path):
         path,
     )
     from_ckpt = run_structure_model(str(path), images, framework="torchmdnet")
-    for a, b in zip(from_ckpt, out):
+    detected = run_structure_model(str(path), images)  # the adapter is found from the checkpoint
+    for a, b, c in zip(from_ckpt, out, detected):
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-5)
-    with pytest.raises(ValueError, match="framework"):
-        run_structure_model(str(path), images)
+        np.testing.assert_allclose(c.positions, b.positions, atol=1e-5)
+    with pytest.raises(ValueError, match="schnetpack adapter does not handle"):
+        run_structure_model(str(path), images, framework="schnetpack")
 
 
 def test_run_diffusion_model_torchmdnet():
@@ -238,7 +265,7 @@ def test_run_structure_and_diffusion_models_schnetpack():
     pytest.importorskip("schnetpack_ext")
     import schnetpack as spk
     from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
-    from schnetpack_ext._testing import small_painn, structure_task
+    from _schnetpack_helpers import small_painn, structure_task
 
     from energyloss_plugins.ase import run_diffusion_model, run_structure_model
 

@@ -106,5 +106,5 @@ def test_sampling_errors():
     ref = molecule("H2O")
     with pytest.raises(ValueError, match="integrator"):
         boltzmann_sample(ref, 300.0, 2, integrator="verlet")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="temperature_K"):
         boltzmann_sample(ref, -1.0, 2)

@@ -21,7 +21,8 @@ from energyloss_plugins.data import (  # noqa: E402
     read_metadata,
     read_split,
 )
-from energyloss_plugins.data import chem  # noqa: E402
+from energyloss_plugins import chem  # noqa: E402
+from energyloss_plugins.data import split_file_for  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -109,7 +110,7 @@ def test_database_contract_and_schnetpack(nci_db):
 
 def test_split_is_by_molecule_and_complete(nci_db):
     out, report = nci_db
-    split = read_split(out.parent / "split.npz")
+    split = read_split(split_file_for(out))
     all_idx = np.concatenate([split["train_idx"], split["val_idx"], split["test_idx"]])
     assert sorted(all_idx.tolist()) == list(range(60))
     records = read_dataset(out)

@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("ase")
 
-from energyloss_plugins.data import build_dataset, read_metadata, read_split  # noqa: E402
+from energyloss_plugins.data import build_dataset, read_metadata, read_split, split_file_for  # noqa: E402
 from energyloss_plugins.data import builder  # noqa: E402
 
 torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def _assert_same_build(a, b):
         assert da.keys() == db.keys()
         for k in da:
             assert np.array_equal(da[k], db[k], equal_nan=True), k
-    sa, sb = read_split(a.parent / "split.npz"), read_split(b.parent / "split.npz")
+    sa, sb = read_split(split_file_for(a)), read_split(split_file_for(b))
     for k in sa:
         assert np.array_equal(sa[k], sb[k])
     ma, mb = read_metadata(a)["energyloss"], read_metadata(b)["energyloss"]

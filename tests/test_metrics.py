@@ -84,12 +84,12 @@ def test_covalent_bonds_match_rdkit_on_g2():
     from ase.collections import g2
     from rdkit.Chem import rdDetermineBonds
 
-    from energyloss_plugins.data import chem
+    from energyloss_plugins import chem
 
     nums, pos, batch, expected, offset = [], [], [], set(), 0
     for b, name in enumerate(n for n in g2.names if len(g2[n]) > 1):
         a = g2[name]
-        mol = chem._bare_mol(a.numbers, a.positions)
+        mol = chem.bare_mol(a.numbers, a.positions)
         rdDetermineBonds.DetermineConnectivity(mol)
         expected |= {tuple(sorted((x.GetBeginAtomIdx() + offset, x.GetEndAtomIdx() + offset))) for x in mol.GetBonds()}
         nums.append(torch.tensor(a.numbers))

@@ -11,11 +11,26 @@ pytest.importorskip("rdkit")
 import schnetpack.properties as P  # noqa: E402
 
 from energyloss_plugins.alignment import random_rotations  # noqa: E402
+from energyloss_plugins.data import split_file_for  # noqa: E402
 from schnetpack_ext import (  # noqa: E402
-    DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, RotateTarget, StructureOutput, TimeEmbedding,
-    full_neighbor_list, predict_structures,
+    DiffusionOutput,
+    DiffusionTask,
+    EnergyLoss,
+    PositionHead,
+    RotateTarget,
+    StructureOutput,
+    TimeEmbedding,
+    full_neighbor_list,
+    predict_structures,
 )
-from schnetpack_ext._testing import loader, small_painn, small_so3net, structure_task, tiny_structure_db  # noqa: E402
+from _schnetpack_helpers import (  # noqa: E402
+    diffusion_task as _diffusion_task,
+    loader,
+    small_painn,
+    small_so3net,
+    structure_task,
+    tiny_structure_db,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +125,8 @@ def test_rotate_target_transform_is_a_fixed_rotation_per_sample():
     c = t({P.idx: torch.tensor([4]), "target_positions": x.clone()})["target_positions"]
     assert torch.allclose(a, b) and not torch.allclose(a, c)
     assert torch.allclose(torch.cdist(a, a), torch.cdist(x, x), atol=1e-5)
-    assert torch.equal(RotateTarget(enabled=False)({P.idx: torch.tensor([3]), "target_positions": x})["target_positions"], x)
+    off = RotateTarget(enabled=False)({P.idx: torch.tensor([3]), "target_positions": x})
+    assert torch.equal(off["target_positions"], x)
 
 
 def test_predict_structures_returns_atoms(db, tmp_path):
@@ -123,7 +139,7 @@ def test_predict_structures_returns_atoms(db, tmp_path):
     path = tmp_path / "best_model"
     torch.save(task.model, path)
     out = predict_structures(str(path), atoms)
-    assert len(out) == 3 and all(len(a) == len(b) for a, b in zip(out, atoms))
+    assert len(out) == 3 and all(len(a) == len(b) for a, b in zip(out, atoms, strict=True))
     assert all(math.isfinite(float(abs(a.positions).sum())) for a in out)
 
 
@@ -132,15 +148,6 @@ def test_full_neighbor_list_pairs_stay_inside_structures():
     nl = full_neighbor_list(idx_m)
     assert nl[P.idx_i].shape[0] == 3 * 2 + 2 * 1
     assert torch.equal(idx_m[nl[P.idx_i]], idx_m[nl[P.idx_j]])
-
-
-def _diffusion_task(loss="energy", parameterization="eps"):
-    rep = small_painn(electronic_embeddings=[TimeEmbedding(16)], cutoff=10.0)
-    model = spk.model.NeuralNetworkPotential(
-        representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
-        output_modules=[PositionHead(16, output_key="diffusion_output", add_positions=False, remove_mean=True)])
-    out = DiffusionOutput(name="diffusion_output", loss_fn=EnergyLoss(loss=loss), parameterization=parameterization)
-    return DiffusionTask(model=model, outputs=[out], optimizer_args={"lr": 1e-3})
 
 
 @pytest.mark.parametrize("loss,parameterization", [("energy", "eps"), ("mse", "eps"), ("energy", "velocity")])
@@ -153,7 +160,7 @@ def test_diffusion_task_trains_and_samples_atoms(db, loss, parameterization):
     batch = next(iter(data))
     opt = torch.optim.Adam(task.parameters(), lr=1e-3)
     for _ in range(2):
-        new, extra = task._noised_batch(batch)
+        new, extra = task._prepare(batch, 0, "train")
         with task._context(new, extra):
             pred = task.predict_without_postprocessing(new)
             pred, targets = task.apply_constraints(pred, {"diffusion_target": new["diffusion_target"]})
@@ -163,7 +170,7 @@ def test_diffusion_task_trains_and_samples_atoms(db, loss, parameterization):
         value.backward()
         opt.step()
     # centre-of-mass-free noise and outputs
-    new, _ = task._noised_batch(batch)
+    new, _ = task._prepare(batch, 0, "train")
     n = int(batch[P.n_atoms].shape[0])
     com = torch.zeros(n, 3).index_add_(0, batch[P.idx_m], new["diffusion_target"])
     assert com.abs().max() < 1e-4
@@ -174,8 +181,8 @@ def test_diffusion_task_trains_and_samples_atoms(db, loss, parameterization):
 
 
 def test_search_path_plugin_acts_only_on_schnetpack_apps():
-    from hydra.core.config_search_path import ConfigSearchPath
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.config_search_path import ConfigSearchPath
 
     from hydra_plugins.energyloss_plugins_searchpath.energyloss_searchpath import EnergyLossSearchPathPlugin
 
@@ -198,6 +205,25 @@ def test_shipped_experiments_compose_with_schnetpack_defaults(db):
         for name, loss in [("energyloss_structure", "mse"), ("energyloss_diffusion", "energy")]:
             cfg = compose("train", overrides=[f"experiment={name}", f"data.datapath={db}", f"globals.loss={loss}"])
             assert cfg.task.outputs[0].loss_fn.loss == loss
-            assert cfg.data.split_file.endswith("split.npz") and cfg.data.num_train is None
+            assert cfg.data.split_file == split_file_for(db) and cfg.data.num_train is None
             model = instantiate(cfg.model)
             assert isinstance(model.output_modules[0], PositionHead)
+
+
+def test_structure_task_logs_dataset_level_metrics(db):
+    """val_rmsd, val_molecule_stability, ... are exact over the validation set, whatever its batching."""
+    import pytorch_lightning as pl
+
+    from _molecules import dataset_metrics
+
+    torch.manual_seed(0)
+    task = structure_task("energy")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, inference_mode=False)
+    trainer.validate(task, loader(db, batch_size=5), verbose=False)
+    whole = next(iter(loader(db, batch_size=10**6)))
+    with torch.no_grad():
+        pred = task.predict_without_postprocessing(dict(whole))["positions_pred"]
+    expected = dataset_metrics(pred, whole["target_positions"], whole[P.idx_m], whole[P.Z])
+    for key, value in expected.items():
+        assert math.isclose(float(trainer.callback_metrics[f"val_{key}"]), value, rel_tol=1e-5), key

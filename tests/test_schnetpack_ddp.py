@@ -16,7 +16,7 @@ pytest.importorskip("schnetpack")
 pytest.importorskip("rdkit")
 pl = pytest.importorskip("pytorch_lightning")
 
-from schnetpack_ext._testing import InterleavedSampler, RecordSteps, loader, structure_task, tiny_structure_db  # noqa: E402
+from _schnetpack_helpers import InterleavedSampler, RecordSteps, loader, structure_task, tiny_structure_db  # noqa: E402
 
 PER_RANK = 3  # structures per rank and step
 

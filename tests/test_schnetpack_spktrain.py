@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("schnetpack")
 pytest.importorskip("rdkit")
 
-from schnetpack_ext._testing import tiny_structure_db  # noqa: E402
+from _schnetpack_helpers import tiny_structure_db  # noqa: E402
 
 SPKTRAIN = os.path.join(os.path.dirname(sys.executable), "spktrain")
 

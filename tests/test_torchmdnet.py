@@ -201,7 +201,7 @@ def test_datasets_db_hdf5_frames_and_splits(db_path, tmp_path):
     j = int(np.nonzero(hds.rows == ds.rows[0])[0][0])
     assert torch.allclose(hds[j].pos, d.pos) and torch.allclose(hds[j].pos_target, d.pos_target)
 
-    out = convert_split(ds, os.path.join(os.path.dirname(db_path), "split.npz"), str(tmp_path / "s.npz"))
+    out = convert_split(ds, ds.split_file, str(tmp_path / "s.npz"))
     with np.load(out) as s:
         parts = [s[k] for k in ("idx_train", "idx_val", "idx_test")]
     assert sum(len(p) for p in parts) == len(ds) and len(set(np.concatenate(parts))) == len(ds)
@@ -306,7 +306,7 @@ def test_console_script_energy_and_mse_tensornet(db_path, tmp_path):
 def test_ddp_two_processes_agree_with_one(db_path, tmp_path):
     """2 CPU processes with half the batch each = 1 process with the whole batch (float64)."""
     ds = torchmdnet_ext.EnergyLossDB(db_path, input_kinds=["thermal"])
-    split = os.path.join(os.path.dirname(db_path), "split.npz")
+    split = ds.split_file
     rows = np.load(split)["train_idx"]
     n_train = len(ds.dataset_indices(rows)) // 2 * 2
     split_even = tmp_path / "even_split.npz"  # an even train set: one step per epoch, same rows in both runs

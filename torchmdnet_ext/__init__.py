@@ -15,6 +15,8 @@ Train with ``energyloss-torchmd-train --conf conf.yaml`` (every ``torchmd-train`
 
 from __future__ import annotations
 
+from energyloss_plugins._optional import require
+
 _REGISTERED = False
 
 
@@ -23,6 +25,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
+    require("torchmdnet", "torchmdnet_ext (the TorchMD-Net adapter)", "torchmdnet")
     from torchmdnet import datasets as tmd_datasets
     from torchmdnet import loss as tmd_loss
     from torchmdnet.models import output_modules
@@ -51,10 +54,11 @@ def register() -> None:
 
 register()
 
+from torchmdnet_ext.calculator import TorchMDNetCalculator  # noqa: E402
 from torchmdnet_ext.datasets import EnergyLossDB, PositionHDF5, write_position_hdf5  # noqa: E402
 from torchmdnet_ext.inference import predict_positions, sample_positions  # noqa: E402
 from torchmdnet_ext.losses import energy_loss, kabsch_loss  # noqa: E402
 from torchmdnet_ext.module import PositionLNNP  # noqa: E402
 
-__all__ = ["EnergyLossDB", "PositionHDF5", "PositionLNNP", "energy_loss", "kabsch_loss", "predict_positions",
+__all__ = ["EnergyLossDB", "PositionHDF5", "PositionLNNP", "TorchMDNetCalculator", "energy_loss", "kabsch_loss", "predict_positions",
            "register", "sample_positions", "write_position_hdf5"]

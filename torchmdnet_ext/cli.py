@@ -1,9 +1,9 @@
-"""``energyloss-torchmd-train``: drop-in ``torchmd-train`` with the energy loss and position tasks.
+"""``energyloss-torchmd-train``: TorchMD-Net's ``torchmd-train`` with the energy loss and position tasks.
 
-Accepts every ``torchmd-train`` option and conf file (the parser is TorchMD-Net's own, built after
-``import torchmdnet_ext`` so ``train_loss: energy_loss``, ``output_model: PositionOutput`` and
-``dataset: EnergyLossDB`` pass its choices), plus:
+Every ``torchmd-train`` option and conf file works; on top of them:
 
+--conf NAME            also the name of a configuration shipped with the package
+                       (``structure_tensornet``, ``diffusion_et``; see ``torchmdnet_ext.configs``)
 --task                 structure | diffusion | energy (default: structure for EnergyLossDB/PositionHDF5,
                        energy otherwise = TorchMD-Net's own LNNP, unchanged)
 --parameterization     diffusion output: eps | v | x0 | velocity (flow matching)
@@ -15,18 +15,44 @@ Accepts every ``torchmd-train`` option and conf file (the parser is TorchMD-Net'
 ``--train-loss-arg`` and ``--dataset-arg`` also accept YAML/JSON strings on the command line.
 ``--checkpoint-monitor``/``--early-stopping-monitor`` accept any logged metric; by default they
 follow ``val_total_<train_loss>`` (TorchMD-Net's default ``val_total_mse_loss`` for task energy).
+
+How this wraps TorchMD-Net 3.1's ``torchmdnet.scripts.train`` (instead of copying it), and why:
+
+- The parser is upstream's ``get_argparse()``, used as an argparse parent after ``import
+  torchmdnet_ext`` has registered our losses, heads and datasets, so upstream's choices accept
+  them. The three options whose upstream definition we must change are redefined through argparse's
+  documented ``conflict_handler="resolve"``: ``--conf`` (also a shipped name), and the two monitors
+  (upstream allows only ``train/val_total_mse_loss``, which a position task never logs).
+- ``main`` runs upstream's ``main``. That function takes no arguments and looks up ``get_args``,
+  ``LNNP`` and ``DataModule`` as module globals, so for the duration of the call (and only then)
+  :func:`_substituted` replaces them in ``torchmdnet.scripts.train``: ``get_args`` returns the
+  arguments completed here; for position tasks ``LNNP`` is :class:`~torchmdnet_ext.module.PositionLNNP`
+  (same constructor and ``load_from_checkpoint``) and ``DataModule`` is
+  :class:`~torchmdnet_ext.data.PositionDataModule` (the builder's ``split.npz``). Task ``energy``
+  runs upstream's classes unchanged. ``get_args`` lets upstream's ``get_args`` do its side effects
+  (``--redirect``, ``inference_batch_size``, ``input.yaml``) on the completed arguments the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import sys
+from collections.abc import Iterator, Sequence
+from types import ModuleType
 
-import torchmdnet_ext  # noqa: F401  (registers losses, heads, datasets)
-from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS, _parse_mapping, prepare_hparams
+from energyloss_plugins._optional import console_script, require
 
+PROG = "energyloss-torchmd-train"
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
+
+
+def _upstream() -> ModuleType:
+    """``torchmdnet.scripts.train`` after registering our names (so its parser's choices list them)."""
+    require("torchmdnet", PROG, "torchmdnet")
+    import torchmdnet_ext  # noqa: F401  (registers losses, heads, datasets)
+
+    return require("torchmdnet.scripts.train", PROG, "torchmdnet")
 
 
 def _bool(text) -> bool:
@@ -37,16 +63,47 @@ def _bool(text) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def get_argparse() -> argparse.ArgumentParser:
-    from torchmdnet.scripts.train import get_argparse as tmd_argparse
+def _open_conf(name_or_path: str):
+    """``--conf`` value: an existing file, else the name of a shipped configuration."""
+    from torchmdnet_ext.configs import config_path
 
-    parser = tmd_argparse()
-    parser.prog = "energyloss-torchmd-train"
-    parser.description = "TorchMD-Net training with the energy loss (energyloss-plugins)"
-    for action in parser._actions:
-        if action.dest in ("checkpoint_monitor", "early_stopping_monitor"):
-            action.choices = None  # any logged metric, e.g. val_total_energy_loss or val_rmsd
-            action.default = None
+    if not os.path.exists(name_or_path):
+        try:
+            name_or_path = config_path(name_or_path)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name_or_path!r} is not a file: {exc}") from None
+    return open(name_or_path)
+
+
+@contextlib.contextmanager
+def _substituted(module: ModuleType, **names) -> Iterator[None]:
+    """Temporarily set module-level ``names`` of ``module`` (restored on exit, also on error)."""
+    saved = {name: getattr(module, name) for name in names}
+    try:
+        for name, value in names.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def get_argparse() -> argparse.ArgumentParser:
+    """Upstream's ``torchmd-train`` parser plus this package's options (see the module docstring)."""
+    from torchmdnet.utils import LoadFromFile
+
+    from torchmdnet_ext.configs import config_names
+    from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS
+
+    parser = argparse.ArgumentParser(prog=PROG, description="TorchMD-Net training with the energy loss (energyloss-plugins)",
+                                     parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
+    parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,
+                        help=f"Configuration yaml file, or the name of a shipped one ({', '.join(config_names())})")
+    parser.add_argument("--checkpoint-monitor", type=str, default=None,
+                        help="Metric to monitor for writing out best models: any logged metric "
+                             "(default: val_total_<train_loss>)")
+    parser.add_argument("--early-stopping-monitor", type=str, default=None,
+                        help="Metric to monitor for early stopping: any logged metric (default: the checkpoint monitor)")
     group = parser.add_argument_group("energyloss-plugins")
     group.add_argument("--task", default=None, choices=[*TASKS, "energy"],
                        help="structure (input geometry -> equilibrium positions), diffusion (denoising on the targets) "
@@ -65,115 +122,71 @@ def get_argparse() -> argparse.ArgumentParser:
     return parser
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    from torchmdnet.utils import save_argparse
+def _complete(args: argparse.Namespace) -> argparse.Namespace:
+    """Resolve this package's defaults: mappings, task, position hyper-parameters, monitors."""
+    from torchmdnet_ext.module import TASKS, parse_mapping, prepare_hparams
 
-    parser = get_argparse()
-    args = parser.parse_args(argv)
-    if args.redirect:
-        import logging
-
-        sys.stdout = open(os.path.join(args.log_dir, "log"), "w")
-        sys.stderr = sys.stdout
-        logging.getLogger("pytorch_lightning").addHandler(logging.StreamHandler(sys.stdout))
-    if args.inference_batch_size is None:
-        args.inference_batch_size = args.batch_size
-    args.train_loss_arg = _parse_mapping(args.train_loss_arg, "train_loss_arg")
-    args.dataset_arg = _parse_mapping(args.dataset_arg, "dataset_arg") or None
+    args.train_loss_arg = parse_mapping(args.train_loss_arg, "train_loss_arg")
+    args.dataset_arg = parse_mapping(args.dataset_arg, "dataset_arg") or None
     if args.task is None:
         args.task = "structure" if args.dataset in POSITION_DATASETS else "energy"
     if args.task in TASKS:
         args = argparse.Namespace(**prepare_hparams(args))
-    os.makedirs(os.path.abspath(args.log_dir), exist_ok=True)
-    save_argparse(args, os.path.join(args.log_dir, "input.yaml"), exclude=["conf"])
+    args.checkpoint_monitor = args.checkpoint_monitor or f"val_total_{args.train_loss}"
+    args.early_stopping_monitor = args.early_stopping_monitor or args.checkpoint_monitor
+    if args.num_epochs < args.save_interval:
+        raise ValueError(f"num_epochs ({args.num_epochs}) < save_interval ({args.save_interval}): no checkpoint would "
+                         "be written, and the test run after training loads the best one; lower save_interval.")
     return args
 
 
-def _devices(ngpus: int):
-    import torch
+class _Parsed:
+    """Stands in for upstream's parser inside upstream's ``get_args``: returns arguments already parsed."""
 
-    if ngpus == -1 and not torch.cuda.is_available():
-        return "auto"  # CPU: Lightning rejects devices=-1
-    return ngpus
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def parse_args(self) -> argparse.Namespace:
+        return self.args
 
 
-def main(argv=None):
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-    from lightning_utilities.core.rank_zero import rank_zero_warn
-    from torchmdnet.models.model import create_prior_models
-    from torchmdnet.module import LNNP
-    from torchmdnet.scripts.train import fix_state_dict
-    from torchmdnet.utils import check_logs
+def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and complete the arguments, then let upstream's ``get_args`` apply its side effects.
 
-    from torchmdnet_ext.data import PositionDataModule
-    from torchmdnet_ext.module import PositionLNNP
+    Raises ValueError for options that do not fit together (e.g. a position task with ``derivative: true``).
+    """
+    upstream = _upstream()
+    args = _complete(get_argparse().parse_args(argv))
+    with _substituted(upstream, get_argparse=lambda: _Parsed(args)):
+        args = upstream.get_args()
+    if args.ngpus == -1:
+        import torch
 
-    args = get_args(argv)
-    position = args.task in TASKS
-    if not position and args.remove_ref_energy:
-        args.prior_model = list(args.prior_model or []) if isinstance(args.prior_model, list) else (
-            [args.prior_model] if args.prior_model else [])
-        args.prior_model.append({"Atomref": {"enable": False}})
+        if not torch.cuda.is_available():
+            args.ngpus = 1  # Lightning's CPU accelerator rejects devices=-1 ("all GPUs")
+    return args
 
-    pl.seed_everything(args.seed, workers=True)
-    data = PositionDataModule(args)
-    data.prepare_data()
-    data.setup("fit")
 
-    if position:
-        model_cls = PositionLNNP
-        model = PositionLNNP(args)
-    else:
-        model_cls = LNNP
-        prior_models = create_prior_models(vars(args), data.dataset)
-        args.prior_args = [p.get_init_args() for p in prior_models]
-        model = LNNP(args, prior_model=prior_models, mean=data.mean, std=data.std)
-    if args.load_weights is not None:
-        print(f"Loading weights from {args.load_weights}")
-        ckpt = torch.load(args.load_weights, map_location="cpu", weights_only=False)
-        model.model.load_state_dict(fix_state_dict(ckpt))
+@console_script(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (upstream's main)."""
+    upstream = _upstream()
+    try:
+        args = get_args(argv)
+    except ValueError as exc:
+        get_argparse().error(str(exc))
+    from torchmdnet_ext.module import TASKS
 
-    default_monitor = f"val_total_{args.train_loss}"
-    mon = args.checkpoint_monitor or default_monitor
-    early_mon = args.early_stopping_monitor or mon
-    chkpoint_name = f"epoch={{epoch}}-{mon.split('_')[0]}_loss={{{mon}:.4f}}"
-    if len(data.idx_test) and args.test_interval > 0:
-        chkpoint_name += "-test_loss={test_total_l1_loss:.4f}"
+    hooks = {"get_args": lambda: args}
+    if args.task in TASKS:
+        from torchmdnet_ext.data import PositionDataModule
+        from torchmdnet_ext.module import PositionLNNP
 
-    callbacks = [ModelCheckpoint(dirpath=args.log_dir, monitor=mon, save_top_k=10, every_n_epochs=args.save_interval,
-                                 filename=chkpoint_name, auto_insert_metric_name=False)]
-    if early_mon is not None:
-        callbacks.append(EarlyStopping(early_mon, patience=args.early_stopping_patience))
-
-    check_logs(args.log_dir)
-    loggers = [CSVLogger(args.log_dir, name="", version="")]
-    if args.wandb_use:
-        loggers.append(WandbLogger(project=args.wandb_project, name=args.wandb_name, save_dir=args.log_dir,
-                                   resume="must" if args.wandb_resume_from_id is not None else None,
-                                   id=args.wandb_resume_from_id))
-    if args.tensorboard_use:
-        loggers.append(TensorBoardLogger(args.log_dir, name="tensorboard", version="", default_hp_metric=False))
-    if args.test_interval > 0:
-        rank_zero_warn(f"WARNING: Test set will be evaluated every {args.test_interval} epochs. This will slow down training.")
-
-    devices = _devices(args.ngpus)
-    trainer = pl.Trainer(strategy="auto", max_epochs=args.num_epochs, accelerator="auto", devices=devices,
-                         num_nodes=args.num_nodes, default_root_dir=args.log_dir, callbacks=callbacks, logger=loggers,
-                         precision=args.precision, gradient_clip_val=args.gradient_clipping, inference_mode=False,
-                         reload_dataloaders_every_n_epochs=1 if args.test_interval > 0 else 0)
-    trainer.fit(model, data, ckpt_path=None if args.reset_trainer else args.load_model)
-
-    best = trainer.checkpoint_callback.best_model_path
-    if not best:
-        rank_zero_warn("No checkpoint was written (num_epochs < save_interval?); skipping the test run.")
-        return
-    model = model_cls.load_from_checkpoint(best)
-    trainer = pl.Trainer(logger=loggers, inference_mode=False, accelerator="auto", devices=devices, num_nodes=args.num_nodes)
-    trainer.test(model, data)
+        hooks.update(LNNP=PositionLNNP, DataModule=PositionDataModule)
+    with _substituted(upstream, **hooks):
+        upstream.main()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,7 +16,7 @@ class PositionDataModule(DataModule):
     ``splits`` may be TorchMD-Net's npz (``idx_train/idx_val/idx_test``, dataset indices) or the
     builder's (``train_idx/val_idx/test_idx``, 0-based database rows, mapped through the dataset's
     ``input_kinds`` filter). Without ``splits``, an :class:`~torchmdnet_ext.datasets.EnergyLossDB`
-    uses the ``split.npz`` beside its database (split by molecule) when it exists, else TorchMD-Net's
+    uses its database's split file (``<name>.split.npz``, split by molecule) when it exists, else TorchMD-Net's
     random ``train_size/val_size/test_size`` split.
     """
 

@@ -21,20 +21,9 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, Dataset
 
-from energyloss_plugins.alignment import random_rotations
+from energyloss_plugins.augment import seeded_rotation
 
 TARGET_FRAMES = ("same", "random")
-
-
-def _rotate_targets(targets: list[torch.Tensor], rows: Sequence[int], seed: int) -> list[torch.Tensor]:
-    """Rotate each target about its centroid by a random rotation fixed by (seed, row)."""
-    out = []
-    for target, row in zip(targets, rows, strict=True):
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(row))
-        rot = random_rotations(1, 3, dtype=target.dtype, generator=g)[0]
-        c = target.mean(0, keepdim=True)
-        out.append((target - c) @ rot.T + c)
-    return out
 
 
 def _check_frame(target_frame: str):
@@ -84,14 +73,15 @@ class EnergyLossDB(_PositionDataset):
             centroid by a random rotation fixed per row: the "arbitrary frame" benchmark setting).
         rotation_seed: seed of those rotations.
         max_rows: read only the first rows (quick runs).
-        split_file: the builder's ``split.npz`` (default: beside the database); used when the run
-            gives no ``splits``.
+        split_file: the builder's split file (default: the database's own ``<name>.split.npz``, or a
+            legacy ``split.npz`` beside it when unambiguous); used when the run gives no ``splits``.
     """
 
     def __init__(self, root: str, input_kinds: Sequence[str] | str | None = None, target_frame: str = "same",
                  rotation_seed: int = 0, max_rows: int | None = None, split_file: str | None = None,
                  dataset_preload_limit=None, **unused):
         super().__init__()
+        from energyloss_plugins.data.paths import find_split_file
         from energyloss_plugins.data.reader import read_dataset
 
         _check_frame(target_frame)
@@ -110,12 +100,12 @@ class EnergyLossDB(_PositionDataset):
         targets = [r.target_positions for r in records]
         self.rows = np.asarray([r.row_index for r in records], dtype=np.int64)
         if target_frame == "random":
-            targets = _rotate_targets(targets, self.rows, rotation_seed)
+            targets = [seeded_rotation(t, rotation_seed, row) for t, row in zip(targets, self.rows, strict=True)]
         self.items = [self._data(r.numbers, r.positions, t, r.bonds, r.row_index, (r.spring_pairs, r.spring_k))
                       for r, t in zip(records, targets, strict=True)]
         self.mol_ids = np.asarray([r.mol_id for r in records], dtype=np.int64)
         self.input_kinds = [r.input_kind for r in records]
-        self.split_file = split_file or os.path.join(os.path.dirname(self.path), "split.npz")
+        self.split_file = split_file or find_split_file(self.path)
 
 
 class PositionHDF5(_PositionDataset):
@@ -163,7 +153,7 @@ class PositionHDF5(_PositionDataset):
                         rows.append(int(r[s]) if r is not None else len(rows))
         self.rows = np.asarray(rows, dtype=np.int64)
         if target_frame == "random":
-            targets = _rotate_targets(targets, self.rows, rotation_seed)
+            targets = [seeded_rotation(t, rotation_seed, row) for t, row in zip(targets, self.rows, strict=True)]
         self.items = [self._data(*args) for args in zip(numbers, positions, targets, bonds, rows, strict=True)]
 
 

@@ -11,7 +11,7 @@ Two output kinds:
   equivariant displacement initialised to zero, so an untrained model returns its input geometry.
 - ``NoiseOutput``: denoising diffusion. ``y`` is the network output in the objective's
   parameterisation (ε, v, x0 or a flow-matching velocity); it needs the diffusion time ``t`` and is
-  called through :func:`torchmdnet_ext.inference.denoiser` (``TorchMD_Net.forward`` has no time input).
+  called through :func:`denoiser` (``TorchMD_Net.forward`` has no time input).
 
 Two architectures of each (``create_model`` prefixes ``Equivariant`` for the equivariant transformer):
 
@@ -115,7 +115,7 @@ class _VectorHead(OutputModel):
             if t is None:
                 raise ValueError(
                     f"{type(self).__name__} is a diffusion head and needs the time t; call the model through "
-                    "torchmdnet_ext.inference.denoiser(model) or sample_positions(model, ...), not model(z, pos, batch).")
+                    "torchmdnet_ext.heads.denoiser(model, z) or torchmdnet_ext.sample_positions(model, ...), not model(z, pos, batch).")
             h = h + self.time(t)
         return h
 
@@ -206,3 +206,18 @@ def checkpoint_name(name: str) -> str:
 def base_name(name: str) -> str:
     """``PositionOutput`` for ``PositionOutput (needs ...)``; other names unchanged."""
     return name[: -len(CHECKPOINT_SUFFIX)] if name.endswith(CHECKPOINT_SUFFIX) else name
+
+
+def run_denoiser(model, z: Tensor, x_t: Tensor, batch: Tensor, t_atoms: Tensor, box=None, q=None, s=None) -> Tensor:
+    """Output ``(N, 3)`` of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times ``t_atoms``."""
+    x, v, z, pos, batch = model.representation_model(z, x_t, batch, box=box, q=q, s=s)
+    return model.output_model.pre_reduce(x, v, z, pos, batch, box=box, t=t_atoms)
+
+
+def denoiser(model, z: Tensor, box=None, q=None, s=None):
+    """``fn(x_t, t, batch) -> output`` of a ``NoiseOutput`` TorchMD-Net model (the core sampler's signature)."""
+
+    def fn(x_t: Tensor, t: Tensor, batch: Tensor) -> Tensor:
+        return run_denoiser(model, z, x_t.to(z.device), batch, t[batch].to(x_t.dtype), box=box, q=q, s=s)
+
+    return fn

@@ -6,27 +6,17 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins.tasks import DiffusionObjective
+from torchmdnet_ext.heads import denoiser
+from torchmdnet_ext.module import make_objective, prepare_hparams
 
 
 def objective_from_checkpoint(path: str) -> DiffusionObjective:
     """The diffusion objective (parameterisation, schedule) a checkpoint was trained with."""
-    from torchmdnet_ext.module import make_objective, prepare_hparams
-
     hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
     h = prepare_hparams(hparams)
     if h["task"] != "diffusion":
         raise ValueError(f"{path} was trained on task {h['task']!r}, not diffusion.")
     return make_objective(h)
-
-
-def denoiser(model, z: Tensor, box=None, q=None, s=None):
-    """``fn(x_t, t, batch) -> output`` of a ``NoiseOutput`` TorchMD-Net model (the core sampler's signature)."""
-    from torchmdnet_ext.module import run_denoiser
-
-    def fn(x_t: Tensor, t: Tensor, batch: Tensor) -> Tensor:
-        return run_denoiser(model, z, x_t.to(z.device), batch, t[batch].to(x_t.dtype), box=box, q=q, s=s)
-
-    return fn
 
 
 @torch.no_grad()

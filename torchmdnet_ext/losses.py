@@ -26,8 +26,6 @@ from energyloss_plugins.losses import call_loss
 
 #: TorchMD-Net ``train_loss`` name → core loss name, for position targets.
 CORE_NAMES = {"energy_loss": "energy", "kabsch_loss": "kabsch", "mse_loss": "mse", "l1_loss": "mae"}
-#: Names this package adds to ``loss_class_mapping``.
-PLUGIN_LOSSES = ("energy_loss", "kabsch_loss")
 
 
 def _check_positions(name: str, input: Tensor, target: Tensor):

@@ -1,13 +1,15 @@
 """``PositionLNNP``: TorchMD-Net's ``LNNP`` trained on position targets (structure prediction or diffusion).
 
 The stock ``LNNP`` trains energies ``y`` and forces ``neg_dy`` with element-wise losses and no batch
-vector. This subclass keeps its optimiser, learning-rate schedule, EMA-free logging layout
-(``{stage}_total_{loss}``), checkpoints and hyper-parameters, and replaces the step:
+vector. This subclass keeps its optimiser, learning-rate schedule, logging layout
+(``{stage}_total_{loss}``), checkpoints, hyper-parameters and the contract of ``step`` (``(name, loss)``
+pairs, ``y_weight``, ``ema_alpha_y``), and replaces what the step computes:
 
 - ``task: structure``: the model (a :mod:`torchmdnet_ext.heads` ``PositionOutput``) maps the input
   geometry ``pos`` to positions; the loss compares them with ``pos_target`` through the core's
   :class:`energyloss_plugins.tasks.StructureObjective` (with the batch vector, atomic numbers, bonds);
-  validation and test also log the core's structure metrics (aligned RMSD, bond-length MAE,
+  validation and test also log the core's dataset-level structure metrics
+  (:class:`energyloss_plugins.metrics.epoch.StructureMetrics`: aligned RMSD, bond-length MAE,
   stability) as ``{stage}_{metric}``.
 - ``task: diffusion``: ``pos_target`` (or ``pos`` if absent) is noised by the core's
   :class:`energyloss_plugins.tasks.DiffusionObjective`; a ``NoiseOutput`` head predicts ε/v/x0/velocity
@@ -21,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections import defaultdict
 from collections.abc import Mapping
 
 import torch
 import yaml
 from torchmdnet.module import LNNP
 
+from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
 from torchmdnet_ext import heads
 from torchmdnet_ext.losses import CORE_NAMES, core_name
@@ -48,7 +50,8 @@ PLUGIN_DEFAULTS = {
 MONITOR_LOSSES = ("l1_loss", "mse_loss")
 
 
-def _parse_mapping(value, name: str) -> dict:
+def parse_mapping(value, name: str) -> dict:
+    """A mapping option given as a dict or a YAML string (None and empty YAML: ``{}``); ``name`` is used in errors."""
     if value is None:
         return {}
     if isinstance(value, str):
@@ -72,12 +75,14 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError(f"task must be one of {TASKS}, got {h['task']!r}.")
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
-        raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of {sorted(CORE_NAMES)} "
-                         "(energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, l1_loss).")
-    h["train_loss_arg"] = _parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
+        raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
+                         f"{sorted(CORE_NAMES)} (energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, "
+                         "l1_loss).")
+    h["train_loss_arg"] = parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
     _check_loss_options(h["train_loss"], h["train_loss_arg"])
     if h.get("derivative"):
-        raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; set derivative: false.")
+        raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; "
+                         "set derivative: false.")
     if h.get("standardize"):
         raise ValueError("standardize: true rescales energies; it does not apply to position targets.")
     if h.get("remove_ref_energy"):
@@ -93,6 +98,8 @@ def prepare_hparams(hparams) -> dict:
     h["output_model"] = heads.checkpoint_name(output)
     for key in ("precision", "load_model", "charge", "spin", "remove_ref_energy"):
         h.setdefault(key, {"precision": 32}.get(key))
+    for key in ("y_weight", "ema_alpha_y"):  # upstream's step reads them; its command-line defaults
+        h.setdefault(key, 1.0)
     h["remove_ref_energy"] = bool(h["remove_ref_energy"])
     return h
 
@@ -102,17 +109,20 @@ def _check_loss_options(train_loss: str, options: dict):
     if name == "energy":
         from energyloss_plugins.modules import check_energy_options
 
-        energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize", "chunk_size"}
+        energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize",
+                       "chunk_size"}
         unknown = set(options) - energy_keys
         if unknown:
-            raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; valid: {sorted(energy_keys)}.")
+            raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; "
+                             f"valid: {sorted(energy_keys)}.")
         # Fails now for a misspelt scheme, graph or parameter; 'hessian' springs come with each batch.
         check_energy_options(**{k: v for k, v in options.items() if k not in ("normalize", "chunk_size")},
                              data_springs=True)
     else:
         unknown = set(options) - {"reduction", "normalize"}
         if unknown:
-            warnings.warn(f"train_loss_arg {sorted(unknown)} ignored by {train_loss} (energy-only options).", stacklevel=3)
+            warnings.warn(f"train_loss_arg {sorted(unknown)} ignored by {train_loss} (energy-only options).",
+                          stacklevel=3)
 
 
 def make_objective(h: Mapping, train_loss: str | None = None):
@@ -125,38 +135,43 @@ def make_objective(h: Mapping, train_loss: str | None = None):
                               loss_kwargs=options, max_weight=h["max_weight"])
 
 
-def run_denoiser(model, z, x_t, batch, t_atoms, box=None, q=None, s=None):
-    """Output of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times ``t_atoms``."""
-    x, v, z, pos, batch = model.representation_model(z, x_t, batch, box=box, q=q, s=s)
-    return model.output_model.pre_reduce(x, v, z, pos, batch, box=box, t=t_atoms)
-
-
 class PositionLNNP(LNNP):
-    """LNNP for position targets; same constructor as TorchMD-Net's ``LNNP``."""
+    """LNNP for position targets; same constructor and step contract as TorchMD-Net's ``LNNP``.
+
+    Positions are the task's ``y``: every loss is weighted by ``y_weight`` and smoothed by
+    ``ema_alpha_y`` as upstream; there is no ``neg_dy`` term (``derivative`` is rejected).
+    """
 
     def __init__(self, hparams, prior_model=None, mean=None, std=None):
         hparams = prepare_hparams(hparams)
         super().__init__(hparams, prior_model=None, mean=None, std=None)
         self.objective = make_objective(self.hparams)
+        # Upstream's training_step passes (train_loss, self.train_loss_fn) to step(): the core objective.
+        self.train_loss_fn = self.objective
         self._monitors = {name: make_objective(self.hparams, name) for name in MONITOR_LOSSES}
-        self._metrics_warned = False
+        # Dataset-level structure metrics per stage; their states are not saved in checkpoints.
+        self._structure_metrics = torch.nn.ModuleDict({stage: StructureMetrics() for stage in ("val", "test")})
 
     # ----------------------------------------------------------------- steps
-    def training_step(self, batch, batch_idx):
-        return self.step(batch, [self.hparams.train_loss], "train")
+    def _monitor_list(self) -> list:
+        names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
+        return [(name, self._objective(name)) for name in names]
 
     def validation_step(self, batch, batch_idx, *args):
-        is_val = len(args) == 0 or args[0] == 0
-        stage = "val" if is_val else "test"
-        names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
-        return self.step(batch, names if is_val else ["l1_loss"], stage)
+        # As upstream: a second validation dataloader (args[0] == 1) is the periodic test set.
+        if len(args) == 0 or args[0] == 0:
+            return self.step(batch, self._monitor_list(), "val")
+        return self.step(batch, [("l1_loss", self._objective("l1_loss"))], "test")
 
     def test_step(self, batch, batch_idx):
-        names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
-        return self.step(batch, names, "test")
+        return self.step(batch, self._monitor_list(), "test")
 
     def _objective(self, name):
-        return self.objective if name == self.hparams.train_loss else self._monitors[name]
+        if name == self.hparams.train_loss:
+            return self.objective
+        if name not in self._monitors:
+            self._monitors[name] = make_objective(self.hparams, name)  # ValueError for non-position losses
+        return self._monitors[name]
 
     def _conditioning(self, batch):
         box = batch.box if "box" in batch else None
@@ -164,45 +179,48 @@ class PositionLNNP(LNNP):
         s = batch.s if self.hparams.spin else None
         return box, q, s
 
-    def step(self, batch, loss_names, stage):
+    def step(self, batch, loss_fn_list, stage):
+        """Forward pass and losses, with upstream ``LNNP.step``'s contract.
+
+        Args:
+            batch: a PyG batch with ``z``, ``pos``, ``batch`` and ``pos_target`` (else ``pos`` is the target).
+            loss_fn_list: ``(name, loss)`` pairs; each is recorded under ``{stage}_y_{name}`` and
+                ``{stage}_total_{name}``. A loss that is not a core objective (e.g. upstream's
+                element-wise ``l1_loss``) is replaced by the core loss of the same name, which gets
+                the batch vector, atomic numbers and bonds that a position loss needs.
+            stage: ``train``, ``val`` or ``test``.
+
+        Returns:
+            ``y_weight`` times the (EMA-smoothed, as upstream) loss of the last pair.
+        """
+        if not loss_fn_list:
+            raise ValueError("loss_fn_list is empty: give at least one (name, loss) pair.")
         batch = self.data_transform(batch)
         z, b = batch.z, batch.batch
         target = batch.pos_target if "pos_target" in batch else batch.pos
         bonds = batch.bond_index if "bond_index" in batch else None
         springs = (batch.spring_index, batch.spring_k) if "spring_index" in batch else None
         box, q, s = self._conditioning(batch)
-        values = {}
         with torch.set_grad_enabled(stage == "train"):
             if self.hparams.task == "structure":
                 pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
-                for name in loss_names:
-                    values[name] = self._objective(name).loss(pred, target, b, numbers=z, bonds=bonds, springs=springs)
+                compared = (pred, target)
             else:
                 noised = self.objective.noise(target, b)
-                out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
-                for name in loss_names:
-                    values[name] = self._objective(name).loss(out, noised, b, numbers=z, bonds=bonds, springs=springs)
-        for name, value in values.items():
-            self.losses[stage]["y"][name].append(value.detach())
-            self.losses[stage]["total"][name].append(value.detach())
+                out = heads.run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
+                compared = (out, noised)
+            for name, loss_fn in loss_fn_list:
+                is_core = isinstance(loss_fn, StructureObjective | DiffusionObjective)
+                objective = loss_fn if is_core else self._objective(name)
+                loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs)
+                loss = self._update_loss_with_ema(stage, "y", name, loss)
+                if self.hparams.y_weight > 0:
+                    self.losses[stage]["y"][name].append(loss.detach())
+                total_loss = loss * self.hparams.y_weight
+                self.losses[stage]["total"][name].append(total_loss.detach())
         if stage != "train" and self.hparams.task == "structure" and self.hparams.log_structure_metrics:
-            self._record_metrics(stage, pred, target, b, z, bonds)
-        return values[loss_names[-1]]
-
-    def _record_metrics(self, stage, pred, target, b, z, bonds):
-        try:
-            metrics = StructureObjective.metrics(pred, target, b, z, bonds=bonds)
-        except ImportError as err:  # metrics module missing: aligned RMSD from the core alignment
-            if not self._metrics_warned:
-                warnings.warn(f"energyloss_plugins.metrics unavailable ({err}); logging aligned RMSD only.", stacklevel=2)
-                self._metrics_warned = True
-            from energyloss_plugins.alignment import aligned_rmsd
-
-            metrics = {"rmsd": aligned_rmsd(pred.detach(), target, b)}
-        for key, value in metrics.items():
-            value = torch.as_tensor(value, dtype=torch.float32, device=self.device).detach()
-            value = value.nanmean() if value.numel() > 1 else value.reshape(())
-            self.losses[stage]["metric"][key].append(value)
+            self._structure_metrics[stage].update(pred, target, b, z, bonds)
+        return total_loss
 
     def predict_step(self, batch, batch_idx):
         """Predicted positions ``(N, 3)`` (structure) or generated positions (diffusion, ``sampling_steps``)."""
@@ -210,35 +228,23 @@ class PositionLNNP(LNNP):
         box, q, s = self._conditioning(batch)
         if self.hparams.task == "structure":
             return self(batch.z, batch.pos, batch=batch.batch, box=box, q=q, s=s)[0]
-        from torchmdnet_ext.inference import sample_positions
-
-        return sample_positions(self.model, batch.z, batch.batch, objective=self.objective,
-                                steps=self.hparams.sampling_steps)
+        return self.objective.sample(heads.denoiser(self.model, batch.z, box=box, q=q, s=s), batch.batch,
+                                     steps=self.hparams.sampling_steps)
 
     # --------------------------------------------------------------- logging
-    def _reset_losses_dict(self):
-        super()._reset_losses_dict()
-        for stage in ("train", "val", "test"):
-            self.losses[stage]["metric"] = defaultdict(list)
-
-    def _metric_means(self, stages) -> dict:
-        out = {}
+    def _log_structure_metrics(self, stages):
         for stage in stages:
-            for key, values in self.losses[stage]["metric"].items():
-                if values:
-                    out[f"{stage}_{key}"] = torch.stack(values).nanmean()
-        return out
+            metric = self._structure_metrics[stage]
+            if metric.update_called and not self.trainer.sanity_checking:
+                # compute() already sums the states of all processes; sync_dist (a mean of equal
+                # values) only spares Lightning's DDP warning.
+                self.log_dict({f"{stage}_{k}": v for k, v in metric.compute().items()}, sync_dist=True)
+            metric.reset()
 
     def on_validation_epoch_end(self):
-        if not self.trainer.sanity_checking:
-            metrics = self._metric_means(("val", "test"))
-            if metrics:
-                self.log_dict(metrics, sync_dist=True)
+        self._log_structure_metrics(("val", "test"))
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self):
-        if not self.trainer.sanity_checking:
-            metrics = self._metric_means(("test",))
-            if metrics:
-                self.log_dict(metrics, sync_dist=True)
+        self._log_structure_metrics(("test",))
         super().on_test_epoch_end()

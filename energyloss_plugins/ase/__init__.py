@@ -3,35 +3,40 @@
 - :class:`EnergyLossCalculator`: E(atoms, reference) in eV as a standard ASE calculator.
 - :func:`coefficients_from_calculator`: non-negative pair springs fitted to any calculator's Hessian.
 - :func:`boltzmann_sample`: Langevin samples of the surrogate at temperature T.
-- :class:`MMFFCalculator`: RDKit MMFF94 as an ASE calculator; :class:`TorchMDNetCalculator`.
-- :func:`run_structure_model`, :func:`run_diffusion_model`: trained SchNetPack / TorchMD-Net adapter
-  models (objects or checkpoints) on Atoms; :func:`predict_structures`, :func:`sample_structures`
-  for any callable.
+- :class:`MMFFCalculator`: RDKit MMFF94 as an ASE calculator.
+- :func:`predict_structures` (alias :func:`run_structure_model`), :func:`run_diffusion_model`: trained
+  adapter models (objects or checkpoints, found through :mod:`energyloss_plugins.adapters`) or any
+  callable on Atoms; :func:`sample_structures` for any denoiser callable.
+
+The TorchMD-Net calculator lives in its adapter (``TorchMDNetCalculator`` of the ``torchmdnet``
+adapter); ``energyloss_plugins.ase.TorchMDNetCalculator`` still finds it, with a deprecation warning.
 
 See docs/ase.md.
 """
 
-from energyloss_plugins.ase._utils import (
+from energyloss_plugins._optional import require
+
+require("ase", "energyloss_plugins.ase", "ase")
+
+from energyloss_plugins.ase._utils import (  # noqa: E402
     bonds_from_atoms,
     frequencies_cm,
     n_rigid_modes,
     normal_modes,
     pairs_for_atoms,
 )
-from energyloss_plugins.ase.calculator import EnergyLossCalculator
-from energyloss_plugins.ase.mmff import MMFFCalculator, mmff_relax, mol_from_atoms
-from energyloss_plugins.ase.models import (
-    TorchMDNetCalculator,
+from energyloss_plugins.ase.calculator import EnergyLossCalculator  # noqa: E402
+from energyloss_plugins.ase.mmff import MMFFCalculator, mmff_relax, mol_from_atoms  # noqa: E402
+from energyloss_plugins.ase.models import (  # noqa: E402
     atoms_to_batch,
     batch_to_atoms,
-    load_torchmdnet_position_model,
     predict_structures,
     run_diffusion_model,
     run_structure_model,
     sample_structures,
 )
-from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy
-from energyloss_plugins.ase.springs import (
+from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy  # noqa: E402
+from energyloss_plugins.ase.springs import (  # noqa: E402
     SpringFitReport,
     add_springs_to_db,
     coefficients_from_calculator,
@@ -49,7 +54,6 @@ __all__ = [
     "EnergyLossCalculator",
     "MMFFCalculator",
     "SpringFitReport",
-    "TorchMDNetCalculator",
     "add_springs_to_db",
     "atoms_to_batch",
     "batch_to_atoms",
@@ -66,7 +70,6 @@ __all__ = [
     "n_rigid_modes",
     "normal_modes",
     "pairs_for_atoms",
-    "load_torchmdnet_position_model",
     "predict_structures",
     "run_diffusion_model",
     "run_structure_model",
@@ -76,3 +79,23 @@ __all__ = [
     "springs_to_data",
     "store_springs",
 ]
+
+#: Names that moved to an adapter: ``name -> (adapter, attribute)``.
+_MOVED = {
+    "TorchMDNetCalculator": ("torchmdnet", "TorchMDNetCalculator"),
+    "load_torchmdnet_position_model": ("torchmdnet", "load_position_model"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    from energyloss_plugins.adapters import get_adapter
+
+    framework, attribute = _MOVED[name]
+    adapter = get_adapter(framework)
+    warnings.warn(f"energyloss_plugins.ase.{name} moved to the {framework} adapter: use {adapter.__name__}.{attribute}.",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(adapter, attribute)

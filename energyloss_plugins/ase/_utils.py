@@ -13,8 +13,9 @@ import torch
 from ase import Atoms, units
 from torch import Tensor
 
+from energyloss_plugins import _checks
 from energyloss_plugins.graphs import GRAPH_NAMES, as_rigid_as_complete, build_pairs, unique_pairs
-from energyloss_plugins.periodic import MinimumImage
+from energyloss_plugins.periodic import MinimumImage, minimum_image_shifts
 
 #: ħ ω in eV for a mass-weighted Hessian eigenvalue λ in eV/(Å² amu): ħω = _HBAR_SQRT · sqrt(λ) (as in ase.vibrations).
 _HBAR_SQRT = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
@@ -25,8 +26,15 @@ def is_periodic(atoms: Atoms) -> bool:
     return bool(np.any(atoms.pbc))
 
 
-def reference_tensors(atoms: Atoms, dtype: torch.dtype = torch.float64) -> dict:
-    """Positions ``(n, 3)``, numbers ``(n,)`` and (if periodic) cell ``(3, 3)``, pbc ``(3,)`` of ``atoms``."""
+def reference_tensors(atoms: Atoms, dtype: torch.dtype = torch.float64, name: str = "reference") -> dict:
+    """Positions ``(n, 3)``, numbers ``(n,)`` and (if periodic) cell ``(3, 3)``, pbc ``(3,)`` of ``atoms``.
+
+    Raises:
+        ValueError: NaN or Inf in the positions or the cell (named ``<name>.positions``/``<name>.cell``).
+    """
+    _checks.check_finite(f"{name}.positions", torch.as_tensor(np.asarray(atoms.positions, dtype=float)))
+    if is_periodic(atoms):
+        _checks.check_finite(f"{name}.cell", torch.as_tensor(np.asarray(atoms.cell[:], dtype=float)))
     out = {
         "positions": torch.tensor(np.asarray(atoms.positions), dtype=dtype),
         "numbers": torch.tensor(np.asarray(atoms.numbers), dtype=torch.long),
@@ -60,28 +68,15 @@ def bonds_from_atoms(atoms: Atoms, mult: float = 1.2) -> Tensor:
     return unique_pairs(torch.tensor(pairs, dtype=torch.long).T)
 
 
-def as_edge_index(edge_index, n_atoms: int | None) -> Tensor:
+def as_edge_index(edge_index, n_atoms: int | None, name: str = "edge_index") -> Tensor:
     """Validate a pair list given as ``(2, E)`` or ``(E, 2)`` integers; returns ``(2, E)`` long (order kept).
 
-    ``n_atoms`` bounds the indices (None: no bound check).
+    ``n_atoms`` bounds the indices (None: no bound check); ``name`` is the argument named in errors.
     """
     if isinstance(edge_index, Tensor):
-        e = edge_index.detach().cpu().long()
-    else:
-        e = torch.as_tensor(np.asarray(edge_index), dtype=torch.long)
-    if e.dim() == 2 and e.shape[0] != 2 and e.shape[1] == 2:
-        e = e.T
-    if e.dim() != 2 or e.shape[0] != 2:
-        raise ValueError(f"edge_index must be (2, E) or (E, 2) atom pairs, got shape {tuple(e.shape)}.")
-    if e.numel() and int(e.min()) < 0:
-        raise ValueError("edge_index contains negative atom indices.")
-    if e.numel() and n_atoms is not None and int(e.max()) >= n_atoms:
-        raise ValueError(
-            f"edge_index refers to atoms {int(e.min())}..{int(e.max())} but there are only {n_atoms} atoms."
-        )
-    if bool((e[0] == e[1]).any()):
-        raise ValueError("edge_index contains self-pairs (i, i).")
-    return e.contiguous()
+        edge_index = edge_index.detach().cpu()
+    bound = n_atoms if n_atoms is not None else torch.iinfo(torch.long).max
+    return _checks.as_pair_index(name, edge_index, bound).contiguous()
 
 
 # rigid_sparse graphs of a fixed reference (calculators, fitted springs) up to this many atoms are
@@ -145,9 +140,7 @@ def pair_vectors(positions: np.ndarray, edge_index: np.ndarray, atoms: Atoms | N
     vec = positions[j] - positions[i]
     if atoms is not None and is_periodic(atoms):
         cell = np.asarray(atoms.cell[:])
-        frac = np.linalg.solve(cell.T, vec.T).T
-        frac -= np.round(frac) * np.asarray(atoms.pbc)[None, :]
-        vec = frac @ cell
+        vec = vec + minimum_image_shifts(positions, cell, np.asarray(atoms.pbc), np.asarray(edge_index)) @ cell
     return vec
 
 

@@ -25,6 +25,7 @@ from energyloss_plugins.ase._utils import (
     pairs_for_atoms,
     reference_tensors,
 )
+from energyloss_plugins import _checks
 from energyloss_plugins.coefficients import PairContext, resolve_coefficients
 from energyloss_plugins.losses import pair_energy_loss
 
@@ -100,7 +101,7 @@ class EnergyLossCalculator(Calculator):
         needs_bonds = name == "bond_aware" or (edge_index is None and graph == "bonds")
         if bonds is None and needs_bonds:
             bonds = bonds_from_atoms(self.reference)
-        self._bonds = as_edge_index(bonds, n) if bonds is not None else None
+        self._bonds = as_edge_index(bonds, n, "bonds") if bonds is not None else None
 
         if edge_index is not None:
             self._edge_index = as_edge_index(edge_index, n)
@@ -119,6 +120,8 @@ class EnergyLossCalculator(Calculator):
             coefficients=name or ("per_pair" if per_pair else "custom"),
             graph=graph,
             coefficient_kwargs=self.coefficient_kwargs,
+            graph_kwargs=dict(graph_kwargs or {}),
+            seed=seed,
         )
         # Springs depend on the reference only: evaluate the scheme once (this also fails now, not in
         # the first MD step, if it cannot be evaluated) and pass per-pair k to the core at every call.
@@ -128,6 +131,30 @@ class EnergyLossCalculator(Calculator):
             self._edge_index, self._k = self.springs()
         else:
             self._loss(self._target.clone())
+
+    def set(self, **kwargs) -> dict:
+        """ASE's ``set``, limited to what this calculator can honour.
+
+        The springs and the pair list are fixed at construction (they define the surrogate), so
+        ``set`` refuses any change of them instead of recording a value that would not be used.
+        Build a new ``EnergyLossCalculator`` for other settings. Setting a value equal to the
+        current one is accepted (ASE's restart/``todict`` round trips do this).
+        """
+        fixed = set(self.parameters) | {"reference", "edge_index", "bonds", "max_materialized_pairs"}
+        changed = sorted(k for k in kwargs if k in fixed and not _same(kwargs[k], self.parameters.get(k, _MISSING)))
+        unknown = sorted(k for k in kwargs if k not in fixed)
+        if unknown:
+            raise ValueError(
+                f"EnergyLossCalculator has no parameter {', '.join(unknown)}. Its parameters: "
+                f"{', '.join(sorted(fixed))} (label and directory go to ase's Calculator)."
+            )
+        if changed:
+            raise ValueError(
+                f"EnergyLossCalculator cannot change {', '.join(changed)} after construction (springs and "
+                f"pairs are computed from the reference once); build a new EnergyLossCalculator(reference, ...) "
+                f"instead. Current parameters: {dict(self.parameters)}."
+            )
+        return {}
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -183,6 +210,7 @@ class EnergyLossCalculator(Calculator):
         )
 
     def _check_atoms(self, atoms: Atoms) -> None:
+        _checks.check_finite("atoms.positions", torch.as_tensor(np.asarray(atoms.positions, dtype=float)))
         if len(atoms) != len(self.reference):
             raise ValueError(f"EnergyLossCalculator was built for {len(self.reference)} atoms, got {len(atoms)}.")
         if not np.array_equal(atoms.numbers, self.reference.numbers):
@@ -244,3 +272,16 @@ class EnergyLossCalculator(Calculator):
             positions = atoms.positions
         pairs, k = self.springs()
         return spring_hessian(self.reference, pairs, k, positions=positions)
+
+
+_MISSING = object()
+
+
+def _same(a: object, b: object) -> bool:
+    """Plain-value equality for ``set`` (tensors and arrays are never "the same": they are refused)."""
+    if isinstance(a, (Tensor, np.ndarray)) or isinstance(b, (Tensor, np.ndarray)):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return False

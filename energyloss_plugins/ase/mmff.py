@@ -11,14 +11,16 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from energyloss_plugins._optional import require
+
 
 def mol_from_atoms(atoms: Atoms, charge: int = 0):
     """RDKit ``Mol`` (explicit hydrogens, one conformer) with bonds perceived from ``atoms``' geometry.
 
-    The data builder's perception (:func:`energyloss_plugins.data.chem.mol_from_xyz`: charged
+    The data builder's perception (:func:`energyloss_plugins.chem.mol_from_xyz`: charged
     fragments first, then radicals). Raises ``ValueError`` if RDKit finds no valid bond orders.
     """
-    from energyloss_plugins.data.chem import ChemError, mol_from_xyz
+    from energyloss_plugins.chem import ChemError, mol_from_xyz
 
     try:
         return mol_from_xyz(atoms.numbers, atoms.positions, charge)
@@ -42,7 +44,7 @@ class MMFFCalculator(Calculator):
 
     Implemented properties: ``energy``, ``free_energy`` (eV) and ``forces`` (eV/Å). The
     RDKit molecule is available as ``.mol``. The force field itself is the data builder's
-    :func:`energyloss_plugins.data.chem.force_field`.
+    :func:`energyloss_plugins.chem.force_field`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -58,9 +60,9 @@ class MMFFCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        from rdkit import Chem
+        Chem = require("rdkit.Chem", "MMFFCalculator (MMFF94 through RDKit)", "ase")
 
-        from energyloss_plugins.data.chem import MMFF_VARIANTS, ChemError, force_field, positions_of
+        from energyloss_plugins.chem import MMFF_VARIANTS, ChemError, force_field, positions_of
 
         if variant not in MMFF_VARIANTS:
             raise ValueError(f"Unknown MMFF variant {variant!r}. Valid: {', '.join(MMFF_VARIANTS)}.")

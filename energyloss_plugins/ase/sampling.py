@@ -26,7 +26,12 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from energyloss_plugins._checks import check_number
 from energyloss_plugins.ase._utils import n_rigid_modes, thermalize_momenta
+
+#: Sampling stops with an error when the potential energy exceeds this many times equipartition:
+#: a stable thermostatted run fluctuates by a few sqrt(dof) kT, a diverging one grows without bound.
+_BLOW_UP_FACTOR = 1e3
 
 INTEGRATORS = ("baoab", "langevin")
 
@@ -137,6 +142,26 @@ class BoltzmannSamples:
         write(filename, self.structures, **kwargs)
 
 
+def _check_timestep(hessian: np.ndarray, masses: np.ndarray, timestep_fs: float) -> None:
+    """Refuse a time step beyond the stability limit of the fastest harmonic mode.
+
+    Verlet-type integrators (BAOAB, ASE's Langevin) are unstable for ω Δt >= 2 (ω the largest
+    angular frequency of the mass-weighted Hessian): the energy grows without bound.
+    """
+    w = 1.0 / np.sqrt(np.repeat(np.asarray(masses, dtype=float), 3))
+    lam_max = float(np.linalg.eigvalsh(0.5 * (hessian + hessian.T) * w[:, None] * w[None, :]).max())
+    if lam_max <= 0:
+        return
+    omega = math.sqrt(lam_max)  # 1 / ASE time unit
+    limit_fs = 2.0 / omega / units.fs
+    if timestep_fs >= limit_fs:
+        raise ValueError(
+            f"timestep_fs={timestep_fs} is beyond the stability limit 2/ω_max = {limit_fs:.3g} fs of this surrogate's "
+            f"fastest vibration (period {2 * math.pi / omega / units.fs:.3g} fs); use at most ~1/20 of the period "
+            f"(about {math.pi / 10 / omega / units.fs:.2g} fs)."
+        )
+
+
 def _harmonic_start(atoms: Atoms, h: np.ndarray, temperature_K: float, rng: np.random.Generator) -> None:
     """Displace ``atoms`` by a sample of the harmonic approximation exp(−½ xᵀHx / k_B T) (in place)."""
     lam, vec = np.linalg.eigh(0.5 * (h + h.T))
@@ -198,10 +223,13 @@ def boltzmann_sample(
 
     if integrator not in INTEGRATORS:
         raise ValueError(f"Unknown integrator {integrator!r}. Valid: {', '.join(INTEGRATORS)}.")
-    if temperature_K <= 0 or timestep_fs <= 0 or friction_per_fs <= 0:
-        raise ValueError("temperature_K, timestep_fs and friction_per_fs must be positive.")
-    if n_samples < 1 or interval < 1:
-        raise ValueError("n_samples and interval must be >= 1.")
+    check_number("temperature_K", temperature_K, low=0.0)
+    check_number("timestep_fs", timestep_fs, low=0.0)
+    check_number("friction_per_fs", friction_per_fs, low=0.0)
+    check_number("n_samples", n_samples, low=1, low_inclusive=True, integer=True)
+    check_number("interval", interval, low=1, low_inclusive=True, integer=True)
+    if equilibration is not None:
+        check_number("equilibration", equilibration, low=0, low_inclusive=True, integer=True)
     if calc is None:
         calc = EnergyLossCalculator(
             reference,
@@ -221,6 +249,7 @@ def boltzmann_sample(
         hessian = np.asarray(calc.get_hessian(reference.copy()), dtype=float)
         lam = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
         n_dof = int((lam > 1e-8 * max(lam.max(), 1e-12)).sum())
+        _check_timestep(hessian, reference.get_masses(), timestep_fs)
     started_harmonic = harmonic_start and hessian is not None
     if started_harmonic:
         _harmonic_start(atoms, hessian, temperature_K, rng)
@@ -245,10 +274,17 @@ def boltzmann_sample(
         dyn.run(equilibration)
     ref_pos = torch.tensor(reference.positions, dtype=torch.float64)
     structures, energies, rmsds, kinetic = [], [], [], []
+    blow_up = _BLOW_UP_FACTOR * max(equipartition_energy(reference, temperature_K), units.kB * temperature_K)
     for s in range(n_samples):
         dyn.run(interval)
         pos = torch.tensor(atoms.positions, dtype=torch.float64)
         energy = float(atoms.get_potential_energy())
+        if not math.isfinite(energy) or energy > blow_up:
+            raise ValueError(
+                f"The Langevin run diverged (potential energy {energy:.3g} eV, > {_BLOW_UP_FACTOR:g} x equipartition): "
+                f"timestep_fs={timestep_fs} is too large for this potential; use about 1/20 of its fastest "
+                "vibrational period (0.5 fs for C-H stretches)."
+            )
         forces = atoms.get_forces()
         rmsd = float(aligned_rmsd(pos, ref_pos)[0])
         sample = atoms.copy()

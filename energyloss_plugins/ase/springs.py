@@ -37,6 +37,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from torch import Tensor
 
+from energyloss_plugins._checks import check_number
 from energyloss_plugins.ase._utils import (
     as_edge_index,
     frequencies_cm,
@@ -90,9 +91,8 @@ def _hessian(atoms: Atoms, calc: Calculator | None, method: str, delta: float) -
             f"Calculator {type(calc).__name__} has no analytic Hessian (no get_hessian method and no "
             "'hessian' property); use method='finite_difference'."
         )
-    if delta <= 0:
-        raise ValueError(f"delta must be a positive displacement in Å, got {delta}.")
-    from energyloss_plugins.data.chem import fd_hessian
+    check_number("delta", delta, low=0.0)  # Å
+    from energyloss_plugins.chem import fd_hessian
 
     def gradient(x: np.ndarray) -> np.ndarray:
         work.positions = x.reshape(n, 3)
@@ -208,8 +208,8 @@ def fit_springs(
         w_mat = (vec[:, keep] / np.sqrt(scale[keep])) @ vec[:, keep].T
         b = w_mat @ b
         h = w_mat @ h @ w_mat
-    if k_min < 0:
-        raise ValueError(f"k_min must be >= 0, got {k_min}.")
+    check_number("k_min", k_min, low=0.0, low_inclusive=True)
+    check_number("ridge", ridge, low=0.0, low_inclusive=True)
     c = np.einsum("ae,ab,be->e", b, h, b)
     if n_pairs <= max_dense_pairs:
         s = b.T @ b

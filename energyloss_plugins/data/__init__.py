@@ -20,7 +20,7 @@ from energyloss_plugins.data.builder import (
     process_entry,
     split_molecules,
 )
-from energyloss_plugins.data.chem import (
+from energyloss_plugins.chem import (
     BOLTZMANN_EV,
     KCAL_MOL_IN_EV,
     TARGET_FMAX,
@@ -28,7 +28,15 @@ from energyloss_plugins.data.chem import (
     ChemError,
     harmonic_samples,
 )
-from energyloss_plugins.data.reader import DatasetRecord, collate_records, read_dataset, read_metadata, read_split
+from energyloss_plugins.data.paths import find_split_file, split_file_for
+from energyloss_plugins.data.reader import (
+    DatasetRecord,
+    check_structure_db,
+    collate_records,
+    read_dataset,
+    read_metadata,
+    read_split,
+)
 from energyloss_plugins.data.sources import SOURCE_NAMES, SourceEntry, Structures, load_structures, nci_path
 
 __all__ = [
@@ -48,7 +56,9 @@ __all__ = [
     "SourceEntry",
     "Structures",
     "build_dataset",
+    "check_structure_db",
     "collate_records",
+    "find_split_file",
     "harmonic_samples",
     "load_structures",
     "make_settings",
@@ -57,5 +67,6 @@ __all__ = [
     "read_dataset",
     "read_metadata",
     "read_split",
+    "split_file_for",
     "split_molecules",
 ]

@@ -4,8 +4,10 @@ One database row per (molecule, input geometry); see ``docs/data.md`` for the co
 writes each molecule in one transaction into ``<out>.partial``; an interrupted build resumes from
 there (molecules are identified by their source index, and every random choice is seeded from the
 global seed and that index, so a resumed build equals an uninterrupted one). At the end the rows
-are copied in source order into ``<out>.tmp``, which replaces ``<out>`` atomically, and the split
-file is written the same way.
+are copied in source order into a temporary file beside ``<out>``, which replaces ``<out>``
+atomically, and the split file (``<name>.split.npz``, see :mod:`energyloss_plugins.data.paths`) is
+written the same way. An existing ``<out>`` is only replaced when this builder wrote it (its metadata
+holds the ``energyloss`` entry) or with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from energyloss_plugins.data import chem
-from energyloss_plugins.data.chem import ChemError
+from energyloss_plugins import chem
+from energyloss_plugins._checks import check_number
+from energyloss_plugins._optional import require
+from energyloss_plugins.chem import ChemError
+from energyloss_plugins.data.paths import ase_db_metadata, check_output_path, split_file_for
 from energyloss_plugins.data.sources import (
     SOURCE_NAMES,
     SourceEntry,
@@ -83,7 +88,7 @@ class BuildReport:
 
     Attributes:
         path: the database.
-        split_file: the ``split.npz`` file.
+        split_file: the split file (``<name>.split.npz`` beside the database by default).
         n_molecules: molecules written.
         n_rows: database rows (one per input geometry).
         rows_per_kind: input kind -> rows.
@@ -193,10 +198,13 @@ def make_settings(
             "source has no geometry. Use method='mmff' or 'xtb' for SMILES."
         )
     kinds = resolve_inputs(method, inputs)
-    if ("xtb" in kinds or method == "xtb") and not chem.xtb_available():
-        raise ValueError("GFN2-xTB (method or input 'xtb') needs tblite: pip install tblite.")
-    if n_thermal < 1 or n_etkdg < 1:
-        raise ValueError(f"n_thermal and n_etkdg must be >= 1, got {n_thermal} and {n_etkdg}.")
+    for name, value in (("n_thermal", n_thermal), ("n_etkdg", n_etkdg)):
+        check_number(name, value, low=1, low_inclusive=True, integer=True)
+    check_number("seed", seed, low=0, low_inclusive=True, integer=True)
+    if max_heavy_atoms is not None:
+        check_number("max_heavy_atoms", max_heavy_atoms, low=1, low_inclusive=True, integer=True)
+    if "xtb" in kinds or method == "xtb":
+        require("tblite.ase", "GFN2-xTB (method or input 'xtb')", "xtb")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number of kelvin, got {temperature}.")
     return BuildSettings(
@@ -274,7 +282,7 @@ def _target(entry: SourceEntry, s: BuildSettings) -> tuple[np.ndarray, Any, floa
 def _same_connectivity(mol: Any, positions: np.ndarray) -> bool:
     from rdkit.Chem import rdDetermineBonds
 
-    probe = chem._bare_mol(np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), positions)
+    probe = chem.bare_mol(np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), positions)
     try:
         rdDetermineBonds.DetermineConnectivity(probe)
     except Exception:
@@ -469,13 +477,35 @@ def _set_partial_state(
     db.metadata = md
 
 
+def _temp_path(path: str) -> str:
+    """A fresh file name beside ``path`` (never an existing file: a user's ``x.db.tmp`` is not touched)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    os.remove(tmp)  # ASE's sqlite backend and np.savez create the file themselves
+    return tmp
+
+
 def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _is_split_file(path: str) -> bool:
+    try:
+        with np.load(path) as z:
+            return {"train_idx", "val_idx", "test_idx"} <= set(z.files)
+    except Exception:
+        return False
 
 
 def split_molecules(mol_ids: np.ndarray, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
@@ -569,18 +599,20 @@ def _finalise(
             **extra_meta,
         },
     }
-    tmp = out + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    dst = _connect(tmp)
-    with dst:
-        dst.metadata = meta
-        for r, mid in zip(rows, mol_ids.tolist(), strict=True):
-            kvp = dict(r.key_value_pairs)
-            kvp["mol_id"] = int(mid)
-            dst.write(r.toatoms(), key_value_pairs=kvp, data=dict(r.data))
-    _atomic_savez(split_file, **split)
-    os.replace(tmp, out)
+    tmp = _temp_path(out)
+    try:
+        dst = _connect(tmp)
+        with dst:
+            dst.metadata = meta
+            for r, mid in zip(rows, mol_ids.tolist(), strict=True):
+                kvp = dict(r.key_value_pairs)
+                kvp["mol_id"] = int(mid)
+                dst.write(r.toatoms(), key_value_pairs=kvp, data=dict(r.data))
+        _atomic_savez(split_file, **split)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _package_version() -> str:
@@ -613,6 +645,7 @@ def build_dataset(
     split: Sequence[float] = (0.8, 0.1, 0.1),
     split_file: str | os.PathLike | None = None,
     resume: bool = True,
+    overwrite: bool = False,
     workers: int = 1,
     progress: bool = True,
 ) -> BuildReport:
@@ -636,9 +669,11 @@ def build_dataset(
         elements: allowed elements (H implied), e.g. ``"C,N,O,F"``.
         seed: global seed; every molecule's random choices derive from (seed, source index).
         split: (train, val, test) fractions of molecules.
-        split_file: path of the split; default ``split.npz`` beside ``out``.
+        split_file: path of the split; default ``<name>.split.npz`` beside ``out`` (``<name>.db``).
         resume: continue an interrupted build of the same settings from ``<out>.partial`` (and do
             nothing if ``out`` is already complete with these settings); False starts over.
+        overwrite: replace ``out`` (and ``split_file``) even when this builder did not write it.
+            Without it an existing file is only replaced when it is a database built here.
         workers: processes (1: in this process).
         progress: show a tqdm progress bar.
 
@@ -646,37 +681,40 @@ def build_dataset(
         :class:`BuildReport`.
     """
     t0 = time.perf_counter()
+    require("rdkit", "build_dataset", "data")
     s = make_settings(source, method, inputs, n_thermal, temperature, n_etkdg, max_heavy_atoms, elements, seed, split)
-    if max_molecules is not None and max_molecules < 1:
-        raise ValueError(f"max_molecules must be >= 1 or None, got {max_molecules}.")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}.")
+    if max_molecules is not None:
+        max_molecules = int(check_number("max_molecules", max_molecules, low=1, low_inclusive=True, integer=True))
+    check_number("workers", workers, low=1, low_inclusive=True, integer=True)
     out = os.path.abspath(os.fspath(out))
     if not out.endswith(".db"):
         raise ValueError(f"out must end with .db (an ASE sqlite database SchNetPack can read), got {out}.")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    split_path = (
-        os.path.abspath(os.fspath(split_file))
-        if split_file is not None
-        else os.path.join(os.path.dirname(out), "split.npz")
-    )
+    split_path = os.path.abspath(os.fspath(split_file)) if split_file is not None else split_file_for(out)
+    if split_path == out:
+        raise ValueError(f"split_file and out are the same file ({out}); give the split its own name.")
     partial = out + ".partial"
+    # Before any work: the locations are writable and replacing them loses nothing of the user's.
+    check_output_path(out, "out", "energyloss", overwrite)
+    check_output_path(partial, "out", "energyloss_partial", overwrite)
+    check_output_path(split_path, "split_file", None, overwrite or _is_split_file(split_path))
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        os.makedirs(os.path.dirname(split_path), exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the folder of out={out} or split_file={split_path}: {exc}") from None
     report = BuildReport(path=out, split_file=split_path)
     settings_json = s.to_json()
 
     if resume and os.path.exists(out) and not os.path.exists(partial):
         done_meta = _complete_metadata(out)
-        if (
-            done_meta is not None
-            and done_meta.get("settings") == {**settings_json, "max_molecules": max_molecules}
-            and os.path.exists(split_path)
-        ):
+        if done_meta is not None and done_meta.get("settings") == {**settings_json, "max_molecules": max_molecules}:
+            _ensure_split(out, split_path, s)
             _fill_report_from_meta(report, done_meta)
             report.already_built = True
             report.elapsed = time.perf_counter() - t0
             return report
-    if not resume and os.path.exists(partial):
-        os.remove(partial)
+    if os.path.exists(partial) and (not resume or "energyloss_partial" not in (ase_db_metadata(partial) or {})):
+        os.remove(partial)  # a partial of ours when starting over, or (overwrite) a foreign file in its place
 
     structures = load_structures(s.source, max_heavy_atoms=s.max_heavy_atoms, elements=s.elements)
     report.filtered = dict(structures.skipped)
@@ -790,11 +828,26 @@ def _run(
 
 
 def _complete_metadata(path: str) -> dict[str, Any] | None:
-    try:
-        md = _connect(path).metadata
-    except Exception:
-        return None
-    return md.get("energyloss")
+    md = ase_db_metadata(path)
+    return None if md is None else md.get("energyloss")
+
+
+def _ensure_split(out: str, split_path: str, s: BuildSettings) -> None:
+    """(Re)write the split of a complete database unless the file already holds it.
+
+    The split is a function of the rows' molecule ids, the fractions and the seed, so a split file
+    replaced by another build (the old shared ``split.npz``) or deleted is restored exactly.
+    """
+    from ase.db import connect
+
+    db = connect(out, type="db", use_lock_file=False)
+    mol_ids = np.array([r.key_value_pairs["mol_id"] for r in db.select(sort="id", include_data=False)], dtype=np.int64)
+    split = split_molecules(mol_ids, s.split, s.seed)
+    if _is_split_file(split_path):
+        with np.load(split_path) as z:
+            if all(np.array_equal(z[k], split[k]) for k in split):
+                return
+    _atomic_savez(split_path, **split)
 
 
 def _fill_report_from_meta(report: BuildReport, meta: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from energyloss_plugins._optional import console_script
+
 
 def _parser() -> argparse.ArgumentParser:
     from energyloss_plugins.data.builder import INPUT_KINDS, METHODS
@@ -40,9 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--elements", default=None, help="allowed elements, e.g. C,N,O,F (H implied)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions of molecules")
-    b.add_argument("--split-file", default=None, help="default: split.npz beside the database")
+    b.add_argument("--split-file", default=None, help="default: <name>.split.npz beside <name>.db")
     b.add_argument("--workers", type=int, default=1, help="processes")
     b.add_argument("--no-resume", action="store_true", help="discard an interrupted build and start over")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output even if energyloss-data did not write it (by default only its own databases are replaced)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     i = sub.add_parser("info", help="print a dataset's metadata and counts")
@@ -50,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("energyloss-data")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``energyloss-data``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -58,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             meta = read_metadata(args.path)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"energyloss-data: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(meta, indent=2, default=str))
@@ -67,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from energyloss_plugins.data.builder import build_dataset, report_json
 
     try:
-        split = tuple(float(x) for x in args.split.split(","))
+        try:
+            split = tuple(float(x) for x in args.split.split(","))
+        except ValueError:
+            raise ValueError(f"--split must be three comma-separated fractions such as 0.8,0.1,0.1, got {args.split!r}.") from None
         report = build_dataset(
             args.source,
             args.out,
@@ -83,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             split=split,
             split_file=args.split_file,
             resume=not args.no_resume,
+            overwrite=args.overwrite,
             workers=args.workers,
             progress=not args.no_progress,
         )

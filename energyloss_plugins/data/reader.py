@@ -54,13 +54,60 @@ class DatasetRecord:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The database metadata (SchNetPack keys plus the ``energyloss`` entry)."""
-    from ase.db import connect
+    """The database metadata (SchNetPack keys plus the ``energyloss`` entry), read without changing the file.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an ASE database.
+    """
+    from energyloss_plugins.data.paths import ase_db_metadata
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No dataset at {path}; build one with `energyloss-data build`.")
-    return dict(connect(path, type="db", use_lock_file=False).metadata)
+    meta = ase_db_metadata(path)
+    if meta is None:
+        raise ValueError(f"path={path} is not an ASE database (build one with `energyloss-data build`).")
+    return meta
+
+
+#: What a structure database must hold, and how to make one (for error messages).
+_DB_CONTRACT = (
+    "It must be an ASE SQLite database whose rows hold the input geometry (the row's atoms) and "
+    "row.data['target_positions'] ((N, 3) equilibrium positions, Å); build one with "
+    "`energyloss-data build nci -o {path} --max-molecules 500` (see docs/data.md)."
+)
+
+
+def check_structure_db(path: str | os.PathLike, what: str = "path") -> None:
+    """Check, without changing the file, that ``path`` is a structure database with targets.
+
+    Args:
+        path: the ``.db`` file.
+        what: the argument's name in messages (e.g. ``"data.datapath"``).
+
+    Raises:
+        ValueError: missing file, not an ASE database, no rows, or rows without ``target_positions``;
+            the message says what the database must contain and how to build one.
+    """
+    from energyloss_plugins.data.paths import ase_db_metadata
+
+    path = os.path.abspath(os.fspath(path))
+    contract = _DB_CONTRACT.format(path=path)
+    if not os.path.exists(path):
+        raise ValueError(f"{what}={path} does not exist. {contract}")
+    if ase_db_metadata(path) is None:
+        raise ValueError(f"{what}={path} is not an ASE database. {contract}")
+    from ase.db import connect
+
+    db = connect(path, type="db", use_lock_file=False)
+    if db.count() == 0:
+        raise ValueError(f"{what}={path} holds no rows. {contract}")
+    row = db.get(id=next(db.select(limit=1, include_data=False)).id)
+    if "target_positions" not in row.data:
+        raise ValueError(
+            f"{what}={path}: its rows have no data['target_positions'] (found: {sorted(row.data) or 'none'}). {contract}"
+        )
 
 
 def read_dataset(
@@ -77,10 +124,8 @@ def read_dataset(
     """
     from ase.db import connect
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No dataset at {path}; build one with `energyloss-data build`.")
-    db = connect(path, type="db", use_lock_file=False)
+    read_metadata(path)  # exists and is an ASE database (ase.db.connect would add tables to a foreign file)
+    db = connect(os.fspath(path), type="db", use_lock_file=False)
     if indices is None:
         rows = list(db.select(sort="id"))
     else:
@@ -124,9 +169,15 @@ def read_dataset(
 
 
 def read_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``train_idx``, ``val_idx``, ``test_idx`` (0-based row indices) from a ``split.npz``."""
-    with np.load(os.fspath(path)) as z:
-        return {k: np.asarray(z[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx")}
+    """``train_idx``, ``val_idx``, ``test_idx`` (0-based row indices) from a split file (``<name>.split.npz``)."""
+    keys = ("train_idx", "val_idx", "test_idx")
+    try:
+        with np.load(os.fspath(path)) as z:
+            if not set(keys) <= set(z.files):
+                raise ValueError(f"split file {path} has keys {sorted(z.files)}; expected {', '.join(keys)}.")
+            return {k: np.asarray(z[k], dtype=np.int64) for k in keys}
+    except (OSError, EOFError) as exc:  # missing, or not an npz archive
+        raise ValueError(f"split file {path} cannot be read as a .npz split ({exc}).") from None
 
 
 def collate_records(records: Sequence[DatasetRecord], dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from energyloss_plugins.data.chem import rdkit_quiet
+from energyloss_plugins.chem import rdkit_quiet
 
 #: Source names understood besides file paths.
 SOURCE_NAMES = ("nci", "g2")

@@ -88,17 +88,23 @@ def _valence_table(max_valence: int = 8) -> Tensor:
 
 _THRESHOLDS = _threshold_table()
 _VALENCES = _valence_table()
-_HAS_RULE = _VALENCES.any(1)
+#: ``(MAX_Z + 1,)`` bool: elements with allowed valences, i.e. whose atoms the stability rule can judge.
+HAS_RULE = _VALENCES.any(1)
 
 
-def _prepare(numbers: Tensor, positions: Tensor, batch: Tensor | None) -> tuple[Tensor, Tensor, int]:
+def prepare_inputs(numbers: Tensor, positions: Tensor, batch: Tensor | None) -> tuple[Tensor, Tensor, int]:
+    """Checked molecule inputs: ``numbers`` ``(N,)`` long, ``batch`` ``(N,)`` long (zeros if None), number of structures.
+
+    Raises:
+        ValueError: positions not ``(N, 3)``, numbers not one integer in 1..MAX_Z per atom, or a bad batch.
+    """
     _checks.check_positions("positions", positions, 2)
     if positions.shape[1] != 3:
         raise ValueError(f"positions must be (N_total, 3) for molecules, got {tuple(positions.shape)}.")
     if not isinstance(numbers, Tensor) or numbers.dim() != 1 or numbers.shape[0] != positions.shape[0]:
         raise ValueError(
             f"numbers must be a 1-D tensor with one atomic number per atom ({positions.shape[0]}), got "
-            f"{_checks._desc(numbers)}."
+            f"{_checks.describe(numbers)}."
         )
     if numbers.is_floating_point():
         raise ValueError(f"numbers must hold integer atomic numbers, got dtype {numbers.dtype}.")
@@ -136,7 +142,7 @@ def covalent_bonds(
     Returns:
         ``(2, M)`` long flat atom indices, i < j, both atoms in the same structure.
     """
-    numbers, batch, n_structures = _prepare(numbers, positions, batch)
+    numbers, batch, n_structures = prepare_inputs(numbers, positions, batch)
     if tolerance <= 0:
         raise ValueError(f"tolerance must be > 0, got {tolerance}.")
     pairs, d = _all_pairs(positions, batch, n_structures)
@@ -152,7 +158,7 @@ def distance_bond_orders(numbers: Tensor, positions: Tensor, batch: Tensor | Non
     Returns:
         ``(edge_index (2, M) long, order (M,) long)`` for the pairs with order >= 1.
     """
-    numbers, batch, n_structures = _prepare(numbers, positions, batch)
+    numbers, batch, n_structures = prepare_inputs(numbers, positions, batch)
     pairs, d = _all_pairs(positions, batch, n_structures)
     t = _THRESHOLDS.to(positions.device)[numbers[pairs[0]], numbers[pairs[1]]].to(d.dtype)
     below = d.unsqueeze(1) < t
@@ -163,7 +169,7 @@ def distance_bond_orders(numbers: Tensor, positions: Tensor, batch: Tensor | Non
 
 def atom_valences(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> Tensor:
     """``(N_total,)`` long sum of EDM-style bond orders of each atom."""
-    numbers_l, batch_l, _ = _prepare(numbers, positions, batch)
+    numbers_l, batch_l, _ = prepare_inputs(numbers, positions, batch)
     edges, order = distance_bond_orders(numbers_l, positions, batch_l)
     val = torch.zeros(numbers_l.shape[0], dtype=torch.long, device=positions.device)
     val.index_add_(0, edges[0], order)
@@ -177,8 +183,8 @@ def stable_atoms(numbers: Tensor, positions: Tensor, batch: Tensor | None = None
     Raises:
         ValueError: an element has no valence rule (supported: H, B, C, N, O, F, Si, P, S, Cl, Br, I).
     """
-    numbers_l, batch_l, _ = _prepare(numbers, positions, batch)
-    has_rule = _HAS_RULE.to(numbers_l.device)[numbers_l]
+    numbers_l, batch_l, _ = prepare_inputs(numbers, positions, batch)
+    has_rule = HAS_RULE.to(numbers_l.device)[numbers_l]
     if not bool(has_rule.all()):
         missing = sorted({int(z) for z in numbers_l[~has_rule].tolist()})
         raise ValueError(
@@ -197,7 +203,7 @@ def atom_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = No
     The dataset-level figure EDM reports is the fraction over all atoms:
     ``stable_atoms(...).float().mean()``.
     """
-    numbers_l, batch_l, n_structures = _prepare(numbers, positions, batch)
+    numbers_l, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
     stable = stable_atoms(numbers_l, positions, batch_l).to(positions.dtype)
     counts = structure_counts(batch_l, n_structures)  # >= 1: structures are the distinct ids of batch
     return positions.new_zeros(n_structures).index_add_(0, batch_l, stable) / counts.to(positions.dtype)

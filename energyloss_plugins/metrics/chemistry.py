@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.data import chem
-from energyloss_plugins.metrics.bonds import _prepare, distance_bond_orders
+from energyloss_plugins import chem
+from energyloss_plugins._optional import require
+from energyloss_plugins.metrics.bonds import distance_bond_orders, prepare_inputs
 
 #: Ways to get bonds for the RDKit molecules.
 BOND_METHODS = ("edm", "determine")
@@ -24,7 +25,7 @@ BOND_METHODS = ("edm", "determine")
 
 def split_structures(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[np.ndarray]:
     """Flat atom indices of each structure (the distinct ids of ``batch``, in increasing order)."""
-    _, batch_l, n_structures = _prepare(numbers, positions, batch)
+    _, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
     if n_structures == 0:
         raise ValueError("No atoms given; metrics need at least one structure with atoms.")
     b = batch_l.cpu().numpy()
@@ -58,10 +59,7 @@ def to_rdkit_mols(
     for idx in groups:
         try:
             if bonds == "edm":
-                local = np.full(z.shape[0], -1, dtype=np.int64)
-                local[idx] = np.arange(len(idx))
-                sel = (local[edges[0]] >= 0) & (local[edges[1]] >= 0)
-                e = np.stack([local[edges[0][sel]], local[edges[1][sel]]], 1)
+                e, sel = chem.edges_within(edges, idx, z.shape[0])
                 mols.append(chem.mol_from_bonds(z[idx], x[idx], e, order[sel].astype(np.float64), no_implicit=False))
             else:
                 mols.append(chem.mol_from_xyz(z[idx], x[idx], charge))
@@ -118,7 +116,7 @@ def symmetric_rmsd(
         heavy_only: RMSD over non-hydrogen atoms only (NaN for a structure without any).
         max_matches: cap on the symmetry-equivalent atom maps RDKit enumerates.
     """
-    from rdkit import Chem
+    Chem = require("rdkit.Chem", "symmetry-aware RMSD (RDKit)", "data")
     from rdkit.Chem import rdDetermineBonds, rdMolAlign
 
     _checks.check_positions("pred", pred, 2)
@@ -131,27 +129,20 @@ def symmetric_rmsd(
         e_all = _np(bonds.long())
     out = []
     for idx in groups:
-        local = np.full(z.shape[0], -1, dtype=np.int64)
         keep = idx[z[idx] != 1] if heavy_only else idx
         if keep.size == 0:  # heavy_only and no heavy atom (H2): undefined
             out.append(math.nan)
             continue
-        local[keep] = np.arange(len(keep))
         if bonds is not None:
-            sel = (local[e_all[0]] >= 0) & (local[e_all[1]] >= 0)
-            e = np.stack([local[e_all[0][sel]], local[e_all[1][sel]]], 1)
+            e, _ = chem.edges_within(e_all, keep, z.shape[0])
         else:
-            ref = chem._bare_mol(z[idx], t[idx])
+            ref = chem.bare_mol(z[idx], t[idx])
             with chem.rdkit_quiet():
                 rdDetermineBonds.DetermineConnectivity(ref)
-            full_local = np.full(z.shape[0], -1, dtype=np.int64)
-            full_local[idx] = np.arange(len(idx))
             pairs = np.array(
                 [[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in ref.GetBonds()], dtype=np.int64
             ).reshape(-1, 2)
-            pairs = idx[pairs] if pairs.size else pairs
-            sel = (local[pairs[:, 0]] >= 0) & (local[pairs[:, 1]] >= 0) if pairs.size else np.zeros(0, bool)
-            e = np.stack([local[pairs[sel, 0]], local[pairs[sel, 1]]], 1) if pairs.size else np.zeros((0, 2), np.int64)
+            e, _ = chem.edges_within(idx[pairs].T, keep, z.shape[0])
         ref_mol = chem.mol_from_bonds(z[keep], t[keep], e, None, sanitize=False)
         prb_mol = chem.mol_from_bonds(z[keep], p[keep], e, None, sanitize=False)
         for m in (ref_mol, prb_mol):

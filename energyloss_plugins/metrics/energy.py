@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.data import chem
+from energyloss_plugins import chem
 from energyloss_plugins.metrics.chemistry import split_structures
 
 #: Reference methods of :func:`excess_energy`.
@@ -83,10 +83,7 @@ def excess_energy(
             if bonds is None:
                 mol = chem.mol_from_xyz(z[idx], t[idx], charge)
             else:
-                local = np.full(z.shape[0], -1, dtype=np.int64)
-                local[idx] = np.arange(len(idx))
-                sel = (local[e_all[0]] >= 0) & (local[e_all[1]] >= 0)
-                e = np.stack([local[e_all[0][sel]], local[e_all[1][sel]]], 1)
+                e, sel = chem.edges_within(e_all, idx, z.shape[0])
                 mol = chem.mol_from_bonds(z[idx], t[idx], e, o_all[sel], None if fc is None else fc[idx])
             ff = chem.force_field(mol, t[idx], "mmff")
             out.append(ff.energy(p[idx]) - ff.energy(t[idx]))

@@ -18,9 +18,10 @@ from energyloss_plugins.graphs import complete_pairs, unique_pairs
 from energyloss_plugins.layouts import segment_mean, structure_index
 
 
-def _check_pair(
+def check_pair(
     pred: Tensor, target: Tensor, batch: Tensor | None, n_structures: int | None = None
 ) -> tuple[Tensor, int]:
+    """Check a prediction/target pair of flat ``(N, d)`` positions; returns ``batch`` ``(N,)`` long and the structure count."""
     _checks.check_positions("pred", pred, 2)
     _checks.check_positions("target", target, 2)
     _checks.check_same_shape(pred, target)
@@ -36,8 +37,7 @@ def _check_pair(
 
 
 def _check_bonds(bonds: Tensor, batch: Tensor) -> Tensor:
-    _checks.check_edge_index(bonds, batch.shape[0])
-    bonds = bonds.long()
+    bonds = _checks.as_pair_index("bonds", bonds, batch.shape[0]).to(batch.device)
     if bonds.numel() and bool((batch[bonds[0]] != batch[bonds[1]]).any()):
         raise ValueError("bonds connect atoms of different structures; use flat indices within each structure.")
     # A directed list (both (i, j) and (j, i), as PyG/TorchMD-Net keep them) or a repeated bond
@@ -59,7 +59,7 @@ def bond_length_mae(
         bonds: ``(2, M)`` long flat atom indices of the reference bonds.
         batch: ``(N_total,)`` structure index, None for one structure.
     """
-    batch, n_structures = _check_pair(pred, target, batch, n_structures)
+    batch, n_structures = check_pair(pred, target, batch, n_structures)
     bonds = _check_bonds(bonds, batch)
     dp = (pred[bonds[0]] - pred[bonds[1]]).norm(dim=-1)
     dt = (target[bonds[0]] - target[bonds[1]]).norm(dim=-1)
@@ -103,7 +103,7 @@ def angle_mae(
     Angles are all (i, j, k) with bonds i-j and j-k of the reference graph; angle values in [0°, 180°]
     from ``atan2(|u × v|, u · v)``.
     """
-    batch, n_structures = _check_pair(pred, target, batch, n_structures)
+    batch, n_structures = check_pair(pred, target, batch, n_structures)
     bonds = _check_bonds(bonds, batch)
     triples = bond_angles(bonds, pred.shape[0])
     err = (_angles(pred, triples) - _angles(target, triples)).abs() * (180.0 / math.pi)

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from energyloss_plugins.metrics.bonds import _HAS_RULE, MAX_Z, covalent_bonds, stable_atoms
-from energyloss_plugins.metrics.geometry import _check_pair, aligned_rmsd, angle_mae, bond_length_mae
+from energyloss_plugins.metrics.bonds import HAS_RULE, MAX_Z, covalent_bonds, stable_atoms
+from energyloss_plugins.metrics.geometry import check_pair, aligned_rmsd, angle_mae, bond_length_mae
 
 
 @torch.no_grad()
@@ -37,7 +37,7 @@ def structure_metrics(
         fraction of its atoms) and ``molecule_stability`` (fraction of structures). Stability is NaN
         when an element has no valence rule. Values are detached 0-d tensors (or ``(B,)``).
     """
-    batch, n_structures = _check_pair(pred, target, batch)
+    batch, n_structures = check_pair(pred, target, batch)
     pred, target = pred.detach(), target.detach()
     out: dict[str, Tensor] = {"rmsd": aligned_rmsd(pred, target, batch, n_structures)}
     if bonds is None and numbers is not None:
@@ -47,7 +47,7 @@ def structure_metrics(
         out["angle_mae"] = angle_mae(pred, target, bonds, batch, n_structures)
     if numbers is not None:
         nums = numbers.long()
-        if nums.numel() and 1 <= int(nums.min()) and int(nums.max()) <= MAX_Z and bool(_HAS_RULE[nums.cpu()].all()):
+        if nums.numel() and 1 <= int(nums.min()) and int(nums.max()) <= MAX_Z and bool(HAS_RULE[nums.cpu()].all()):
             stable = stable_atoms(nums, pred, batch).to(pred.dtype)
             n_atoms = torch.bincount(batch, minlength=n_structures)[:n_structures].to(pred.dtype)
             frac = pred.new_zeros(n_structures).index_add_(0, batch, stable) / n_atoms.clamp_min(1)

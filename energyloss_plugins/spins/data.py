@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from energyloss_plugins._checks import check_number
+
 from ._checks import check_boundary
 from .exact import ground_states
 from .lattice import random_couplings
@@ -112,8 +114,8 @@ def make_spin_glass_dataset(
         A :class:`SpinGlassDataset`.
     """
     check_boundary(boundary)
-    if L < 2 or n < 1:
-        raise ValueError(f"Need L >= 2 and n >= 1, got L={L}, n={n}.")
+    check_number("L", L, low=2, low_inclusive=True, integer=True)
+    check_number("n", n, low=1, low_inclusive=True, integer=True)
     path = None
     if cache_dir is not False:
         path = cache_path(default_cache_dir() if cache_dir in (None, True) else cache_dir, L, n, seed, boundary)

@@ -290,6 +290,8 @@ def greedy_descent(couplings: Tensor, n_starts: int = 1000, seed: int | None = N
     Returns:
         ``(spins, energies)``: ``(n_starts, H, W)`` local minima and ``(n_starts,)`` float64 energies.
     """
+    if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
+        raise ValueError(f"n_starts must be an integer >= 1, got {n_starts!r}.")
     J = couplings.detach().to("cpu", torch.float64)
     if J.dim() == 4 and J.shape[0] == 1:
         J = J[0]

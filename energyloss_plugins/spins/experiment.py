@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -15,7 +16,7 @@ from .lattice import ising_energy
 from .models import SpinResNet
 from .modules import get_spin_loss
 
-__all__ = ["TrainConfig", "excess_energy", "evaluate", "train_spin_model"]
+__all__ = ["TrainConfig", "excess_energy", "evaluate", "plot_curves", "train_spin_model"]
 
 
 @dataclass
@@ -148,3 +149,36 @@ def train_spin_model(
         "final": final,
         "seconds": time.time() - t0,
     }
+
+
+def plot_curves(results: list[dict], path: str | os.PathLike, title: str) -> None:
+    """PNG of runs of :func:`train_spin_model` (dicts with ``label`` and ``curves``). Two panels: training progress (each loss rescaled to [0, 1]: (loss - min) / (first - min),
+    since the losses live on different scales and signs) and the test excess energy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors: dict[str, str] = {}
+    for r in results:
+        first = r["label"] not in colors
+        c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
+        ep = r["curves"]["epoch"]
+        lab = r["label"] if first else None
+        train = r["curves"]["train_loss"]
+        lo, hi = min(train), train[0]
+        scaled = [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in train]
+        axes[0].plot(ep, scaled, color=c, label=lab, alpha=0.8)
+        axes[1].plot(ep, r["curves"]["test_excess"], color=c, label=lab, alpha=0.8)
+    axes[0].set(xlabel="epoch", ylabel="(loss - min) / (first - min)", title="training loss, rescaled per run")
+    axes[1].set(xlabel="epoch", ylabel="test excess energy", title="E(sign z) - E(ground), test mean")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -24,6 +24,7 @@ Losses:
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -32,7 +33,6 @@ from torch import Tensor
 
 from ._checks import (
     check_couplings,
-    check_finite_scalar,
     check_lattice_match,
     check_logits,
     check_positive_scalar,
@@ -118,7 +118,8 @@ def local_field_weights(spins: Tensor, couplings: Tensor, h0: float = DEFAULT_H0
     """
     check_spins(spins)
     check_couplings(couplings)
-    check_finite_scalar("h0", h0)
+    if not float(h0) >= 0 or not math.isfinite(float(h0)):  # negative h0 makes ground-state weights negative
+        raise ValueError(f"h0 must be a finite number >= 0 (default {DEFAULT_H0}), got {h0}.")
     y = spins.to(couplings.dtype)
     with torch.no_grad():
         return y * local_fields(y, couplings.detach()) + h0

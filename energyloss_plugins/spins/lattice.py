@@ -16,6 +16,8 @@ h_i(y) = Σ_j J_ij y_j; flipping spin i changes the energy by 2 y_i h_i(y).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -75,8 +77,8 @@ def random_couplings(
     width = L if width is None else width
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
-    if not low <= high:
-        raise ValueError(f"Need low <= high, got low={low}, high={high}.")
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"Need finite low <= high, got low={low}, high={high}.")
     mask = boundary_mask(L, width, boundary)
     rng = np.random.default_rng(seed)
     values = rng.uniform(low, high, size=(n, 2, L, width))

@@ -13,10 +13,24 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
 import os
+import shutil
+import subprocess
+import sys
 import time
 
-from schnetpack_ext._bench import evaluate_inputs, evaluate_run, evaluate_targets, run_spktrain, table, val_curve
+import numpy as np
+import torch
+from ase import Atoms
+
+from energyloss_plugins.ase import predict_structures
+from energyloss_plugins.data import build_dataset, collate_records, read_dataset, read_split
+from energyloss_plugins.metrics import structure_metrics
+
+COLUMNS = {"rmsd": "aligned RMSD (Å)", "bond_mae": "bond-length MAE (Å)", "angle_mae": "angle MAE (°)",
+           "atom_stability": "atom stability", "molecule_stability": "molecule stability"}
 
 
 def main(argv=None):
@@ -29,8 +43,6 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
 
-    from energyloss_plugins.data import build_dataset
-
     datapath = os.path.abspath(os.path.join(args.out, "nci_uff_to_mmff.db"))
     print(f"[1/3] building {args.molecules} molecules -> {datapath}", flush=True)
     print(build_dataset("nci", datapath, method="mmff", inputs="uff", max_molecules=args.molecules,
@@ -41,18 +53,17 @@ def main(argv=None):
     runs = {}
     for i, loss in enumerate(losses):
         print(f"\n[2/3] training PaiNN with globals.loss={loss} for {args.budget} s ({i + 1}/{len(losses)})", flush=True)
-        runs[loss] = run_spktrain(datapath, loss, os.path.join(args.out, "runs"), f"painn_{loss}", args.budget,
-                                  overrides=["data.batch_size=8", "globals.lr=1e-3",
-                                             "model.representation.n_atom_basis=32",
-                                             "model.representation.n_interactions=2",
-                                             "globals.displacement_scale=0.1",
-                                             "trainer.enable_model_summary=false"])
+        runs[loss] = train(datapath, loss, os.path.join(args.out, "runs"), args.budget)
 
     print("\n[3/3] evaluating on the test molecules", flush=True)
-    results = {"target itself (reference)": evaluate_targets(datapath),
-               "input geometry (no model)": evaluate_inputs(datapath)}
+    records = read_dataset(datapath, indices=read_split(os.path.join(os.path.dirname(datapath), "split.npz"))["test_idx"])
+    flat = collate_records(records)
+    results = {"target itself (reference)": evaluate(flat["target_positions"], flat),
+               "input geometry (no model)": evaluate(flat["positions"], flat)}
+    inputs = [Atoms(numbers=r.numbers.numpy(), positions=r.positions.numpy()) for r in records]
     for loss, run_dir in runs.items():
-        results[f"PaiNN + {loss}"] = evaluate_run(run_dir, datapath)
+        predicted = predict_structures(os.path.join(run_dir, "best_model"), inputs)
+        results[f"PaiNN + {loss}"] = evaluate(torch.as_tensor(np.concatenate([a.positions for a in predicted])), flat)
     text = table(results)
     print("\n" + text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -60,6 +71,48 @@ def main(argv=None):
     _plot(results, runs, os.path.join(args.out, "demo.png"))
     print(f"\ntable: {os.path.join(args.out, 'results.md')}   plot: {os.path.join(args.out, 'demo.png')}   "
           f"total {time.time() - start:.0f} s")
+
+
+def train(datapath: str, loss: str, run_path: str, budget_s: int) -> str:
+    """``spktrain experiment=energyloss_structure`` for ``budget_s`` seconds; returns the run directory."""
+    spktrain = shutil.which("spktrain") or os.path.join(os.path.dirname(sys.executable), "spktrain")
+    run_id = f"painn_{loss}"
+    cmd = [spktrain, "experiment=energyloss_structure", f"data.datapath={datapath}", f"globals.loss={loss}",
+           f"run.path={os.path.abspath(run_path)}", f"run.id={run_id}", "trainer.accelerator=cpu",
+           f"+trainer.max_time=00:{budget_s // 3600:02d}:{budget_s // 60 % 60:02d}:{budget_s % 60:02d}",
+           "data.num_workers=0",
+           "print_config=false", "data.batch_size=8", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
+           "model.representation.n_interactions=2", "globals.displacement_scale=0.1",
+           "trainer.enable_model_summary=false"]
+    print("$ " + " ".join(cmd), flush=True)
+    os.makedirs(run_path, exist_ok=True)
+    subprocess.run(cmd, cwd=run_path, check=True,
+                   env=dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore"))
+    return os.path.join(run_path, run_id)
+
+
+def evaluate(positions: torch.Tensor, flat: dict) -> dict:
+    """The core's structure metrics of ``positions`` against the targets of the collated test records."""
+    values = structure_metrics(positions, flat["target_positions"], flat["batch"], flat["numbers"])
+    return {key: float(values[key]) for key in COLUMNS if key in values}
+
+
+def table(results: dict) -> str:
+    """Markdown table, one row per model."""
+    lines = ["| run | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, res in results.items():
+        cells = [f"{100 * res[k]:.1f} %" if "stability" in k else f"{res[k]:.4f}" for k in COLUMNS if k in res]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def val_curve(run_dir: str, key: str = "val_rmsd") -> tuple[list, list]:
+    """Epochs and validation aligned RMSD from the run's CSV log."""
+    rows = []
+    for path in glob.glob(os.path.join(run_dir, "csv", "version_*", "metrics.csv"))[:1]:
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r.get(key)]
+    return [int(r["epoch"]) + 1 for r in rows], [float(r[key]) for r in rows]
 
 
 def _plot(results, runs, path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from energyloss_plugins.spins import make_spin_glass_dataset, spin_loss_names
-from energyloss_plugins.spins.experiment import TrainConfig, train_spin_model
+from energyloss_plugins.spins.experiment import TrainConfig, plot_curves, train_spin_model
 from energyloss_plugins.spins.functional import canonical_loss_name
 
 
@@ -37,39 +37,6 @@ def loss_kwargs(name: str, args: argparse.Namespace) -> dict:
 
 def summarize(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def plot_curves(results: list[dict], path: Path, title: str) -> None:
-    """Two panels: training progress (each loss rescaled to [0, 1]: (loss - min) / (first - min),
-    since the losses live on different scales and signs) and the test excess energy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors: dict[str, str] = {}
-    for r in results:
-        first = r["label"] not in colors
-        c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
-        ep = r["curves"]["epoch"]
-        lab = r["label"] if first else None
-        train = r["curves"]["train_loss"]
-        lo, hi = min(train), train[0]
-        scaled = [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in train]
-        axes[0].plot(ep, scaled, color=c, label=lab, alpha=0.8)
-        axes[1].plot(ep, r["curves"]["test_excess"], color=c, label=lab, alpha=0.8)
-    axes[0].set(xlabel="epoch", ylabel="(loss - min) / (first - min)", title="training loss, rescaled per run")
-    axes[1].set(xlabel="epoch", ylabel="test excess energy", title="E(sign z) - E(ground), test mean")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -32,7 +32,7 @@ class EnergyLossSearchPathPlugin(SearchPathPlugin):
             return
         # The shipped configs use the ${el.split_file:...} resolver; register it (schnetpack, hence
         # torch, is already imported by a SchNetPack app, so importing the adapter costs nothing extra).
-        from schnetpack_ext._resolvers import register_resolvers
+        from schnetpack_ext.resolvers import register_resolvers
 
         register_resolvers()
         search_path.append(provider=PROVIDER, path=CONFIG_PATH)

@@ -120,12 +120,14 @@ def test_local_field_energy_unique_minimum_at_data_when_h0_above_max_field(bound
         assert torch.equal(allconf[best], y[b])
         assert float(e[best]) == 0.0
         assert float(torch.sort(e).values[1]) > 0  # unique
-    # with h0 too small a non-ground-state target stops being the minimiser: some w_i < 0
-    h0_small = -0.5
+    # with h0 too small (still > 0) a non-ground-state target stops being the minimiser: some w_i < 0
+    h0_small = 0.05
     w = local_field_weights(y, J, h0_small)
     if bool((w < 0).any()):
         flipped = torch.where(w < 0, -y, y)
         assert bool((local_field_energy(flipped, y, J, h0_small) < local_field_energy(y, y, J, h0_small)).all())
+    with pytest.raises(ValueError, match="h0"):  # the wrong sign is refused
+        local_field_weights(y, J, -0.5)
 
 
 @settings(max_examples=25, deadline=None)

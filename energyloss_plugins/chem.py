@@ -1,4 +1,5 @@
-"""RDKit and tblite helpers shared by the dataset builder and the metrics.
+"""The chemistry toolbox: RDKit, force fields, tblite and finite-difference Hessians, used by the
+dataset builder (``data``), the metrics and the ASE bridge.
 
 Everything here imports RDKit (and tblite, ASE) lazily, inside the functions: importing this module
 needs numpy only. Positions are ``(N, 3)`` float64 numpy arrays in Å, energies in eV, forces in
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+
+from energyloss_plugins._optional import require
 
 #: 1 kcal/mol in eV (``ase.units.kcal / ase.units.mol``).
 KCAL_MOL_IN_EV = 0.04336410390059322
@@ -81,7 +84,7 @@ def mol_from_xyz(numbers: np.ndarray, positions: np.ndarray, charge: int = 0) ->
     error = ""
     # First with charged fragments (zwitterions, nitro groups), then with radicals (open shells).
     for charged in (True, False):
-        mol = _bare_mol(numbers, positions)
+        mol = bare_mol(numbers, positions)
         try:
             with rdkit_quiet():
                 rdDetermineBonds.DetermineBonds(mol, charge=int(charge), allowChargedFragments=charged)
@@ -146,7 +149,8 @@ def mol_from_bonds(
     return mol
 
 
-def _bare_mol(numbers: np.ndarray, positions: np.ndarray) -> Any:
+def bare_mol(numbers: np.ndarray, positions: np.ndarray) -> Any:
+    """RDKit molecule of the atoms ``numbers`` ``(N,)`` at ``positions`` ``(N, 3)`` Å, with no bonds (unsanitised)."""
     from rdkit import Chem
 
     rw = Chem.RWMol()
@@ -389,10 +393,7 @@ def xtb_available() -> bool:
 def _xtb_atoms(numbers: np.ndarray, positions: np.ndarray, charge: int, multiplicity: int) -> Any:
     from ase import Atoms
 
-    try:
-        from tblite.ase import TBLite
-    except ImportError as exc:
-        raise ImportError("GFN2-xTB needs tblite: pip install tblite (or energyloss-plugins[xtb]).") from exc
+    TBLite = require("tblite.ase", "GFN2-xTB (tblite)", "xtb").TBLite
     atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
     atoms.calc = TBLite(method="GFN2-xTB", charge=float(charge), multiplicity=int(multiplicity), verbosity=0)
     return atoms
@@ -545,3 +546,21 @@ def _eigh_single_thread(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def seed_for(seed: int, index: int, stream: int = 0) -> int:
     """Deterministic 31-bit seed for structure ``index`` (and sub-stream) from the global seed."""
     return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def edges_within(edges: np.ndarray, atoms: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edges among a subset of atoms, renumbered locally.
+
+    Args:
+        edges: ``(2, E)`` flat atom indices of a batch of ``n_total`` atoms.
+        atoms: ``(n,)`` flat indices of the subset (one structure, or its heavy atoms), in local order.
+
+    Returns:
+        ``(M, 2)`` local indices ``0..n-1`` of the edges with both ends in ``atoms``, and the ``(E,)``
+        bool mask of those edges (to select per-edge values such as bond orders).
+    """
+    local = np.full(int(n_total), -1, dtype=np.int64)
+    local[atoms] = np.arange(len(atoms))
+    edges = np.asarray(edges, dtype=np.int64).reshape(2, -1)
+    inside = (local[edges[0]] >= 0) & (local[edges[1]] >= 0)
+    return np.stack([local[edges[0][inside]], local[edges[1][inside]]], 1), inside

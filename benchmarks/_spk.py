@@ -1,4 +1,4 @@
-"""Shared machinery of the SchNetPack demo and benchmark: run ``spktrain`` with the shipped
+"""Shared machinery of the SchNetPack benchmarks: run ``spktrain`` with the shipped
 experiment, evaluate the best model on the test split with the core's metrics, print tables."""
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ def run_spktrain(datapath: str, loss: str, run_path: str, run_id: str, max_time_
 
 
 def read_split_rows(datapath: str, subset: str = "test"):
-    """Input Atoms, target positions (Å) of the rows of a split (``split.npz`` beside the database)."""
+    """Input Atoms, target positions (Å) of the rows of a split (the database's split file)."""
     from ase.db import connect
 
-    split = np.load(os.path.join(os.path.dirname(os.path.abspath(datapath)), "split.npz"))
+    from energyloss_plugins.data.paths import find_split_file
+
+    split = np.load(find_split_file(datapath))
     idx = split[f"{subset}_idx"]
     atoms, targets = [], []
     with connect(datapath) as conn:
@@ -64,13 +66,12 @@ def read_split_rows(datapath: str, subset: str = "test"):
 
 def evaluate_positions(pred_list, atoms, targets) -> dict:
     """Core metrics (``energyloss_plugins.metrics.structure_metrics``) over all structures."""
+    from energyloss_plugins.layouts import flat_numbers
     from energyloss_plugins.metrics import structure_metrics
 
-    counts = [len(a) for a in atoms]
-    batch = torch.repeat_interleave(torch.arange(len(atoms)), torch.tensor(counts))
+    numbers, batch, _ = flat_numbers([a.numbers for a in atoms])
     pred = torch.as_tensor(np.concatenate(pred_list), dtype=torch.float64)
     target = torch.as_tensor(np.concatenate(targets), dtype=torch.float64)
-    numbers = torch.as_tensor(np.concatenate([a.numbers for a in atoms]))
     values = structure_metrics(pred, target, batch, numbers)
     return {k: float(values[k]) for k in METRICS if k in values}
 

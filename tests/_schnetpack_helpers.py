@@ -1,9 +1,10 @@
-"""Small helpers shared by the adapter's tests, demo and benchmarks (not part of the public API)."""
+"""Helpers shared by the SchNetPack tests (tiny databases, models, loaders, DDP probes); not shipped."""
 
 from __future__ import annotations
 
 import os
 
+import pytorch_lightning as pl
 import torch
 
 
@@ -12,8 +13,10 @@ def tiny_structure_db(directory: str, n_molecules: int = 12, max_heavy_atoms: in
     """Build (once) a small structure database with ``energyloss-data``'s builder from RDKit's bundled NCI set."""
     from energyloss_plugins.data import build_dataset
 
+    from energyloss_plugins.data.paths import split_file_for
+
     path = os.path.join(directory, "data.db")
-    if not os.path.exists(os.path.join(directory, "split.npz")):
+    if not os.path.exists(split_file_for(path)):
         build_dataset("nci", path, method="mmff", inputs=inputs, max_molecules=n_molecules,
                       max_heavy_atoms=max_heavy_atoms, seed=seed, progress=False)
     return path
@@ -50,6 +53,20 @@ def structure_task(loss: str = "energy", representation=None, lr: float = 1e-3, 
     return StructureTask(model=model, outputs=[output], optimizer_cls=torch.optim.Adam, optimizer_args={"lr": lr})
 
 
+def diffusion_task(loss: str = "energy", parameterization: str = "eps"):
+    """A small PaiNN diffusion task built in Python (what the diffusion YAML experiment instantiates)."""
+    import schnetpack as spk
+
+    from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
+
+    rep = small_painn(electronic_embeddings=[TimeEmbedding(16)], cutoff=10.0)
+    model = spk.model.NeuralNetworkPotential(
+        representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[PositionHead(16, output_key="diffusion_output", add_positions=False, remove_mean=True)])
+    out = DiffusionOutput(name="diffusion_output", loss_fn=EnergyLoss(loss=loss), parameterization=parameterization)
+    return DiffusionTask(model=model, outputs=[out], optimizer_args={"lr": 1e-3})
+
+
 def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0, shuffle: bool = False,
            load_properties=("target_positions",), sampler=None):
     import schnetpack as spk
@@ -62,15 +79,7 @@ def loader(datapath: str, indices=None, batch_size: int = 4, cutoff: float = 5.0
     return spk.data.AtomsLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, sampler=sampler)
 
 
-try:
-    import pytorch_lightning as _pl
-
-    _Callback = _pl.Callback
-except ImportError:  # pragma: no cover
-    _Callback = object
-
-
-class RecordSteps(_Callback):
+class RecordSteps(pl.Callback):
     """Lightning callback (top level, so ddp_spawn can pickle it): per-rank step losses and final parameters."""
 
     def __init__(self, directory: str):

@@ -1,0 +1,131 @@
+"""SchNetPack side of the core's adapter protocol (:mod:`energyloss_plugins.adapters`): trained tasks,
+``best_model`` files and Lightning checkpoints applied to ASE ``Atoms``.
+
+Registered as the entry point ``schnetpack`` of the group ``energyloss_plugins.adapters``; the
+core's ``predict_structures``, ``run_diffusion_model`` and the ``energyloss-sample`` command find it
+there. Kinds: ``structure`` (:class:`~schnetpack_ext.StructureTask`, or a ``best_model`` exported
+by ``spktrain``), ``diffusion`` (:class:`~schnetpack_ext.DiffusionTask`), ``generation`` (a task with
+``sample_molecules``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from tqdm.auto import tqdm
+
+import schnetpack.properties as properties
+from schnetpack.model.base import AtomisticModel
+from schnetpack.task import AtomisticTask
+
+from energyloss_plugins.adapters import generate, read_checkpoint
+from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
+from schnetpack_ext.tasks import TASK_CLASS_KEY, DiffusionTask, StructureTask
+
+#: Task classes of checkpoints written before they recorded their class, by output type.
+_TASK_OF_OUTPUT = {StructureOutput: StructureTask, DiffusionOutput: DiffusionTask}
+
+
+def _kind_of_task(cls: type) -> str:
+    if hasattr(cls, "sample_molecules"):
+        return "generation"
+    if hasattr(cls, "sample"):
+        return "diffusion"
+    return "structure"
+
+
+def _task_class(checkpoint: dict) -> type | None:
+    """The ``schnetpack_ext`` task class a Lightning checkpoint was saved from, or None."""
+    name = checkpoint.get(TASK_CLASS_KEY)
+    if isinstance(name, str) and name.startswith("schnetpack_ext."):
+        module, _, qualname = name.rpartition(".")
+        cls = getattr(importlib.import_module(module), qualname, None)
+        return cls if isinstance(cls, type) and issubclass(cls, AtomisticTask) else None
+    outputs = (checkpoint.get("hyper_parameters") or {}).get("outputs") or []
+    for output in outputs:
+        for output_cls, task_cls in _TASK_OF_OUTPUT.items():
+            if isinstance(output, output_cls):
+                return task_cls
+    return None
+
+
+def identify(source: Any) -> str | None:
+    """``structure``/``diffusion``/``generation`` for a SchNetPack task, model or checkpoint path; else None."""
+    if isinstance(source, (str, os.PathLike)):
+        content = read_checkpoint(source)
+        if isinstance(content, AtomisticModel):
+            return "structure"
+        if isinstance(content, dict) and "state_dict" in content:
+            cls = _task_class(content)
+            return None if cls is None else _kind_of_task(cls)
+        return None
+    if isinstance(source, AtomisticTask) and type(source).__module__.startswith("schnetpack_ext."):
+        return _kind_of_task(type(source))
+    if isinstance(source, AtomisticModel):
+        return "structure"
+    return None
+
+
+def load(path: str, device: str | torch.device = "cpu") -> Any:
+    """The task of a Lightning checkpoint, or the model of a ``best_model`` file."""
+    content = read_checkpoint(path)
+    if isinstance(content, AtomisticModel):
+        return content.to(device)
+    cls = _task_class(content) if isinstance(content, dict) else None
+    if cls is None:
+        raise ValueError(f"{path} is not a schnetpack_ext checkpoint or best_model file.")
+    return cls.load_from_checkpoint(os.fspath(path), map_location=device)
+
+
+def load_structure_model(path: str, device: str = "cpu") -> AtomisticModel:
+    """The network of a structure ``best_model`` file or ``StructureTask`` checkpoint (``*.ckpt``)."""
+    model = load(path, device)
+    return getattr(model, "model", model)
+
+
+@torch.no_grad()
+def predict(model: Any, images: Sequence[Atoms], *, batch_size: int = 32, device: str | torch.device = "cpu",
+            progress: bool = False, output_key: str = "positions_pred", cutoff: float | None = None) -> list[np.ndarray]:
+    """Predicted positions ``(n_i, 3)`` Å of a structure model (task or network) for ``images``.
+
+    Args:
+        output_key: the position head's output key.
+        cutoff: neighbour-list cutoff in Å; default: the representation's cutoff.
+    """
+    from schnetpack.interfaces import AtomsConverter
+    from schnetpack.transform import MatScipyNeighborList
+
+    model = getattr(model, "model", model)  # a task -> its network
+    if cutoff is None:
+        cutoff = float(getattr(getattr(model, "representation", None), "cutoff", 5.0))
+    model = model.to(device).eval()
+    dtype = next(model.parameters()).dtype
+    converter = AtomsConverter(neighbor_list=MatScipyNeighborList(cutoff=cutoff), device=device, dtype=dtype)
+    out: list[np.ndarray] = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress):
+        chunk = list(images[start : start + batch_size])
+        inputs = converter(chunk)
+        positions = model(inputs)[output_key].detach().cpu().double()
+        out.extend(p.numpy() for p in torch.split(positions, inputs[properties.n_atoms].cpu().tolist()))
+    return out
+
+
+def sample_conformers(model: Any, templates: Sequence, *, steps: int = 100, method: str | None = None,
+                      seed: int | None = 0, batch_size: int = 64, device: str | torch.device = "cpu",
+                      progress: bool = False) -> list[Atoms]:
+    """One conformer per template (Atoms or atomic numbers) from a :class:`~schnetpack_ext.DiffusionTask`."""
+    if not callable(getattr(model, "sample", None)):
+        raise ValueError("A SchNetPack diffusion model must be a schnetpack_ext.DiffusionTask (it owns the sampler).")
+    model = model.to(device)
+    return model.sample(list(templates), steps=steps, method=method, batch_size=batch_size, seed=seed,
+                        progress=progress)
+
+
+__all__ = ["generate", "identify", "load", "load_structure_model", "predict", "sample_conformers"]

@@ -1,0 +1,43 @@
+"""OmegaConf resolvers used by the shipped configs (no heavy imports at module level: the Hydra plugin
+loads this file; the resolvers import what they need when a config is resolved)."""
+
+from __future__ import annotations
+
+import os
+
+#: SchNetPack's default split file, created in the run directory from num_train/num_val.
+RUN_SPLIT = "split.npz"
+
+
+def split_file_beside(datapath: str) -> str:
+    """The database's split file (``energyloss-data build`` writes ``<name>.split.npz``; an older
+    ``split.npz`` beside it when unambiguous), else ``split.npz`` in the run directory.
+
+    Also checks ``datapath`` first (SchNetPack's data module would otherwise create an empty
+    database at a missing path and fail later with a ``KeyError``): see :func:`check_structure_db`.
+    """
+    check_structure_db(datapath)
+    from energyloss_plugins.data.paths import find_split_file
+
+    return find_split_file(datapath) or RUN_SPLIT
+
+
+def size_unless_split(datapath: str, size):
+    """``size`` (num_train/num_val) unless the database has a split file (then None: the file decides)."""
+    return None if split_file_beside(datapath) != RUN_SPLIT else size
+
+
+def check_structure_db(datapath: str) -> None:
+    """Raise a ValueError unless ``datapath`` is an ASE database with ``target_positions`` (read-only)."""
+    from energyloss_plugins.data.reader import check_structure_db as check
+
+    check(os.path.expanduser(str(datapath)), what="data.datapath")
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("el.split_file"):
+        OmegaConf.register_new_resolver("el.split_file", split_file_beside)
+    if not OmegaConf.has_resolver("el.size"):
+        OmegaConf.register_new_resolver("el.size", size_unless_split)

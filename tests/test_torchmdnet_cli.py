@@ -1,0 +1,100 @@
+"""energyloss-torchmd-train wraps TorchMD-Net's torchmd-train: every upstream option, shipped configs by name."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torchmdnet")
+
+from torchmdnet.scripts import train as upstream  # noqa: E402
+
+from torchmdnet_ext.cli import get_args, get_argparse  # noqa: E402
+from torchmdnet_ext.configs import config_names, config_path  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# upstream options whose definition the wrapper replaces (documented in torchmdnet_ext/cli.py)
+REDEFINED = {"conf", "checkpoint_monitor", "early_stopping_monitor"}
+
+
+def _options(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[A-Za-z0-9][\w-]*", help_text))
+
+
+def _help(command: str) -> str:
+    path = os.path.join(BIN, command)
+    if not os.path.exists(path):
+        pytest.skip(f"{command} is not installed in this environment")
+    res = subprocess.run([path, "--help"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_help_lists_every_option_of_the_installed_torchmd_train():
+    theirs, ours = _options(_help("torchmd-train")), _options(_help("energyloss-torchmd-train"))
+    assert len(theirs) > 50  # the parse found the options
+    assert theirs <= ours, sorted(theirs - ours)
+    assert {"--task", "--parameterization", "--noise-schedule", "--max-weight", "--sampling-steps",
+            "--log-structure-metrics"} <= ours
+
+
+def test_every_upstream_option_parses_to_the_same_value():
+    """Each upstream option given on the command line (with upstream's default as its value) parses
+    in our parser to what upstream's own parser makes of it."""
+    theirs = upstream.get_argparse()
+    ours = get_argparse()
+    # argparse has no public list of a parser's actions; _actions is the only way to enumerate them
+    argv = []
+    for action in theirs._actions:
+        if not action.option_strings or action.dest in REDEFINED | {"help", "load_model"}:
+            continue
+        opt = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if action.nargs == 0:  # a flag (store_true)
+            argv.append(opt)
+        elif action.default is not None:
+            argv += [opt, str(action.default)]
+    assert len(argv) > 100
+    up, mine = vars(theirs.parse_args(argv)), vars(ours.parse_args(argv))
+    assert {k: v for k, v in up.items() if k not in REDEFINED} == {k: mine[k] for k in up if k not in REDEFINED}
+    # the redefined monitors take any metric (upstream allows two mse names)
+    assert ours.parse_args(["--checkpoint-monitor", "val_rmsd"]).checkpoint_monitor == "val_rmsd"
+
+
+def test_shipped_config_found_by_name_and_a_path_still_works(tmp_path):
+    assert {"structure_tensornet", "diffusion_et"} <= set(config_names())
+    path = config_path("structure_tensornet")
+    assert os.path.isfile(path) and config_path("structure_tensornet.yaml") == path
+    by_name = get_args(["--conf", "structure_tensornet", "--log-dir", str(tmp_path / "a")])
+    by_path = get_args(["--conf", path, "--log-dir", str(tmp_path / "b")])
+    assert by_name.task == "structure" and by_name.model == "tensornet"
+    assert by_name.output_model.startswith("PositionOutput") and by_name.train_loss == "energy_loss"
+    assert {k: v for k, v in vars(by_name).items() if k != "log_dir"} == {
+        k: v for k, v in vars(by_path).items() if k != "log_dir"}
+    diffusion = get_args(["--conf", "diffusion_et", "--log-dir", str(tmp_path / "c"), "--num-epochs", "3"])
+    assert (diffusion.task, diffusion.model, diffusion.num_epochs) == ("diffusion", "equivariant-transformer", 3)
+    assert diffusion.checkpoint_monitor == "val_total_energy_loss"  # follows train_loss
+
+
+def test_unknown_config_name_lists_the_shipped_ones(capsys):
+    with pytest.raises(SystemExit) as info:
+        get_argparse().parse_args(["--conf", "no_such_config"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no_such_config" in err and "structure_tensornet" in err and "diffusion_et" in err
+    with pytest.raises(ValueError, match="structure_tensornet"):
+        config_path("no_such_config")
+
+
+def test_upstream_module_is_restored_after_main_and_get_args(tmp_path):
+    before = (upstream.get_args, upstream.get_argparse, upstream.LNNP, upstream.DataModule)
+    get_args(["--dataset", "EnergyLossDB", "--log-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):  # a bad combination: argparse's error, exit 2
+        from torchmdnet_ext.cli import main
+
+        main(["--dataset", "EnergyLossDB", "--derivative", "true", "--log-dir", str(tmp_path)])
+    assert (upstream.get_args, upstream.get_argparse, upstream.LNNP, upstream.DataModule) == before

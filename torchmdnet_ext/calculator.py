@@ -1,0 +1,123 @@
+"""A TorchMD-Net potential as an ASE calculator with an autograd Hessian (for spring fitting).
+
+TorchMD-Net 3.1 ships ``torchmdnet.calculators.TMDNETCalculator`` (energy and forces from a checkpoint
+path, float32 positions, the total charge read from ``atoms.info["charge"]``, optional
+``torch.compile``). :class:`TorchMDNetCalculator` builds on it: it keeps upstream's state check (a
+changed ``info`` triggers a new calculation) and checkpoint loading, and adds what fitting springs
+to a potential needs: model objects as well as paths, float64 evaluation, the model's energy unit
+converted to eV, molecules without a charge entry, and :meth:`~TorchMDNetCalculator.get_hessian`
+(eV/Å²) used by :func:`energyloss_plugins.ase.coefficients_from_calculator`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+from torch import Tensor
+from torchmdnet.calculators import TMDNETCalculator
+
+
+def energy_unit_factor(unit: str | float) -> float:
+    """Factor converting the model's energy unit to eV (``eV``, ``meV``, ``kcal/mol``, ``kJ/mol``, ``Hartree`` or a number)."""
+    if isinstance(unit, (int, float)):
+        return float(unit)
+    table = {
+        "ev": 1.0,
+        "kcal/mol": units.kcal / units.mol,
+        "kj/mol": units.kJ / units.mol,
+        "hartree": units.Hartree,
+        "ha": units.Hartree,
+        "mev": 1e-3,
+    }
+    key = unit.replace(" ", "").lower()
+    if key not in table:
+        raise ValueError(f"Unknown energy unit {unit!r}. Valid: eV, meV, kcal/mol, kJ/mol, Hartree, or a factor to eV.")
+    return table[key]
+
+
+class TorchMDNetCalculator(TMDNETCalculator):
+    """A TorchMD-Net potential as an ASE calculator (energy, forces; Hessian by double backward).
+
+    Args:
+        model: a ``torchmdnet.models.model.TorchMD_Net`` module or a checkpoint path (loaded by
+            upstream's ``TMDNETCalculator``, i.e. ``load_model(path, derivative=False, ...)``).
+            The model maps ``(z, pos, batch, q=...)`` to ``(energy (1, 1), forces or None)``.
+        energy_unit: the model's energy unit (``eV``, ``kcal/mol``, ``kJ/mol``, ``Hartree`` or a
+            factor to eV); positions are assumed in Å.
+        dtype, device: evaluation precision and device.
+        **kwargs: passed to upstream's checkpoint loading (paths only).
+
+    Implemented properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å); ``get_hessian(atoms)``
+    returns the autograd Hessian in eV/Å². The total charge is ``atoms.info["charge"]`` when present (passed as ``q``).
+    Periodic boxes are not supported (TorchMD-Net needs a reduced box); use molecules.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+    name = "torchmdnet"
+
+    def __init__(self, model, energy_unit: str | float = "eV", dtype: torch.dtype = torch.float64,
+                 device: str | torch.device = "cpu", **kwargs):
+        if isinstance(model, str):
+            super().__init__(model, device=device, dtype=dtype, **kwargs)
+        elif isinstance(model, torch.nn.Module):
+            Calculator.__init__(self)
+            self.model = model
+        else:
+            raise ValueError(f"model must be a TorchMD-Net module or checkpoint path, got {type(model).__name__}.")
+        self.model = self.model.to(device=device, dtype=dtype).eval()
+        self.dtype, self.device = dtype, torch.device(device)
+        self.energy_factor = energy_unit_factor(energy_unit)
+        self.parameters.update(energy_unit=str(energy_unit))
+
+    def _inputs(self, atoms: Atoms) -> tuple[Tensor, Tensor, Tensor | None]:
+        if any(atoms.pbc):
+            raise ValueError("TorchMDNetCalculator supports non-periodic molecules only.")
+        z = torch.tensor(atoms.numbers, dtype=torch.long, device=self.device)
+        pos = torch.tensor(atoms.positions, dtype=self.dtype, device=self.device, requires_grad=True)
+        q = None  # models trained without charges take none
+        if "charge" in atoms.info:
+            q = torch.tensor([float(atoms.info["charge"])], dtype=self.dtype, device=self.device)
+        return z, pos, q
+
+    def _energy(self, z: Tensor, pos: Tensor, q: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        out = self.model(z, pos, torch.zeros_like(z), q=q)
+        energy, neg_dy = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+        return energy.sum(), neg_dy
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        Calculator.calculate(self, atoms, properties, system_changes)
+        z, pos, q = self._inputs(self.atoms)
+        with torch.enable_grad():
+            energy, neg_dy = self._energy(z, pos, q)
+            if neg_dy is None or neg_dy.numel() == 0:  # derivative=False: TorchMD-Net returns no forces
+                (grad,) = torch.autograd.grad(energy, pos)
+                neg_dy = -grad
+        e = float(energy.detach()) * self.energy_factor
+        self.results["energy"] = e
+        self.results["free_energy"] = e
+        self.results["forces"] = neg_dy.detach().cpu().double().numpy().reshape(-1, 3) * self.energy_factor
+
+    def get_hessian(self, atoms: Atoms | None = None) -> np.ndarray:
+        """Autograd Hessian ``(3n, 3n)`` in eV/Å² at ``atoms`` (default: the calculator's atoms)."""
+        atoms = atoms if atoms is not None else self.atoms
+        if atoms is None:
+            raise ValueError("No atoms: pass atoms= or evaluate the calculator first.")
+        z, pos, q = self._inputs(atoms)
+
+        def energy_of(p: Tensor) -> Tensor:
+            return self._energy(z, p, q)[0]
+
+        # TorchMD-Net computes forces inside forward with autograd.grad (freeing the graph in eval
+        # mode); switch that off so the energy alone is differentiated twice here.
+        had = getattr(self.model, "derivative", None)
+        try:
+            if had is not None:
+                self.model.derivative = False
+            with torch.enable_grad():
+                h = torch.autograd.functional.hessian(energy_of, pos)
+        finally:
+            if had is not None:
+                self.model.derivative = had
+        return h.detach().cpu().double().numpy().reshape(3 * len(atoms), 3 * len(atoms)) * self.energy_factor
