@@ -22,7 +22,8 @@ Loss variants (all exp springs, complete graph, energy per atom, mean over struc
   batch, outside the step, like the neighbour list (the collation time is reported beside).
 
 Timing: rounds of blocks; in each round every variant runs ``--steps`` consecutive steps (its
-steady state; scaled by 16 / molecules per batch, at least 1, so that blocks take similar times), the variants in a rotating order, so that a slow spell of the shared machine hits
+steady state; scaled by 16 / molecules per batch, at least 1, so that blocks take similar times),
+the variants in a rotating order, so that a slow spell of the shared machine hits
 all of them. Per round the ratio of each variant's block time to MSE's is taken; the median and
 the range over rounds are reported. CPU: process CPU time with ``--threads`` intra-op threads
 (the waits for a shared core do not count; wall time printed beside). CUDA: wall time between
@@ -163,8 +164,9 @@ def measure(n_molecules: int, args) -> dict:
     loss_times = _loss_only(batches, steps, base, args, sync)
     n_atoms = [int(b["inputs"]["_n_atoms"].sum()) for b in batches]
     n_pairs = [int(b["inputs"]["_idx_i"].shape[0]) for b in batches]
-    return {"n_molecules": n_molecules, "times": times, "walls": walls, "loss_times": loss_times, "atoms": statistics.mean(n_atoms),
-            "nbh_pairs": statistics.mean(n_pairs), "loss_pairs": statistics.mean(int(b["springs"].pairs.shape[1]) for b in batches),
+    return {"n_molecules": n_molecules, "times": times, "walls": walls, "loss_times": loss_times,
+            "atoms": statistics.mean(n_atoms), "nbh_pairs": statistics.mean(n_pairs),
+            "loss_pairs": statistics.mean(int(b["springs"].pairs.shape[1]) for b in batches),
             "collate_ms": 1e3 * statistics.median(b["collate_s"] for b in batches), "steps": n_steps}
 
 
@@ -203,7 +205,7 @@ def report(results: list[dict], args) -> None:
     for res in results:
         t, w = res["times"], res["walls"]
         for variant in VARIANTS:
-            ratios = [a / b for a, b in zip(t[variant], t["mse"])]
+            ratios = [a / b for a, b in zip(t[variant], t["mse"], strict=True)]
             per_step = 1e3 * statistics.median(t[variant]) / res["steps"]
             wall = 1e3 * statistics.median(w[variant]) / res["steps"]
             ratio = "1" if variant == "mse" else (f"{statistics.median(ratios):.4f} "
@@ -229,7 +231,7 @@ def report(results: list[dict], args) -> None:
         t, lt = res["times"], res["loss_times"]
         step = statistics.median(t["mse"]) / res["steps"]
         for variant in VARIANTS[1:]:
-            med = statistics.median(a / b for a, b in zip(t[variant], t["mse"]))
+            med = statistics.median(a / b for a, b in zip(t[variant], t["mse"], strict=True))
             extra = (statistics.median(lt[variant]) - statistics.median(lt["mse"])) / step
             met = med <= 1.02 and extra < 0.02
             print(f"[{'MET' if met else 'NOT MET'}] {res['n_molecules']} molecules, {variant}: step ratio "
@@ -248,9 +250,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     import schnetpack
 
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} thread(s)"
+    cuda = args.device.startswith("cuda")
+    dev = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"# train_step_overhead.py: {dev}, torch {torch.__version__}, schnetpack {schnetpack.__version__}; "
-          f"PaiNN 128 features x 3 interactions, cutoff 5 Å; {args.rounds} rounds of blocks of {args.steps} x 16 / molecules steps per variant")
+          f"PaiNN 128 features x 3 interactions, cutoff 5 Å; {args.rounds} rounds of blocks of "
+          f"{args.steps} x 16 / molecules steps per variant")
     start = time.perf_counter()
     results = [measure(n, args) for n in args.sizes]
     report(results, args)

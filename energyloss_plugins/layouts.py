@@ -45,7 +45,8 @@ def structure_counts(batch: Tensor, n_structures: int) -> Tensor:
         0, batch, torch.ones_like(batch, dtype=torch.long))
 
 
-def structure_index(batch: Tensor, n_structures: int | None = None, *, validate_args: bool = True) -> tuple[Tensor, int]:
+def structure_index(batch: Tensor, n_structures: int | None = None, *,
+                    validate_args: bool = True) -> tuple[Tensor, int]:
     """A flat structure index as ``(batch (N,) long in [0, B), B)``.
 
     Args:
@@ -118,8 +119,8 @@ def to_flat(pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Ten
             _checks.check_mask(mask, pred.shape[:2])
             mask = mask.bool()
         if validate_args:
-            _checks.check_positions("pred", pred if mask is None else pred[mask], pred.dim() if mask is None else 2)
-            _checks.check_positions("target", target if mask is None else target[mask], target.dim() if mask is None else 2)
+            for name, x in (("pred", pred), ("target", target)):
+                _checks.check_positions(name, x if mask is None else x[mask], x.dim() if mask is None else 2)
         else:
             _check_shape(pred, 3)
         p, b, idx = padded_to_flat(pred, mask)
@@ -149,7 +150,8 @@ def _check_shape(x: Tensor, ndim: int) -> None:
     """Shape and dtype only (no value checks, no host synchronisation)."""
     if not x.is_floating_point() or x.dim() != ndim or x.shape[-1] not in (2, 3):
         layout = "(N_total, d)" if ndim == 2 else "(B, N_max, d)"
-        raise ValueError(f"pred and target must be floating-point {layout} with d in (2, 3), got {_checks.describe(x)}.")
+        raise ValueError(f"pred and target must be floating-point {layout} with d in (2, 3), "
+                         f"got {_checks.describe(x)}.")
 
 
 

@@ -99,7 +99,8 @@ class PairSprings:
         if not items:
             raise ValueError("PairSprings.collate needs at least one item.")
         if any(item.image is not None for item in items):
-            raise ValueError("PairSprings.collate: periodic springs carry their cells; resolve the whole batch at once.")
+            raise ValueError("PairSprings.collate: periodic springs carry their cells; "
+                             "resolve the whole batch at once.")
         atom_offset = struct_offset = 0
         pairs, batch = [], []
         for item in items:
@@ -353,7 +354,8 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
         if validate_args:
             _check_pairs("edge_index", edge_index, batch)
         elif not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, got {_checks.describe(edge_index)}.")
+            raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, "
+                             f"got {_checks.describe(edge_index)}.")
         edge_index = edge_index.long()
         k = None
         if isinstance(coefficients, Tensor):
@@ -376,14 +378,17 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
             raise ValueError("coefficients: a tensor of per-pair springs needs the matching edge_index= pair list.")
         distance_fn = None
         if image is not None:
-            distance_fn = lambda p: (target[p[1]] - target[p[0]] + image.shifts(p)).norm(dim=-1)
+            def distance_fn(p: Tensor) -> Tensor:
+                return (target[p[1]] - target[p[0]] + image.shifts(p)).norm(dim=-1)
         pairs = build_pairs(graph, target, batch, n_structures, bonds=bonds, numbers=numbers,
                             distance_fn=distance_fn, **dict(graph_kwargs or {}))
     if validate_args:
         coeff = resolve_coefficients(coefficients, coefficient_kwargs)
     else:
         fn, params = scheme_function(coefficients), dict(coefficient_kwargs or {})
-        coeff = lambda ctx: fn(ctx, **params)
+
+        def coeff(ctx: PairContext) -> Tensor:
+            return fn(ctx, **params)
     bond_keys = None
     if bonds is not None:
         lo, hi = torch.minimum(bonds[0], bonds[1]), torch.maximum(bonds[0], bonds[1])
@@ -427,8 +432,9 @@ def _unordered_once(edge_index: Tensor, k: Tensor | None, n_atoms: int) -> tuple
     k_max = k.new_full(unique.shape, -torch.inf).scatter_reduce_(0, inverse, k, "amax")
     k_min = k.new_full(unique.shape, torch.inf).scatter_reduce_(0, inverse, k, "amin")
     if not torch.allclose(k_min, k_max, rtol=1e-6, atol=0.0):
-        raise ValueError("coefficients: edge_index lists some pairs more than once (both (i, j) and (j, i), as directed "
-                         "PyG/TorchMD-Net edge lists do, or a pair twice) with different springs; each unordered pair "
+        raise ValueError("coefficients: edge_index lists some pairs more than once (both (i, j) and (j, i), "
+                         "as directed PyG/TorchMD-Net edge lists do, or a pair twice) with different springs; "
+                         "each unordered pair "
                          "has one spring. Give each pair once, or the same spring on every copy.")
     return pairs, k_max
 
@@ -448,7 +454,8 @@ def _flat_atoms_attr(values: Tensor | None, flat: FlatBatch, name: str) -> Tenso
     if flat.flat_index is not None and values.dim() == 2:
         values = values.reshape(-1)[flat.flat_index]
     if values.shape != (flat.pred.shape[0],):
-        raise ValueError(f"{name} must have one entry per atom ({flat.pred.shape[0]}), got shape {tuple(values.shape)}.")
+        raise ValueError(f"{name} must have one entry per atom ({flat.pred.shape[0]}), "
+                         f"got shape {tuple(values.shape)}.")
     return values.long()
 
 

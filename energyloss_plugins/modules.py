@@ -47,8 +47,9 @@ def check_energy_options(coefficients: str | CoefficientFn = "exp", coefficient_
             raise ValueError(
                 "coefficients='hessian' means the springs stored with each structure, which this loss cannot read: "
                 "pass them per call, loss_fn(pred, target, batch, edge_index=pairs, coefficients=k) (any scheme "
-                "here), or train through a task objective (schnetpack_ext/torchmdnet_ext, energyloss_plugins.tasks), "
-                "which reads them from the batch (fit them with energyloss_plugins.ase.add_springs_to_db).")
+                "here), or train through a task objective (energyloss_plugins.tasks, used by the SchNetPack and "
+                "TorchMD-Net adapters), which reads them from the batch (fit them with "
+                "energyloss_plugins.ase.add_springs_to_db).")
     elif not callable(coefficients):
         # A ValueError naming the argument, the team's convention for bad arguments.
         raise ValueError(  # noqa: TRY004
@@ -66,7 +67,8 @@ def check_energy_options(coefficients: str | CoefficientFn = "exp", coefficient_
                          f"(see energyloss_plugins.graphs.build_pairs; numbers/bonds come with each batch).")
     cutoff = graph_kwargs.get("cutoff")
     if graph == "radius" and not (isinstance(cutoff, (int, float)) and cutoff > 0 and cutoff < float("inf")):
-        raise ValueError(f"graph='radius' needs a positive finite cutoff in Å, graph_kwargs={{'cutoff': 5.0}}; got {cutoff!r}.")
+        raise ValueError(f"graph='radius' needs a positive finite cutoff in Å, graph_kwargs={{'cutoff': 5.0}}; "
+                         f"got {cutoff!r}.")
 
 
 def _check_parameters(what: str, fn, kwargs: Mapping, skip: int) -> None:
@@ -76,7 +78,8 @@ def _check_parameters(what: str, fn, kwargs: Mapping, skip: int) -> None:
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
-    valid = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    valid = [p.name for p in params if p.kind in named]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"{what}: unknown parameter(s) {', '.join(unknown)}. Valid: {', '.join(valid) or 'none'}.")
@@ -127,7 +130,8 @@ class PairEnergyLoss(nn.Module):
                                 validate_args=data.pop("validate_args", self.validate_args), **data)
 
     def extra_repr(self) -> str:
-        return f"coefficients={self.coefficients!r}, graph={self.graph!r}, reduction={self.reduction!r}, normalize={self.normalize}"
+        return (f"coefficients={self.coefficients!r}, graph={self.graph!r}, reduction={self.reduction!r}, "
+                f"normalize={self.normalize}")
 
 
 class _PerAtomLoss(nn.Module):

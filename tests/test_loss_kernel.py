@@ -197,7 +197,8 @@ def test_ids_with_gaps_count_distinct_structures(name):
     assert torch.allclose(fn(pred, target, huge, reduction="none"), contiguous.flip(0))
     # With n_structures the caller declares the structures: an id without atoms is an empty one.
     declared = fn(pred, target, gapped, reduction="none", n_structures=4)
-    assert declared.shape == (4,) and torch.allclose(declared[[0, 3]], contiguous) and float(declared[1:3].abs().sum()) == 0
+    assert declared.shape == (4,) and torch.allclose(declared[[0, 3]], contiguous)
+    assert float(declared[1:3].abs().sum()) == 0
     with pytest.raises(ValueError, match="n_structures"):
         fn(pred, target, gapped, n_structures=3)
 
@@ -215,7 +216,8 @@ def test_metrics_use_distinct_ids_and_one_segment_mean():
     gapped = torch.where(batch == 0, 10**9, 3)  # structure 3 first, then 10**9
     assert torch.allclose(aligned_rmsd(pred, target, gapped), aligned_rmsd(pred, target, batch).flip(0))
     bonds = torch.tensor([[0, 4], [1, 5]])
-    assert torch.allclose(bond_length_mae(pred, target, bonds, gapped), bond_length_mae(pred, target, bonds, batch).flip(0))
+    assert torch.allclose(bond_length_mae(pred, target, bonds, gapped),
+                          bond_length_mae(pred, target, bonds, batch).flip(0))
     from energyloss_plugins.metrics import atom_stability
 
     numbers = torch.tensor([6, 1, 1, 1, 1, 8, 1, 1, 6])

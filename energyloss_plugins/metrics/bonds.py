@@ -116,7 +116,7 @@ def prepare_inputs(numbers: Tensor, positions: Tensor, batch: Tensor | None) -> 
     else:
         _checks.check_batch(batch, n)
         batch = batch.long()
-    batch, n_structures = structure_index(batch)  # distinct ids: gaps are no structures, no allocation by the largest id
+    batch, n_structures = structure_index(batch)  # distinct ids: no gaps, nothing allocated by the largest id
     return numbers.long(), batch, n_structures
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.alignment import aligned_rmsd  # noqa: F401  (public here too: energyloss_plugins.metrics.aligned_rmsd)
+from energyloss_plugins.alignment import aligned_rmsd  # noqa: F401  (re-exported: metrics.aligned_rmsd)
 from energyloss_plugins.graphs import complete_pairs, unique_pairs
 from energyloss_plugins.layouts import segment_mean, structure_index
 
