@@ -234,6 +234,7 @@ def pair_energy_kernel(
         same chunked pass, and is finite where predicted atoms coincide.
     """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
+    _checks.check_tensor("pred", pred)
     with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred = pred.float()
@@ -323,6 +324,8 @@ def pair_energy_loss(
         Under float16/bfloat16 autocast the loss computes and returns float32.
     """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
+    _checks.check_tensor("pred", pred)
+    _checks.check_tensor("target", target)
     with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred, target = pred.float(), target.float()
@@ -557,6 +560,8 @@ def _per_atom_loss(pred: Tensor, target: Tensor, batch: Tensor | None, mask: Ten
                    reduction: str, normalize: bool, per_atom: Callable[[Tensor, Tensor], Tensor],
                    align: bool = False, n_structures: int | None = None, validate_args: bool = True) -> Tensor:
     _checks.check_choice("reduction", reduction, REDUCTIONS)
+    _checks.check_tensor("pred", pred)
+    _checks.check_tensor("target", target)
     with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred, target = pred.float(), target.float()
