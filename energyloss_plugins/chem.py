@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 
 #: 1 kcal/mol in eV (``ase.units.kcal / ase.units.mol``).
 KCAL_MOL_IN_EV = 0.04336410390059322

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from energyloss_plugins._optional import MissingOptionalDependency, install_line
+from energyloss_plugins.optional import MissingOptionalDependency, install_line
 from energyloss_plugins.adapters import AdapterUnavailableError, adapter_names, resolve
 
 

@@ -16,7 +16,7 @@ Shipped experiments (found by ``spktrain`` through the Hydra search-path plugin
 ``experiment=energyloss_diffusion``.
 """
 
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 
 require("schnetpack", "schnetpack_ext (the SchNetPack adapter)", "schnetpack")
 

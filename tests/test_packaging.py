@@ -8,7 +8,7 @@ imports in its Python blocks, backticked module names), follows the project's ow
 there statically (function-local imports included, so nothing has to run), and requires every
 third-party module reached to be installed by the section's line: the core requirements plus the
 named extras, expanded through the requirements of the installed distributions. Imports through
-``energyloss_plugins._optional.require(module, feature, extra)`` may stay outside the line when
+``energyloss_plugins.optional.require(module, feature, extra)`` may stay outside the line when
 ``extra`` exists and installs the module (the user then gets the one-line message naming it).
 Offline and fast: the wheel is built with ``--no-build-isolation --no-index`` (setuptools only).
 """
@@ -95,7 +95,7 @@ def test_console_scripts_point_at_existing_functions(wheel):
         module, func = target.split(":")
         assert func in _functions(module), target
     for name, target in scripts.items():  # the trampoline dispatches through the group, by command name
-        assert target != "energyloss_plugins._optional:run_script" or name in group, name
+        assert target != "energyloss_plugins.optional:run_script" or name in group, name
 
 
 # ------------------------------------------------------------------------- static import closure

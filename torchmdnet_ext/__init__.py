@@ -15,7 +15,7 @@ Train with ``energyloss-torchmd-train --conf conf.yaml`` (every ``torchmd-train`
 
 from __future__ import annotations
 
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 
 _REGISTERED = False
 

@@ -41,7 +41,7 @@ import os
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from energyloss_plugins._optional import console_script, require
+from energyloss_plugins.optional import console_script, require
 
 PROG = "energyloss-torchmd-train"
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")

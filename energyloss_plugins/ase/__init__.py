@@ -14,7 +14,7 @@ adapter); ``energyloss_plugins.ase.TorchMDNetCalculator`` still finds it, with a
 See docs/ase.md.
 """
 
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 
 require("ase", "energyloss_plugins.ase", "ase")
 

@@ -11,7 +11,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 
 
 def mol_from_atoms(atoms: Atoms, charge: int = 0):

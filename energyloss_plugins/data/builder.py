@@ -26,7 +26,7 @@ import numpy as np
 
 from energyloss_plugins import chem
 from energyloss_plugins._checks import check_number
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 from energyloss_plugins.chem import ChemError
 from energyloss_plugins.data.paths import ase_db_metadata, check_output_path, split_file_for
 from energyloss_plugins.data.sources import (

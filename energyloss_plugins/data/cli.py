@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from energyloss_plugins._optional import console_script
+from energyloss_plugins.optional import console_script
 
 
 def _parser() -> argparse.ArgumentParser:

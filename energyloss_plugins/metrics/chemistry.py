@@ -16,7 +16,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins import chem
-from energyloss_plugins._optional import require
+from energyloss_plugins.optional import require
 from energyloss_plugins.metrics.bonds import distance_bond_orders, prepare_inputs
 
 #: Ways to get bonds for the RDKit molecules.
