@@ -92,7 +92,8 @@ def evaluate_inputs(datapath: str, subset: str = "test") -> dict:
 
 
 def evaluate_targets(datapath: str, subset: str = "test") -> dict:
-    """The metrics of the targets themselves (RMSD 0; stability shows what the stability rule makes of the reference)."""
+    """The metrics of the targets themselves (RMSD 0; stability shows what the stability rule makes of the
+    reference)."""
     atoms, targets = read_split_rows(datapath, subset)
     return evaluate_positions(targets, atoms, targets)
 

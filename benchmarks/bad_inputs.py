@@ -180,13 +180,15 @@ def _core_cases() -> None:
             add(s, f"{scheme} {key}={value}", pel(P, T, coefficients=scheme, coefficient_kwargs={key: value}), err(key))
     for scheme, kwargs, key in [("morse", {"D": -1.0}, "D"), ("morse", {"a": 0.0}, "a"), ("morse", {"r0": -1.0}, "r0"),
                                 ("morse", {"k_min": -1.0}, "k_min"), ("lennard_jones", {"epsilon": -1.0}, "epsilon"),
-                                ("lennard_jones", {"r_min": 0.0}, "r_min"), ("lennard_jones", {"k_min": math.nan}, "k_min")]:
+                                ("lennard_jones", {"r_min": 0.0}, "r_min"),
+                                ("lennard_jones", {"k_min": math.nan}, "k_min")]:
         add(s, f"{scheme} {kwargs}", pel(P, T, coefficients=scheme, coefficient_kwargs=kwargs, numbers=Z), err(key))
-    add(s, "bond_aware k_bond=-1", pel(P, T, coefficients="bond_aware", coefficient_kwargs={"k_bond": -1.0}, bonds=BONDS),
-        err("k_bond"))
+    add(s, "bond_aware k_bond=-1",
+        pel(P, T, coefficients="bond_aware", coefficient_kwargs={"k_bond": -1.0}, bonds=BONDS), err("k_bond"))
     add(s, "morse element-pair D<0",
         pel(P, T, coefficients="morse", coefficient_kwargs={"params": {(6, 1): {"D": -2.0}}}, numbers=Z), err("D"))
-    add(s, "misspelt scheme parameter", pel(P, T, coefficient_kwargs={"lengthscale": 2.0}), err("lengthscale", "length_scale"))
+    add(s, "misspelt scheme parameter", pel(P, T, coefficient_kwargs={"lengthscale": 2.0}),
+        err("lengthscale", "length_scale"))
     add(s, "coefficient_kwargs as string", pel(P, T, coefficient_kwargs="k0=2"), err("coefficient_kwargs"))
     add(s, "scheme 'hessian' without stored springs", pel(P, T, coefficients="hessian"), err("hessian"))
     add(s, "morse without numbers", pel(P, T, coefficients="morse"), err("numbers"))
@@ -202,7 +204,8 @@ def _core_cases() -> None:
     add(s, "rigid_sparse pool_size=0", pel(P, T, graph="rigid_sparse", graph_kwargs={"pool_size": 0}), err("pool_size"))
     add(s, "graph=bonds with (M, 2) bonds", pel(P, T, graph="bonds", bonds=BONDS.T),
         Either(("bonds",), lambda v: close(v, pair_energy_loss(P, T, graph="bonds", bonds=BONDS))), owner=LOSSES_PY)
-    add(s, "graph=bonds with out-of-range bonds", pel(P, T, graph="bonds", bonds=torch.tensor([[0], [9]])), err("bonds"))
+    add(s, "graph=bonds with out-of-range bonds", pel(P, T, graph="bonds", bonds=torch.tensor([[0], [9]])),
+        err("bonds"))
     add(s, "graph=bonds without bonds", pel(P, T, graph="bonds"), err("bonds"))
     add(s, "bond_aware with (M, 2) bonds", pel(P, T, coefficients="bond_aware", bonds=BONDS.T),
         Either(("bonds",), lambda v: close(v, pair_energy_loss(P, T, coefficients="bond_aware", bonds=BONDS))),
@@ -282,14 +285,16 @@ def _module_cases() -> None:
     s = "coefficients"
     add(s, "resolve unknown name", lambda: resolve_coefficients("nope"), err("nope"))
     add(s, "resolve list", lambda: resolve_coefficients([1.0, 2.0]), err("coefficients"))
-    add(s, "resolve exp length_scale=-2", lambda: resolve_coefficients("exp", {"length_scale": -2.0}), err("length_scale"))
+    add(s, "resolve exp length_scale=-2", lambda: resolve_coefficients("exp", {"length_scale": -2.0}),
+        err("length_scale"))
     add(s, "resolve exp bad key", lambda: resolve_coefficients("exp", {"k": 1.0}), err("'k'", "k0"))
     from energyloss_plugins.coefficients import PairContext
 
     ctx = PairContext(torch.tensor([1.0, 2.0], dtype=torch.float64))
     add(s, "custom scheme wrong shape", lambda: resolve_coefficients(lambda c: torch.ones(3))(ctx), err("shape"))
     add(s, "custom scheme negative", lambda: resolve_coefficients(lambda c: -torch.ones(2))(ctx), err("negative"))
-    add(s, "custom scheme NaN", lambda: resolve_coefficients(lambda c: torch.full((2,), math.nan))(ctx), err("non-finite"))
+    add(s, "custom scheme NaN", lambda: resolve_coefficients(lambda c: torch.full((2,), math.nan))(ctx),
+        err("non-finite"))
     add(s, "exp scheme = formula", lambda: resolve_coefficients("exp", {"k0": 2.0, "length_scale": 0.5})(ctx),
         Result(lambda v: close(v, 2 * torch.exp(-ctx.distance / 0.5))))
 
@@ -449,7 +454,8 @@ def _spin_cases() -> None:
     add(s, "unknown reduction", lambda: S.cross_entropy_spin_loss(z, y, reduction="avg"), err("reduction"))
     add(s, "unknown gauge", lambda: S.canonicalize(y, "x"), err("gauge"))
     add(s, "dataset L=1", lambda: S.make_spin_glass_dataset(1, 2, seed=0, cache_dir=False, progress=False), err("L"))
-    add(s, "dataset n=2.5", lambda: S.make_spin_glass_dataset(3, 2.5, seed=0, cache_dir=False, progress=False), err("n"))
+    add(s, "dataset n=2.5", lambda: S.make_spin_glass_dataset(3, 2.5, seed=0, cache_dir=False, progress=False),
+        err("n"))
     add(s, "SpinResNet width=0", lambda: S.SpinResNet(width=0), err("width"))
     add(s, "exact ground state = brute force", lambda: S.ground_state(J[0]),
         Result(lambda v: abs(float(S.ising_energy(v[0].double()[None], J[:1])[0]) -
@@ -478,7 +484,8 @@ def _ase_cases() -> None:
     add(s, "NaN in reference cell", lambda: EnergyLossCalculator(cell_ref), err("reference.cell"))
     add(s, "reference not Atoms", lambda: EnergyLossCalculator(eth.positions), err("reference"))
     add(s, "one-atom reference", lambda: EnergyLossCalculator(Atoms("H")), err("reference"))
-    add(s, "per-pair list without edge_index", lambda: EnergyLossCalculator(eth, [1.0] * pairs.shape[1]), err("edge_index"))
+    add(s, "per-pair list without edge_index", lambda: EnergyLossCalculator(eth, [1.0] * pairs.shape[1]),
+        err("edge_index"))
 
     def energy_of(calc, atoms):
         a = atoms.copy()
@@ -497,7 +504,8 @@ def _ase_cases() -> None:
     add(s, "bonds out of range", lambda: EnergyLossCalculator(eth, "bond_aware", bonds=[[0], [n]]), err("bonds"))
     add(s, "bond_aware with (M, 2) bonds = (2, M)",
         lambda: energy_of(EnergyLossCalculator(eth, "bond_aware", bonds=[[0, 1], [1, 2]]), moved),
-        Result(lambda v: close(v, float(pair_energy_loss(tp, tt, coefficients="bond_aware", bonds=torch.tensor([[0, 1], [1, 2]]),
+        Result(lambda v: close(v, float(pair_energy_loss(tp, tt, coefficients="bond_aware",
+                                                          bonds=torch.tensor([[0, 1], [1, 2]]),
                                                           reduction="sum", normalize=False)))))
     add(s, "radius cutoff=-1", lambda: EnergyLossCalculator(eth, graph="radius", graph_kwargs={"cutoff": -1.0}),
         err("cutoff"))
@@ -527,7 +535,8 @@ def _ase_cases() -> None:
     add(s, "NaN in evaluated atoms", lambda: energy_of(EnergyLossCalculator(eth), nan_atoms), err("atoms.positions"))
     other = moved.copy()
     other.numbers[0] = 7
-    add(s, "evaluated atoms of other elements", lambda: energy_of(EnergyLossCalculator(eth), other), err("atomic numbers"))
+    add(s, "evaluated atoms of other elements", lambda: energy_of(EnergyLossCalculator(eth), other),
+        err("atomic numbers"))
     add(s, "evaluated atoms with fewer atoms", lambda: energy_of(EnergyLossCalculator(eth), eth[:5]), err("atoms"))
 
     def fd_forces():
@@ -556,9 +565,12 @@ def _ase_cases() -> None:
     calc0 = EnergyLossCalculator(eth)
     fd = {"method": "finite_difference"}
     for kw, name in [({**fd, "delta": 0.0}, "delta"), ({**fd, "delta": math.nan}, "delta"), ({"ridge": -1.0}, "ridge"),
-                     ({"k_min": math.nan}, "k_min"), ({"weighting": "heavy"}, "weighting"), ({"method": "exact"}, "method")]:
-        add(s, f"coefficients_from_calculator {kw}", lambda kw=kw: coefficients_from_calculator(eth, calc0, **kw), err(name))
-    add(s, "compute_hessian: finite differences = exact", lambda: compute_hessian(eth, calc0, method="finite_difference"),
+                     ({"k_min": math.nan}, "k_min"), ({"weighting": "heavy"}, "weighting"),
+                     ({"method": "exact"}, "method")]:
+        add(s, f"coefficients_from_calculator {kw}", lambda kw=kw: coefficients_from_calculator(eth, calc0, **kw),
+            err(name))
+    add(s, "compute_hessian: finite differences = exact",
+        lambda: compute_hessian(eth, calc0, method="finite_difference"),
         Result(lambda v: np.allclose(v, calc0.get_hessian(), atol=1e-4)))
     skew = np.array([[5.0, 0, 0], [4.2, 4, 0], [3.1, 2.6, 3.5]])
     crystal = Atoms("H30", scaled_positions=np.random.default_rng(0).random((30, 3)), cell=skew, pbc=True)
@@ -569,7 +581,8 @@ def _ase_cases() -> None:
         return np.linalg.norm(crystal.positions[cp[1]] - crystal.positions[cp[0]] + shifts @ skew, axis=1)
 
     add(s, "minimum image, skewed cell = ASE", mic_lengths,
-        Result(lambda v: np.allclose(v, get_distances(crystal.positions, cell=skew, pbc=True)[1][cp[0], cp[1]], atol=1e-10)))
+        Result(lambda v: np.allclose(v, get_distances(crystal.positions, cell=skew, pbc=True)[1][cp[0], cp[1]],
+                                     atol=1e-10)))
 
 
 # --------------------------------------------------------------------------------------- data files
@@ -623,8 +636,9 @@ def _data_cases(tmp: str) -> None:
         return p
 
     for kind in ("text", "ase", "sqlite", "empty"):
-        add(s, f"-o an existing {kind} file", lambda kind=kind: (lambda p: _cli(["build", "nci", "-o", p, *small], [p]))(
-            foreign(kind)), Kept(("--overwrite",)))
+        add(s, f"-o an existing {kind} file",
+            lambda kind=kind: (lambda p: _cli(["build", "nci", "-o", p, *small], [p]))(foreign(kind)),
+            Kept(("--overwrite",)))
 
     def into_directory():
         d = tempfile.mkdtemp(dir=tmp)
@@ -673,7 +687,8 @@ def _data_cases(tmp: str) -> None:
         d = tempfile.mkdtemp(dir=tmp)
         a, b = os.path.join(d, "a.db"), os.path.join(d, "b.db")
         _cli(["build", "nci", "-o", a, *small, "--seed", "0"], [])
-        _cli(["build", "nci", "-o", b, "--max-molecules", "3", "--max-heavy-atoms", "4", "--no-progress", "--seed", "5"], [])
+        _cli(["build", "nci", "-o", b, "--max-molecules", "3", "--max-heavy-atoms", "4", "--no-progress",
+              "--seed", "5"], [])
         _cli(["build", "nci", "-o", a, *small, "--seed", "0"], [])  # "already built"
         ok = True
         for path, seed in ((a, 0), (b, 5)):
@@ -768,7 +783,8 @@ def _adapter_cases(tmp: str) -> None:
             db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]))
         return split_file_beside(p)
 
-    add(s, "spktrain resolver: db without target_positions", spk_no_targets, err("target_positions", "energyloss-data build"))
+    add(s, "spktrain resolver: db without target_positions", spk_no_targets,
+        err("target_positions", "energyloss-data build"))
 
     def legacy_split():
         from energyloss_plugins.data import find_split_file
@@ -838,7 +854,8 @@ def classify(c: Case) -> None:
         c.outcome, c.detail = "crash", f"RecursionError {exc}"
         return
     except AssertionError as exc:  # a harness check (e.g. a file modified by a read)
-        c.outcome, c.detail = ("data lost" if "modified" in str(exc) or "created" in str(exc) else "unclear error"), str(exc)
+        lost = "modified" in str(exc) or "created" in str(exc)
+        c.outcome, c.detail = ("data lost" if lost else "unclear error"), str(exc)
         return
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
@@ -895,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     limit = int(a.memory_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     with tempfile.TemporaryDirectory() as tmp:
-        for make in (_core_cases, _module_cases, _graph_cases, _periodic_cases, _diffusion_cases, _spin_cases, _ase_cases):
+        for make in (_core_cases, _module_cases, _graph_cases, _periodic_cases, _diffusion_cases, _spin_cases,
+                     _ase_cases):
             make()
         _data_cases(tmp)
         _adapter_cases(tmp)

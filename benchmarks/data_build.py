@@ -140,7 +140,8 @@ def main(argv=None):
     if "qm7" not in skip:
         if os.path.exists(args.qm7):
             builds.append(("QM7 (PBE0) as given", "qm7", args.qm7,
-                           dict(method="as-given", inputs="mmff,thermal,etkdg", max_molecules=args.qm7_max), False))  # fmt: skip
+                           dict(method="as-given", inputs="mmff,thermal,etkdg", max_molecules=args.qm7_max),
+                           False))  # fmt: skip
         else:
             log(f"QM7 file not found at {args.qm7}: skipped")
     if "g2" not in skip:
@@ -172,8 +173,9 @@ def main(argv=None):
         t1 = time.perf_counter()
         gaps = input_gaps(out, energies=energies)
         log("")
-        log("| input kind | n | RMSD (Å) | heavy-atom RMSD (Å) | symmetric RMSD (Å) | sym. heavy RMSD (Å) | bond MAE (Å) "
-            "| angle MAE (°) | mol. stable input" + (" | MMFF excess energy (eV) |" if energies else " |"))  # fmt: skip
+        log("| input kind | n | RMSD (Å) | heavy-atom RMSD (Å) | symmetric RMSD (Å) | sym. heavy RMSD (Å) "
+            "| bond MAE (Å) | angle MAE (°) | mol. stable input"
+            + (" | MMFF excess energy (eV) |" if energies else " |"))  # fmt: skip
         log("|---|---|---|---|---|---|---|---|---|" + ("---|" if energies else ""))
         for kind, g in gaps.items():
             row = (f"| {kind} | {g['n']} | {g['rmsd']:.3f} | {g['rmsd_heavy']:.3f} | "

@@ -16,7 +16,8 @@
 Method. Times are process CPU time (``time.process_time``) with one intra-op thread unless
 ``--threads``: on a machine whose cores are shared with other jobs, CPU time is the work done and
 does not count the waits for a free core that make wall-clock times noisy; wall-clock medians are
-printed too. Each candidate is timed in blocks of consecutive calls, blocks of all candidates interleaved;\nmedians over calls.
+printed too. Each candidate is timed in blocks of consecutive calls, blocks of all candidates interleaved;
+medians over calls.
 Peak memory is measured in a fresh subprocess per case: the resident-set high-water mark is reset
 just before the call (Linux ``/proc/self/clear_refs``) and the peak RSS during the call minus the
 RSS before it is reported; see ``benchmarks/_memory.py``. Subprocesses run under an address-space
@@ -40,7 +41,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import MiB, cpu_count_note, limit_address_space, rss_peak_delta, tensor_peak_bytes  # noqa: E402
-
 from energyloss_plugins import kabsch_mse_loss, mse_loss, pair_energy_loss  # noqa: E402
 from energyloss_plugins.graphs import rigid_sparse_graph  # noqa: E402
 
@@ -254,7 +254,10 @@ def batch_benchmarks(args, out: dict) -> None:
         for name in REFERENCES:  # the reference computes the same number
             assert math.isclose(values[name], values["energy"], rel_tol=2e-3), (name, values)
         times = time_blocks(calls, rounds)
-        mem = {name: run_worker({"case": case, "loss": name, "reps": 1}, args) for name in ("mse", "energy", "sparse", *REFERENCES)}
+        mem = {
+            name: run_worker({"case": case, "loss": name, "reps": 1}, args)
+            for name in ("mse", "energy", "sparse", *REFERENCES)
+        }
         out[case] = {"sizes": (len(sizes), min(sizes), max(sizes), sum(sizes)), "times": times, "mem": mem,
                      "pairs": sum(n * (n - 1) // 2 for n in sizes), "dense_pairs": len(sizes) * max(sizes) ** 2}
 
@@ -322,7 +325,8 @@ def reference_tensor_bytes(n: int, variant: str) -> int:
 def print_single_table(out: dict, args) -> None:
     print("\n(c) one structure of n atoms: forward + backward time (CPU s) and peak memory (MiB)")
     print("| n atoms | complete: pairs | s | ns/pair | MiB | rigid-sparse: pairs | s | ns/pair | MiB | "
-          "graph generation s (one-off) | dense-bcast: s / MiB | dense-cdist: s / MiB | dense-bcast needs | dense-cdist needs |")
+          "graph generation s (one-off) | dense-bcast: s / MiB | dense-cdist: s / MiB | "
+          "dense-bcast needs | dense-cdist needs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in out["single"]:
         def cell(res, unit):
@@ -388,12 +392,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: the cores are shared)")
     p.add_argument("--rounds", type=int, default=100, help="timing rounds for the QM9 batch (GEOM: a quarter)")
     p.add_argument("--complete-max", type=int, default=30_000, help="largest single structure for the complete graph")
-    p.add_argument("--sparse-max", type=int, default=1_000_000, help="largest single structure for the rigid-sparse graph")
-    p.add_argument("--dense-max-gib", type=float, default=4.0, help="run the dense reference only below this traced need")
+    p.add_argument("--sparse-max", type=int, default=1_000_000,
+                   help="largest single structure for the rigid-sparse graph")
+    p.add_argument("--dense-max-gib", type=float, default=4.0,
+                   help="run the dense reference only below this traced need")
     p.add_argument("--mem-cap-gib", type=float, default=12.0, help="address-space cap of each measuring subprocess")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", default="ab,c", help="'ab' (batches), 'c' (single structures) or both")
-    p.add_argument("--quick", action="store_true", help="fewer rounds, single structures up to 10^5 atoms, complete up to 10^4")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer rounds, single structures up to 10^5 atoms, complete up to 10^4")
     p.add_argument("--json", type=Path, help="also write the raw measurements here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -401,7 +408,8 @@ def main(argv=None) -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     if args.quick:
-        args.rounds, args.complete_max, args.sparse_max = 30, min(args.complete_max, 10_000), min(args.sparse_max, 100_000)
+        args.rounds = 30
+        args.complete_max, args.sparse_max = min(args.complete_max, 10_000), min(args.sparse_max, 100_000)
     torch.set_num_threads(args.threads)
     print(f"# loss_cost.py: {cpu_count_note()}; CPU times, medians; float32")
     out: dict = {}

@@ -123,7 +123,8 @@ def main():
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--settings", nargs="+", default=["same", "random"])
     p.add_argument("--losses", nargs="+", default=list(LOSSES))
-    p.add_argument("--db", default=None, help="reuse a database built the same way (its split file beside it), e.g. the "
+    p.add_argument("--db", default=None,
+                   help="reuse a database built the same way (its split file beside it), e.g. the "
                    "SchNetPack benchmark's, so both adapters train on the same molecules and split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -22,7 +22,8 @@ def check_tensor(name: str, x: object) -> None:
     """Raise a TypeError naming ``name`` unless ``x`` is a tensor (call before touching ``x.device``)."""
     if not isinstance(x, Tensor):
         raise TypeError(
-            f"{name} must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor({name}, dtype=torch.float64)."
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; "
+            f"convert it with torch.as_tensor({name}, dtype=torch.float64)."
         )
 
 
@@ -48,7 +49,9 @@ def check_same_shape(pred: Tensor, target: Tensor) -> None:
 def check_batch(batch: Tensor, n_atoms: int) -> None:
     """Check a flat-layout structure index (PyG ``batch``, SchNetPack ``_idx_m``)."""
     if not isinstance(batch, Tensor) or batch.dim() != 1:
-        raise ValueError(f"batch must be a 1-D integer tensor with one structure index per atom, got {describe(batch)}.")
+        raise ValueError(
+            f"batch must be a 1-D integer tensor with one structure index per atom, got {describe(batch)}."
+        )
     if batch.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
         raise ValueError(f"batch must hold integer structure indices, got dtype {batch.dtype}; use batch.long().")
     if batch.shape[0] != n_atoms:
@@ -63,7 +66,9 @@ def check_batch(batch: Tensor, n_atoms: int) -> None:
 def check_mask(mask: Tensor, shape: Iterable[int]) -> None:
     shape = tuple(shape)
     if not isinstance(mask, Tensor) or tuple(mask.shape) != shape:
-        raise ValueError(f"mask must be a (B, N_max) tensor matching the positions, expected {shape}, got {describe(mask)}.")
+        raise ValueError(
+            f"mask must be a (B, N_max) tensor matching the positions, expected {shape}, got {describe(mask)}."
+        )
 
 
 def check_edge_index(edge_index: Tensor, n_atoms: int, name: str = "edge_index") -> None:
@@ -90,7 +95,9 @@ def as_pair_index(name: str, pairs: object, n_atoms: int) -> Tensor:
         try:
             pairs = torch.as_tensor(pairs)
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"{name} must be (2, M) or (M, 2) integer atom pairs, got {type(pairs).__name__}.") from None
+            raise ValueError(
+                f"{name} must be (2, M) or (M, 2) integer atom pairs, got {type(pairs).__name__}."
+            ) from None
     if pairs.dim() == 2 and pairs.shape[1] == 2 and pairs.shape[0] != 2:
         pairs = pairs.t()
     if pairs.dim() == 2 and pairs.shape[1] == 0 and pairs.shape[0] == 0:

@@ -39,7 +39,9 @@ def kabsch_rotation(mobile: Tensor, reference: Tensor, batch: Tensor, n_structur
     return rot.to(mobile.dtype)
 
 
-def kabsch_align(mobile: Tensor, reference: Tensor, batch: Tensor | None = None, n_structures: int | None = None) -> Tensor:
+def kabsch_align(
+    mobile: Tensor, reference: Tensor, batch: Tensor | None = None, n_structures: int | None = None
+) -> Tensor:
     """Move ``mobile`` onto ``reference`` by the optimal rigid motion of each structure.
 
     Gradient flows through ``mobile`` (the rotation itself is a constant).

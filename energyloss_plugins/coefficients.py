@@ -102,7 +102,7 @@ def check_coefficient_params(name: str, fn: CoefficientFn, params: Mapping) -> N
         )
     for key, value in params.items():
         if key == "params":
-            for pair, override in dict(value or {}).items():
+            for override in dict(value or {}).values():
                 for k, v in dict(override).items():
                     _check_param(k, v)
         else:
@@ -141,11 +141,15 @@ def resolve_coefficients(scheme: str | CoefficientFn, params: Mapping | None = N
                 raise ValueError(f"Coefficient scheme {name!r} needs a bond list: pass bonds= (2, M) atom pairs.")
             k = fn(ctx, **params)
             if not isinstance(k, Tensor) or k.shape != ctx.distance.shape:
-                raise ValueError(f"Coefficient scheme {name!r} must return a tensor of shape {tuple(ctx.distance.shape)}.")
+                raise ValueError(
+                    f"Coefficient scheme {name!r} must return a tensor of shape {tuple(ctx.distance.shape)}."
+                )
             # Two plain reductions instead of isfinite/any (≈ 6 passes over k): the minimum is NaN
             # or negative for NaN or negative springs, the sum non-finite for any Inf.
             if k.numel() and not (bool(k.min() >= 0) and bool(torch.isfinite(k.sum()))):
-                raise ValueError(f"Coefficient scheme {name!r} returned negative or non-finite springs; k must be >= 0.")
+                raise ValueError(
+                    f"Coefficient scheme {name!r} returned negative or non-finite springs; k must be >= 0."
+                )
             return k.to(ctx.distance.dtype)
 
     return evaluate

@@ -20,6 +20,8 @@ COVALENT_RADII = (
 def covalent_radius(z: Tensor) -> Tensor:
     """Covalent radius in Å of atomic numbers ``z`` (any shape, 1..86), float64."""
     if z.numel() and (int(z.min()) < 1 or int(z.max()) > len(COVALENT_RADII)):
-        raise ValueError(f"Covalent radii are tabulated for Z = 1..{len(COVALENT_RADII)}, got {int(z.min())}..{int(z.max())}.")
+        raise ValueError(
+            f"Covalent radii are tabulated for Z = 1..{len(COVALENT_RADII)}, got {int(z.min())}..{int(z.max())}."
+        )
     table = torch.tensor((0.0, *COVALENT_RADII), dtype=torch.float64, device=z.device)
     return table[z.long()]

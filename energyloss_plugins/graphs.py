@@ -179,7 +179,8 @@ def build_pairs(
     _checks.check_choice("graph", graph, GRAPH_NAMES)
     if unknown:
         raise ValueError(
-            f"Unknown graph_kwargs {sorted(unknown)}. Valid: cutoff (radius), seed, pool_size, symmetrize (rigid_sparse)."
+            f"Unknown graph_kwargs {sorted(unknown)}. "
+            "Valid: cutoff (radius), seed, pool_size, symmetrize (rigid_sparse)."
         )
     if graph == "rigid_sparse":
         _checks.check_number("graph_kwargs['pool_size']", pool_size, low=1, low_inclusive=True, integer=True)
@@ -458,7 +459,8 @@ def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, 
             if sel.numel() == 1 and int(starts[sel]) == 0:  # one structure (e.g. 10^6 atoms): the cached graph as is
                 sorted_pos = local
             else:
-                sorted_pos = (local.unsqueeze(1) + starts[sel].view(1, -1, 1)).view(2, -1)  # (2, S·E_n), batch-sorted order
+                # (2, S·E_n), batch-sorted order
+                sorted_pos = (local.unsqueeze(1) + starts[sel].view(1, -1, 1)).view(2, -1)
             out.append(sorted_pos if order is None else order.index_select(0, sorted_pos.view(-1)).view(2, -1))
     if not out:
         return torch.zeros(2, 0, dtype=torch.long, device=device)
@@ -488,7 +490,9 @@ def symmetrize_pairs(index: Tensor, target: Tensor, batch: Tensor, numbers: Tens
         z = numbers[atoms].tolist() if numbers is not None else [0] * n
         nx.set_node_attributes(g, dict(enumerate(z)), "z")
         nx.set_edge_attributes(g, {(a, b): int(bins[a, b]) for a, b in g.edges()}, "d")
-        matcher = GraphMatcher(g, g, node_match=lambda x, y: x["z"] == y["z"], edge_match=lambda x, y: abs(x["d"] - y["d"]) <= 1)
+        matcher = GraphMatcher(
+            g, g, node_match=lambda x, y: x["z"] == y["z"], edge_match=lambda x, y: abs(x["d"] - y["d"]) <= 1
+        )
         local_of = torch.full((batch.shape[0],), -1, dtype=torch.long)
         local_of[atoms.cpu()] = torch.arange(n)
         mine = index[:, batch[index[0]] == s].cpu()

@@ -172,7 +172,8 @@ def flat_numbers(numbers_list, device: str | torch.device = "cpu") -> tuple[Tens
     """Flat batch of molecules given by their atomic numbers (one sequence, array or tensor per molecule).
 
     Returns:
-        ``numbers`` ``(N_total,)`` long, ``batch`` ``(N_total,)`` long structure index, ``counts`` ``(B,)`` atoms per molecule.
+        ``numbers`` ``(N_total,)`` long, ``batch`` ``(N_total,)`` long structure index,
+        ``counts`` ``(B,)`` atoms per molecule.
 
     Raises:
         ValueError: no molecules, or a molecule without atoms.

@@ -14,8 +14,8 @@ import functools
 import importlib
 import os
 import sys
-from importlib import metadata
 from collections.abc import Callable
+from importlib import metadata
 from types import ModuleType
 
 DISTRIBUTION = "energyloss-plugins"

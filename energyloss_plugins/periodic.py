@@ -117,25 +117,34 @@ class MinimumImage:
         pbc: bool, ``(d,)`` or ``(B, d)`` bool: periodic directions. Default all periodic.
     """
 
-    def __init__(self, target: Tensor, batch: Tensor, n_structures: int, cell: Tensor, pbc: Tensor | bool | None = None):
+    def __init__(
+        self, target: Tensor, batch: Tensor, n_structures: int, cell: Tensor, pbc: Tensor | bool | None = None
+    ):
         d = target.shape[1]
         if not isinstance(cell, Tensor):
             try:
                 cell = torch.as_tensor(np.asarray(cell, dtype=np.float64))
             except (TypeError, ValueError):
-                raise ValueError(f"cell must be a ({d}, {d}) or (B, {d}, {d}) array of lattice vectors (Å), got {cell!r}.") from None
+                raise ValueError(
+                    f"cell must be a ({d}, {d}) or (B, {d}, {d}) array of lattice vectors (Å), got {cell!r}."
+                ) from None
         cell = cell.to(dtype=target.dtype, device=target.device)
         if cell.shape == (d, d):
             cell = cell.expand(n_structures, d, d)
         if cell.shape != (n_structures, d, d):
-            raise ValueError(f"cell must have shape ({d}, {d}) or (B, {d}, {d}) = ({n_structures}, {d}, {d}), got {tuple(cell.shape)}.")
+            raise ValueError(
+                f"cell must have shape ({d}, {d}) or (B, {d}, {d}) = ({n_structures}, {d}, {d}), "
+                f"got {tuple(cell.shape)}."
+            )
         check_finite("cell", cell)
         if pbc is None:
             pbc = True
         try:
             pbc = torch.as_tensor(pbc, dtype=torch.bool, device=target.device).expand(n_structures, d)
         except RuntimeError:
-            raise ValueError(f"pbc must be a bool, ({d},) or (B, {d}) = ({n_structures}, {d}) booleans, got {pbc!r}.") from None
+            raise ValueError(
+                f"pbc must be a bool, ({d},) or (B, {d}) = ({n_structures}, {d}) booleans, got {pbc!r}."
+            ) from None
         for b in range(n_structures):
             per = pbc[b]
             if per.any() and bool(torch.linalg.matrix_rank(cell[b][per].double()) < int(per.sum())):
@@ -157,7 +166,8 @@ class MinimumImage:
             atoms = np.unique(pr[:, sel])
             local = np.searchsorted(atoms, pr[:, sel])
             n = minimum_image_shifts(pts[atoms], cell, self.pbc[b].cpu().numpy(), local)
-            out[torch.as_tensor(sel, device=out.device)] = torch.as_tensor(n, dtype=points.dtype, device=out.device) @ self.cell[b].detach()
+            shifts = torch.as_tensor(n, dtype=points.dtype, device=out.device)
+            out[torch.as_tensor(sel, device=out.device)] = shifts @ self.cell[b].detach()
         return out
 
     def unwrap(self, pred: Tensor) -> Tensor:

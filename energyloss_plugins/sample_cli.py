@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from energyloss_plugins.optional import MissingOptionalDependency, install_line
 from energyloss_plugins.adapters import AdapterUnavailableError, adapter_names, resolve
+from energyloss_plugins.optional import MissingOptionalDependency, install_line
 
 
 class UsageError(Exception):
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="trained model: Lightning .ckpt, SchNetPack best_model, ...")
     p.add_argument("-o", "--output", required=True, help="output file (.db, .extxyz, .xyz, ...)")
     p.add_argument("-n", "--num", type=int, default=None,
-                   help="generation: molecules to sample (required); diffusion: conformers per input molecule (default 1)")
+                   help="generation: molecules to sample (required); "
+                   "diffusion: conformers per input molecule (default 1)")
     p.add_argument("--inputs", default=None,
                    help="structure model: input geometries; diffusion model: the molecules to sample conformers for")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the adapter's)")
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default 0; -1: fresh randomness)")
     p.add_argument("--batch-size", type=int, default=64, help="structures per network call (default 64)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--framework", default=None, help="adapter name, to skip detection (registered: %s)"
-                   % ", ".join(adapter_names()))
+    p.add_argument("--framework", default=None,
+                   help=f"adapter name, to skip detection (registered: {', '.join(adapter_names())})")
     p.add_argument("--no-align", action="store_true", help="structure model: keep predictions in the model's frame")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import schnetpack.properties as properties
 import torch
 from ase import Atoms
-from tqdm.auto import tqdm
-
-import schnetpack.properties as properties
 from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask
+from tqdm.auto import tqdm
 
 from energyloss_plugins.adapters import generate, read_checkpoint
 from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
@@ -90,8 +89,16 @@ def load_structure_model(path: str, device: str = "cpu") -> AtomisticModel:
 
 
 @torch.no_grad()
-def predict(model: Any, images: Sequence[Atoms], *, batch_size: int = 32, device: str | torch.device = "cpu",
-            progress: bool = False, output_key: str = "positions_pred", cutoff: float | None = None) -> list[np.ndarray]:
+def predict(
+    model: Any,
+    images: Sequence[Atoms],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    output_key: str = "positions_pred",
+    cutoff: float | None = None,
+) -> list[np.ndarray]:
     """Predicted positions ``(n_i, 3)`` Å of a structure model (task or network) for ``images``.
 
     Args:

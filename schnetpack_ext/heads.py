@@ -11,20 +11,18 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
-
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 import schnetpack.nn as snn
 import schnetpack.properties as properties
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 #: Key under which the diffusion task passes the per-structure time t ∈ [0, 1] ``(B,)``.
 DIFFUSION_TIME = "diffusion_t"
 
 
-def vector_features(inputs: Dict[str, torch.Tensor], vector_key: str = "vector_representation") -> torch.Tensor:
+def vector_features(inputs: dict[str, torch.Tensor], vector_key: str = "vector_representation") -> torch.Tensor:
     """l = 1 features ``(N, 3, F)`` in Cartesian order from PaiNN (``vector_representation``) or SO3net.
 
     SO3net keeps them in ``multipole_representation`` ``(N, (lmax+1)², F)`` in (y, z, x) order unless
@@ -56,7 +54,7 @@ class PositionHead(nn.Module):
         vector_key: where the representation stores its l = 1 features.
     """
 
-    def __init__(self, n_in: int, n_hidden: Optional[int] = None, n_layers: int = 2,
+    def __init__(self, n_in: int, n_hidden: int | None = None, n_layers: int = 2,
                  output_key: str = "positions_pred", add_positions: bool = True, remove_mean: bool = False,
                  scale: float = 1.0, vector_key: str = "vector_representation"):
         super().__init__()
@@ -69,7 +67,7 @@ class PositionHead(nn.Module):
         self.outnet = snn.build_gated_equivariant_mlp(n_in=n_in, n_out=1, n_hidden=n_hidden, n_layers=n_layers,
                                                       activation=F.silu, sactivation=F.silu)
 
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         scalars = inputs["scalar_representation"]
         vectors = vector_features(inputs, self.vector_key)
         _, v = self.outnet((scalars, vectors))
@@ -101,9 +99,11 @@ class TimeEmbedding(nn.Module):
         self.net = nn.Sequential(snn.Dense(2 * n_frequencies + 1, n_atom_basis, activation=F.silu),
                                  snn.Dense(n_atom_basis, n_atom_basis, activation=None))
 
-    def forward(self, q: torch.Tensor, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if DIFFUSION_TIME not in inputs:
-            raise KeyError("TimeEmbedding needs inputs['diffusion_t']: train and sample with schnetpack_ext.DiffusionTask.")
+            raise KeyError(
+                "TimeEmbedding needs inputs['diffusion_t']: train and sample with schnetpack_ext.DiffusionTask."
+            )
         t = inputs[DIFFUSION_TIME].to(q.dtype)[inputs[properties.idx_m]].unsqueeze(-1)
         angles = t * self.frequencies.to(q.dtype)
         features = torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=-1)

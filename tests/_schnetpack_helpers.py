@@ -12,7 +12,6 @@ def tiny_structure_db(directory: str, n_molecules: int = 12, max_heavy_atoms: in
                       inputs=("cheap", "thermal")) -> str:
     """Build (once) a small structure database with ``energyloss-data``'s builder from RDKit's bundled NCI set."""
     from energyloss_plugins.data import build_dataset
-
     from energyloss_plugins.data.paths import split_file_for
 
     path = os.path.join(directory, "data.db")
@@ -107,7 +106,8 @@ class RecordSteps(pl.Callback):
 
 
 class InterleavedSampler(torch.utils.data.Sampler):
-    """Indices ``rank::world_size`` of ``range(n)`` in order (rank read at iteration time, so it pickles for ddp_spawn)."""
+    """Indices ``rank::world_size`` of ``range(n)`` in order (rank read at iteration time, so it pickles for
+    ddp_spawn)."""
 
     def __init__(self, n: int):
         self.n = n

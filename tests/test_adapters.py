@@ -90,10 +90,10 @@ def test_a_new_framework_is_one_module_and_one_entry_point(monkeypatch, tmp_path
     resolved = adapters.resolve(str(path))
     assert (resolved.framework, resolved.kind) == ("toy", "structure")
     out = predict_structures(str(path), images, align_to_input=False)
-    for a, b in zip(out, images):
+    for a, b in zip(out, images, strict=True):
         np.testing.assert_allclose(a.positions - b.positions, np.tile([0.5, 0.0, 0.0], (len(b), 1)))
     aligned = predict_structures(ShiftModel(0.5), images)  # aligned onto the input: the shift is undone
-    for a, b in zip(aligned, images):
+    for a, b in zip(aligned, images, strict=True):
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-6)
     with pytest.raises(ValueError, match="does not generate molecules"):
         resolved.adapter.generate(resolved.model, 3)

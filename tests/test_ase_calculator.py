@@ -208,7 +208,7 @@ def test_ase_io_roundtrip(tmp_path):
         write(path, images)
         back = read(path, index=":")
         assert len(back) == 3
-        for a, b in zip(images, back):
+        for a, b in zip(images, back, strict=True):
             # extxyz stores 8 significant digits
             assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), rel=1e-7)
             np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-7)

@@ -91,6 +91,7 @@ def test_torchmdnet_calculator_forces_hessian_and_fit():
 def test_torchmdnet_calculator_from_checkpoint_through_upstream_loader(tmp_path):
     """A checkpoint path goes through TorchMD-Net's own TMDNETCalculator loading; same energies and forces."""
     from torchmdnet.calculators import TMDNETCalculator
+
     from torchmdnet_ext import TorchMDNetCalculator
 
     model = _tiny_torchmdnet()
@@ -158,7 +159,7 @@ def test_predict_structures_rigid_motion_model_is_undone(tmp_path):
     path = tmp_path / "pred.extxyz"
     out = predict_structures(model, images, output=str(path))
     assert [a.get_chemical_formula() for a in out] == [a.get_chemical_formula() for a in images]
-    for a, b in zip(out, images):
+    for a, b in zip(out, images, strict=True):
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-5)  # aligned back onto the input
     assert len(read(path, index=":")) == 2
     raw = predict_structures(model, images[1], align_to_input=False)
@@ -189,7 +190,7 @@ def test_sample_structures_with_x0_denoiser(tmp_path):
         denoiser, templates, parameterization="x0", steps=10, method="ddim", output=str(tmp_path / "gen.xyz")
     )
     assert [a.get_chemical_formula() for a in out] == ["CH4", "H2O"]
-    for a, t in zip(out, targets):
+    for a, t in zip(out, targets, strict=True):
         np.testing.assert_allclose(a.positions, t.numpy(), atol=1e-5)
     assert len(read(tmp_path / "gen.xyz", index=":")) == 2
     # Element lists work as templates too.
@@ -202,8 +203,9 @@ def test_sample_structures_with_x0_denoiser(tmp_path):
 
 def _tmd_position_model(output_model: str = "PositionOutput", task: str = "structure", perturb: bool = True):
     pytest.importorskip("torchmdnet_ext")
-    from _torchmdnet_args import tiny_model_args
     from torchmdnet.models.model import create_model
+
+    from _torchmdnet_args import tiny_model_args
     from torchmdnet_ext.module import prepare_hparams
 
     hparams = prepare_hparams(tiny_model_args(output_model=output_model, task=task))
@@ -223,7 +225,8 @@ def test_run_structure_model_torchmdnet_object_and_checkpoint(tmp_path):
     images = [molecule("CH3CH2OH"), molecule("NH3")]
     out = run_structure_model(model, images, output=str(tmp_path / "pred.xyz"))
     assert [a.get_chemical_formula() for a in out] == ["C2H6O", "H3N"]
-    assert max(np.abs(a.positions - b.positions).max() for a, b in zip(out, images)) > 1e-3  # the model moved atoms
+    moved = max(np.abs(a.positions - b.positions).max() for a, b in zip(out, images, strict=True))
+    assert moved > 1e-3  # the model moved atoms
     # Equivariance end to end: a rotated, shifted input gives the same aligned prediction.
     turned = images[0].copy()
     turned.positions = turned.positions @ Rotation.random(random_state=2).as_matrix().T + 1.0
@@ -241,7 +244,7 @@ def test_run_structure_model_torchmdnet_object_and_checkpoint(tmp_path):
     )
     from_ckpt = run_structure_model(str(path), images, framework="torchmdnet")
     detected = run_structure_model(str(path), images)  # the adapter is found from the checkpoint
-    for a, b, c in zip(from_ckpt, out, detected):
+    for a, b, c in zip(from_ckpt, out, detected, strict=True):
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-5)
         np.testing.assert_allclose(c.positions, b.positions, atol=1e-5)
     with pytest.raises(ValueError, match="schnetpack adapter does not handle"):
@@ -264,10 +267,10 @@ def test_run_diffusion_model_torchmdnet():
 def test_run_structure_and_diffusion_models_schnetpack():
     pytest.importorskip("schnetpack_ext")
     import schnetpack as spk
-    from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
-    from _schnetpack_helpers import small_painn, structure_task
 
+    from _schnetpack_helpers import small_painn, structure_task
     from energyloss_plugins.ase import run_diffusion_model, run_structure_model
+    from schnetpack_ext import DiffusionOutput, DiffusionTask, EnergyLoss, PositionHead, TimeEmbedding
 
     torch.manual_seed(0)
     task = structure_task()

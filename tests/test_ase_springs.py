@@ -117,8 +117,9 @@ def test_emt_molecule_reports_saddle_point():
 
 def test_mmff_calculator_and_fit():
     pytest.importorskip("rdkit")
-    from energyloss_plugins.ase import MMFFCalculator, mmff_relax
     from rdkit.Chem import AllChem
+
+    from energyloss_plugins.ase import MMFFCalculator, mmff_relax
 
     atoms = mmff_relax(molecule("CH3CH2OH"))
     assert np.abs(atoms.get_forces()).max() < 1e-4

@@ -156,8 +156,9 @@ def test_torchmdnet_position_model_trains_on_fitted_springs(dataset):
     """The TorchMD-Net adapter's TensorNet + PositionOutput model, trained in a plain loop on the
     stored springs (the adapter's Lightning module does not pass per-structure springs yet)."""
     pytest.importorskip("torchmdnet_ext")
-    from _torchmdnet_args import tiny_model_args
     from torchmdnet.models.model import create_model
+
+    from _torchmdnet_args import tiny_model_args
     from torchmdnet_ext.module import prepare_hparams
 
     torch.manual_seed(0)

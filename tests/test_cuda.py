@@ -106,7 +106,10 @@ def test_diffusion_loss_and_sampler_on_cuda():
 
 def test_spin_losses_cuda_match_cpu():
     from energyloss_plugins.spins import (
-        cross_entropy_spin_loss, local_field_free_energy_loss, margin_spin_loss, random_couplings,
+        cross_entropy_spin_loss,
+        local_field_free_energy_loss,
+        margin_spin_loss,
+        random_couplings,
     )
 
     couplings = random_couplings(6, 3, seed=0).double()

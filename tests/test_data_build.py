@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("ase")
 
+from energyloss_plugins import chem  # noqa: E402
 from energyloss_plugins.alignment import aligned_rmsd  # noqa: E402
 from energyloss_plugins.data import (  # noqa: E402
     TARGET_FMAX,
@@ -20,9 +21,8 @@ from energyloss_plugins.data import (  # noqa: E402
     read_dataset,
     read_metadata,
     read_split,
+    split_file_for,
 )
-from energyloss_plugins import chem  # noqa: E402
-from energyloss_plugins.data import split_file_for  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,13 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("ase")
 
-from energyloss_plugins.data import build_dataset, read_metadata, read_split, split_file_for  # noqa: E402
-from energyloss_plugins.data import builder  # noqa: E402
+from energyloss_plugins.data import (  # noqa: E402
+    build_dataset,
+    builder,
+    read_metadata,
+    read_split,
+    split_file_for,
+)
 
 torch.set_num_threads(1)
 

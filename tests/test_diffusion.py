@@ -50,7 +50,8 @@ def test_remove_com_and_samplers_stay_centred_and_finite():
         return (x_t - a[batch].unsqueeze(1) * target) / s[batch].unsqueeze(1)
 
     for method in ("ancestral", "ddim"):
-        out = sample(oracle, BATCH, steps=50, method=method, schedule=schedule, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        out = sample(oracle, BATCH, steps=50, method=method, schedule=schedule, generator=generator)
         assert torch.allclose(out, target, atol=1e-3)
     velocity = lambda x_t, t, batch: (x_t - target) / t[batch].unsqueeze(1).clamp_min(1e-6)  # noqa: E731
     out = sample(velocity, BATCH, steps=50, method="euler", parameterization="velocity")

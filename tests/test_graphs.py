@@ -24,7 +24,7 @@ def test_rigid_sparse_graphs_pass_rigidity_and_stress_tests(d):
     rng = np.random.default_rng(123)  # fresh generic positions, independent of the generator's own check
     # Every size up to 30, then a stride to 200, with several independently seeded graphs each.
     sizes = list(range(4, 31)) + list(range(40, 201, 20))
-    for n, seed in [(n, seed) for n in sizes for seed in range(3 if n <= 30 else 1)]:
+    for n, seed in [(size, seed) for size in sizes for seed in range(3 if size <= 30 else 1)]:
         edges = rigid_sparse_graph(n, d, seed=seed).T.numpy()
         degrees = np.bincount(edges.ravel(), minlength=n)
         if n > 2 * d:

@@ -200,10 +200,13 @@ B2 = torch.tensor([0, 0, 0, 1, 1, 1])
 ZEROS = lambda x, t, b: torch.zeros_like(x)  # noqa: E731
 
 RANGE_CASES = [
-    ("length_scale", lambda v: pair_energy_loss(X + 0.1, X, coefficient_kwargs={"length_scale": v}), (0.0, -1.0, math.nan)),
-    ("k0", lambda v: pair_energy_loss(X + 0.1, X, coefficients="constant", coefficient_kwargs={"k0": v}), (0.0, -2.0, math.inf)),
+    ("length_scale", lambda v: pair_energy_loss(X + 0.1, X, coefficient_kwargs={"length_scale": v}),
+     (0.0, -1.0, math.nan)),
+    ("k0", lambda v: pair_energy_loss(X + 0.1, X, coefficients="constant", coefficient_kwargs={"k0": v}),
+     (0.0, -2.0, math.inf)),
     ("epsilon", lambda v: resolve_coefficients("lennard_jones", {"epsilon": v}), (-1.0, math.nan)),
-    ("cutoff", lambda v: pair_energy_loss(X + 0.1, X, graph="radius", graph_kwargs={"cutoff": v}), (0.0, -1.0, math.nan)),
+    ("cutoff", lambda v: pair_energy_loss(X + 0.1, X, graph="radius", graph_kwargs={"cutoff": v}),
+     (0.0, -1.0, math.nan)),
     ("t", lambda v: noise_batch(X, B2, t=torch.tensor([v, 0.5], dtype=torch.float64)), (-0.1, 1.5, math.nan)),
     ("steps", lambda v: sample(ZEROS, B2, steps=v), (0, -3, 2.5)),
     ("precision", lambda v: NoiseSchedule(precision=v), (0.0, 0.5, math.nan)),

@@ -147,7 +147,8 @@ def test_private_name_check_flags_a_crossing(tmp_path):
     modules = _modules()
     path = tmp_path / "m.py"
     path.write_text("from energyloss_plugins.metrics.bonds import _VALENCES\nfrom energyloss_plugins import _checks\n"
-                    "x = _checks.describe\ny = _checks._private\nfrom schnetpack_ext._resolvers import register_resolvers\n")
+                    "x = _checks.describe\ny = _checks._private\n"
+                    "from schnetpack_ext._resolvers import register_resolvers\n")
     found = _private_violations("examples.m", path, modules)
     # the private name, the private module outside its package (twice), the private attribute
     assert len(found) == 4, found

@@ -123,8 +123,12 @@ def test_invariant_to_rigid_motions(seed, reflect, graph, which, d):
     kwargs = {"graph": graph, "graph_kwargs": {"cutoff": 3.0} if graph == "radius" else {"seed": 1}}
     torch.manual_seed(seed)  # the same rigid-sparse pool member on both calls
     base = pair_energy_loss(pred, target, batch, reduction="none", **kwargs)
-    moved_pred = torch.cat([rigid_motion(pred[batch == b], seed + b, reflect) for b in range(2)]) if which == "pred" else pred
-    moved_target = torch.cat([rigid_motion(target[batch == b], seed + b, reflect) for b in range(2)]) if which == "target" else target
+
+    def move(x):
+        return torch.cat([rigid_motion(x[batch == b], seed + b, reflect) for b in range(2)])
+
+    moved_pred = move(pred) if which == "pred" else pred
+    moved_target = move(target) if which == "target" else target
     torch.manual_seed(seed)
     moved = pair_energy_loss(moved_pred, moved_target, batch, reduction="none", **kwargs)
     assert torch.allclose(base, moved, rtol=1e-9, atol=1e-12)
@@ -166,10 +170,10 @@ def test_gradcheck_float64():
     pred.requires_grad_(True)
     for graph in ("complete", "rigid_sparse"):
         torch.manual_seed(0)
-        fn = lambda p: pair_energy_loss(p, target, batch, graph=graph, reduction="none")  # noqa: E731
-        assert torch.autograd.gradcheck(lambda p: (torch.manual_seed(0), fn(p))[1], (pred,))
+        fn = lambda p, graph=graph: pair_energy_loss(p, target, batch, graph=graph, reduction="none")  # noqa: E731
+        assert torch.autograd.gradcheck(lambda p, fn=fn: (torch.manual_seed(0), fn(p))[1], (pred,))
     for loss in (mse_loss, mae_loss, kabsch_mse_loss):
-        assert torch.autograd.gradcheck(lambda p: loss(p, target, batch, reduction="none"), (pred,))
+        assert torch.autograd.gradcheck(lambda p, loss=loss: loss(p, target, batch, reduction="none"), (pred,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -294,7 +298,8 @@ def test_per_pair_coefficient_tensor_with_edge_index():
     pred, target, batch = random_batch([7], seed=14)
     pairs = build_pairs("complete", target, batch, 1).materialize()
     k = torch.exp(-(target[pairs[1]] - target[pairs[0]]).norm(dim=-1))
-    assert torch.allclose(pair_energy_loss(pred, target, edge_index=pairs, coefficients=k), pair_energy_loss(pred, target))
+    per_pair = pair_energy_loss(pred, target, edge_index=pairs, coefficients=k)
+    assert torch.allclose(per_pair, pair_energy_loss(pred, target))
     with pytest.raises(ValueError, match="shape"):
         pair_energy_loss(pred, target, edge_index=pairs, coefficients=k[:-1])
 

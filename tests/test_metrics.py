@@ -68,8 +68,7 @@ def test_bond_and_angle_mae_known_values_and_invariance():
 
 
 def test_bond_angles_enumerates_pairs_of_bonds():
-    # methane: 4 bonds around C -> 6 H-C-H angles of 109.47°
-    x = torch.tensor([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64) * 0.63
+    # methane topology: 4 bonds around C -> 6 H-C-H angle triples
     bonds = torch.tensor([[0, 0, 0, 0], [1, 2, 3, 4]])
     tri = M.bond_angles(bonds, 5)
     assert tri.shape == (3, 6) and bool((tri[1] == 0).all()) and bool((tri[0] < tri[2]).all())

@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("ase")
 
-from energyloss_plugins import metrics as M  # noqa: E402
 from energyloss_plugins import chem  # noqa: E402
+from energyloss_plugins import metrics as M  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -59,10 +59,10 @@ def test_structure_checkpoint_predictions_match_the_model_in_memory(trained, tmp
     written = read(out, index=":")
     expected = predict_structures(trained["task"], trained["images"])
     assert len(written) == len(expected) == 5
-    for a, b, x in zip(written, expected, trained["images"]):
+    for a, b, x in zip(written, expected, trained["images"], strict=True):
         assert list(a.numbers) == list(x.numbers)
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)
-    assert any(np.abs(a.positions - x.positions).max() > 1e-4 for a, x in zip(written, trained["images"]))
+    assert any(np.abs(a.positions - x.positions).max() > 1e-4 for a, x in zip(written, trained["images"], strict=True))
 
 
 def test_predictions_are_invariant_to_rigid_motions_of_the_inputs(trained, tmp_path):
@@ -78,7 +78,7 @@ def test_predictions_are_invariant_to_rigid_motions_of_the_inputs(trained, tmp_p
     assert main([trained["ckpt"], "--inputs", moved_inputs, "-o", out_b, "--quiet", "--no-align"]) == 0
     from energyloss_plugins import aligned_rmsd
 
-    for a, b in zip(read(out_a, index=":"), read(out_b, index=":")):
+    for a, b in zip(read(out_a, index=":"), read(out_b, index=":"), strict=True):
         assert float(aligned_rmsd(torch.tensor(a.positions), torch.tensor(b.positions))[0]) < 1e-3
 
 
@@ -105,7 +105,8 @@ def test_usage_errors_are_one_line_with_exit_status_2(trained, tmp_path, capsys)
         ([trained["ckpt"], "-o", out], "--inputs"),  # a structure model needs inputs
         ([trained["ckpt"], "--inputs", trained["inputs"], "-n", "2", "-o", out], "drop -n"),
         ([trained["ckpt"], "--inputs", str(tmp_path / "none.xyz"), "-o", out], "does not exist"),
-        ([trained["ckpt"], "--inputs", trained["inputs"], "-o", out, "--framework", "torchmdnet"], "torchmdnet adapter"),
+        ([trained["ckpt"], "--inputs", trained["inputs"], "-o", out, "--framework", "torchmdnet"],
+         "torchmdnet adapter"),
         ([trained["ckpt"], "--inputs", trained["inputs"], "-o", out, "--framework", "nope"], "Registered adapters"),
     ]
     for argv, message in cases:

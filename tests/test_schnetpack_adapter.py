@@ -10,26 +10,23 @@ pytest.importorskip("rdkit")
 
 import schnetpack.properties as P  # noqa: E402
 
-from energyloss_plugins.alignment import random_rotations  # noqa: E402
-from energyloss_plugins.data import split_file_for  # noqa: E402
-from schnetpack_ext import (  # noqa: E402
-    DiffusionOutput,
-    DiffusionTask,
-    EnergyLoss,
-    PositionHead,
-    RotateTarget,
-    StructureOutput,
-    TimeEmbedding,
-    full_neighbor_list,
-    predict_structures,
-)
+from _schnetpack_helpers import diffusion_task as _diffusion_task  # noqa: E402
 from _schnetpack_helpers import (  # noqa: E402
-    diffusion_task as _diffusion_task,
     loader,
     small_painn,
     small_so3net,
     structure_task,
     tiny_structure_db,
+)
+from energyloss_plugins.alignment import random_rotations  # noqa: E402
+from energyloss_plugins.data import split_file_for  # noqa: E402
+from schnetpack_ext import (  # noqa: E402
+    EnergyLoss,
+    PositionHead,
+    RotateTarget,
+    StructureOutput,
+    full_neighbor_list,
+    predict_structures,
 )
 
 

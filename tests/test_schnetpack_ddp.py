@@ -31,7 +31,8 @@ def _fit(task, datapath, directory, devices):
     strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo") if devices > 1 else "auto"
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[RecordSteps(directory)], use_distributed_sampler=False)
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[RecordSteps(directory)],
+                         use_distributed_sampler=False)
     trainer.fit(task, train_dataloaders=data)
 
 
@@ -51,7 +52,7 @@ def test_ddp_two_processes_match_one_process(tmp_path_factory, loss):
     rank0 = json.loads((out / "ddp" / "losses_rank0.json").read_text())
     rank1 = json.loads((out / "ddp" / "losses_rank1.json").read_text())
     assert len(single) == len(rank0) == len(rank1) == 2
-    for s, a, b in zip(single, rank0, rank1):
+    for s, a, b in zip(single, rank0, rank1, strict=True):
         assert abs(s - (a + b) / 2) <= 1e-5 * abs(s) + 1e-8, (single, rank0, rank1)
 
     p_single = torch.load(out / "single" / "params_rank0.pt")

@@ -62,7 +62,8 @@ def test_spktrain_one_epoch_with_plugin_experiment(db, tmp_path, loss):
     assert len(losses) >= 8, losses
     k = 3
     assert sum(losses[-k:]) / k < sum(losses[:k]) / k, losses
-    assert any(r.get("val_rmsd") for r in rows) and any(r.get("val_bond_mae") for r in rows)  # the core's metrics are logged per epoch
+    # the core's metrics are logged per epoch
+    assert any(r.get("val_rmsd") for r in rows) and any(r.get("val_bond_mae") for r in rows)
 
     ckpts = glob.glob(str(run_dir / "checkpoints" / "*.ckpt"))
     assert ckpts and (run_dir / "best_model").exists()

@@ -32,7 +32,9 @@ def test_quality_is_high_for_regular_polygons_of_the_right_size_under_rigid_moti
     moved = noisy @ rot.transpose(1, 2) + 10 * torch.randn(64, 1, 2, generator=g, dtype=torch.float64)
     moved = moved[:, torch.randperm(8, generator=g)]
     for radial in shapes.RADIAL:
-        torch.testing.assert_close(shapes.shape_quality(moved, radius, radial), shapes.shape_quality(noisy, radius, radial))
+        torch.testing.assert_close(
+            shapes.shape_quality(moved, radius, radial), shapes.shape_quality(noisy, radius, radial)
+        )
 
 
 def test_quality_scores_a_collapsed_speck_low_only_about_the_prescribed_radius():

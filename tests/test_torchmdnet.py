@@ -20,8 +20,8 @@ pytest.importorskip("torchmdnet")
 pytest.importorskip("lightning")
 
 import torchmdnet_ext  # noqa: E402
-from energyloss_plugins.alignment import random_rotations  # noqa: E402
 from _torchmdnet_args import tiny_model_args  # noqa: E402
+from energyloss_plugins.alignment import random_rotations  # noqa: E402
 from energyloss_plugins.losses import call_loss  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
@@ -314,7 +314,9 @@ def test_ddp_two_processes_agree_with_one(db_path, tmp_path):
         np.savez(split_even, train_idx=s["train_idx"][:n_train], val_idx=s["val_idx"], test_idx=s["test_idx"])
     extra = ["--splits", str(split_even)]
     one = _train(tmp_path, db_path, "one", batch_size=n_train, epochs=2, precision=64, extra=[*extra, "--ngpus", "1"])
-    two = _train(tmp_path, db_path, "two", batch_size=n_train // 2, epochs=2, precision=64, extra=[*extra, "--ngpus", "2"])
+    two = _train(
+        tmp_path, db_path, "two", batch_size=n_train // 2, epochs=2, precision=64, extra=[*extra, "--ngpus", "2"]
+    )
     sd1 = torch.load(_ckpt(one, 1), map_location="cpu", weights_only=False)["state_dict"]
     sd2 = torch.load(_ckpt(two, 1), map_location="cpu", weights_only=False)["state_dict"]
     assert sd1.keys() == sd2.keys()

@@ -13,7 +13,7 @@ pytest.importorskip("torchmdnet")
 
 from torchmdnet.scripts import train as upstream  # noqa: E402
 
-from torchmdnet_ext.cli import get_args, get_argparse  # noqa: E402
+from torchmdnet_ext.cli import get_argparse, get_args  # noqa: E402
 from torchmdnet_ext.configs import config_names, config_path  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)

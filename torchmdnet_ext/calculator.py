@@ -20,7 +20,8 @@ from torchmdnet.calculators import TMDNETCalculator
 
 
 def energy_unit_factor(unit: str | float) -> float:
-    """Factor converting the model's energy unit to eV (``eV``, ``meV``, ``kcal/mol``, ``kJ/mol``, ``Hartree`` or a number)."""
+    """Factor converting the model's energy unit to eV (``eV``, ``meV``, ``kcal/mol``, ``kJ/mol``, ``Hartree``
+    or a number)."""
     if isinstance(unit, (int, float)):
         return float(unit)
     table = {

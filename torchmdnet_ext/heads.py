@@ -26,7 +26,6 @@ Two architectures of each (``create_model`` prefixes ``Equivariant`` for the equ
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +59,9 @@ class _TimeEmbedding(nn.Module):
 class _PairVectorTerm(nn.Module):
     """Δ_i = Σ_j φ(x_i, x_j, rbf(d_ij)) (r_i − r_j) / (d_ij + 1) over all pairs of each structure."""
 
-    def __init__(self, channels: int, activation: str, dtype: torch.dtype, num_rbf: int = 16, max_distance: float = 8.0):
+    def __init__(
+        self, channels: int, activation: str, dtype: torch.dtype, num_rbf: int = 16, max_distance: float = 8.0
+    ):
         super().__init__()
         self.register_buffer("centers", torch.linspace(0.0, max_distance, num_rbf, dtype=dtype))
         self.width = max_distance / (num_rbf - 1)
@@ -109,27 +110,28 @@ class _VectorHead(OutputModel):
             self.time.reset_parameters()
         self.pair.reset_parameters()
 
-    def _features(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
+    def _features(self, x: Tensor, t: Tensor | None) -> Tensor:
         h = self.node(x)
         if self.time is not None:
             if t is None:
                 raise ValueError(
                     f"{type(self).__name__} is a diffusion head and needs the time t; call the model through "
-                    "torchmdnet_ext.heads.denoiser(model, z) or torchmdnet_ext.sample_positions(model, ...), not model(z, pos, batch).")
+                    "torchmdnet_ext.heads.denoiser(model, z) or torchmdnet_ext.sample_positions(model, ...), "
+                    "not model(z, pos, batch).")
             h = h + self.time(t)
         return h
 
-    def _vector(self, h: Tensor, x: Tensor, v: Optional[Tensor], pos: Tensor, batch: Tensor, t: Optional[Tensor]) -> Tensor:
+    def _vector(self, h: Tensor, x: Tensor, v: Tensor | None, pos: Tensor, batch: Tensor, t: Tensor | None) -> Tensor:
         return self.pair(h, pos, batch)
 
-    def pre_reduce(self, x, v, z, pos, batch, box: Optional[Tensor] = None, t: Optional[Tensor] = None):
+    def pre_reduce(self, x, v, z, pos, batch, box: Tensor | None = None, t: Tensor | None = None):
         if box is not None and bool(box.abs().sum() > 0):
             raise ValueError("Position heads do not support periodic boxes yet.")
         h = self._features(x, t)
         delta = self._vector(h, x, v, pos, batch, t)
         return pos + delta if self.residual else delta
 
-    def reduce(self, x, batch, num_systems: Optional[int] = None):
+    def reduce(self, x, batch, num_systems: int | None = None):
         return x  # per-atom output: no reduction
 
     def post_reduce(self, x):
@@ -144,7 +146,9 @@ class _EquivariantVectorHead(_VectorHead):
         super().__init__(hidden_channels, activation, reduce_op, dtype, static_shapes, **kwargs)
         channels = max(hidden_channels // 2, 8)
         self.blocks = nn.ModuleList([
-            GatedEquivariantBlock(hidden_channels, channels, activation=activation, scalar_activation=True, dtype=dtype),
+            GatedEquivariantBlock(
+                hidden_channels, channels, activation=activation, scalar_activation=True, dtype=dtype
+            ),
             GatedEquivariantBlock(channels, 1, activation=activation, dtype=dtype),
         ])
         self.time_x = _TimeEmbedding(hidden_channels, activation, dtype) if self.timed else None
@@ -209,7 +213,8 @@ def base_name(name: str) -> str:
 
 
 def run_denoiser(model, z: Tensor, x_t: Tensor, batch: Tensor, t_atoms: Tensor, box=None, q=None, s=None) -> Tensor:
-    """Output ``(N, 3)`` of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times ``t_atoms``."""
+    """Output ``(N, 3)`` of a ``NoiseOutput`` TorchMD-Net model for noised positions ``x_t`` at per-atom times
+    ``t_atoms``."""
     x, v, z, pos, batch = model.representation_model(z, x_t, batch, box=box, q=q, s=s)
     return model.output_model.pre_reduce(x, v, z, pos, batch, box=box, t=t_atoms)
 

@@ -29,7 +29,9 @@ def sample_positions(model, z: Tensor, batch: Tensor, *, objective: DiffusionObj
     """
     if objective is None:
         if checkpoint is None:
-            raise ValueError("sample_positions needs objective= or checkpoint= (for the parameterisation and schedule).")
+            raise ValueError(
+                "sample_positions needs objective= or checkpoint= (for the parameterisation and schedule)."
+            )
         objective = objective_from_checkpoint(checkpoint)
     was_training = model.training
     model.eval()

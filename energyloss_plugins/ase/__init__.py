@@ -96,6 +96,9 @@ def __getattr__(name: str):
 
     framework, attribute = _MOVED[name]
     adapter = get_adapter(framework)
-    warnings.warn(f"energyloss_plugins.ase.{name} moved to the {framework} adapter: use {adapter.__name__}.{attribute}.",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"energyloss_plugins.ase.{name} moved to the {framework} adapter: use {adapter.__name__}.{attribute}.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return getattr(adapter, attribute)

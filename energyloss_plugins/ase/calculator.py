@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from torch import Tensor
 
+from energyloss_plugins import _checks
 from energyloss_plugins.ase._utils import (
     as_edge_index,
     bonds_from_atoms,
@@ -25,7 +26,6 @@ from energyloss_plugins.ase._utils import (
     pairs_for_atoms,
     reference_tensors,
 )
-from energyloss_plugins import _checks
 from energyloss_plugins.coefficients import PairContext, resolve_coefficients
 from energyloss_plugins.losses import pair_energy_loss
 

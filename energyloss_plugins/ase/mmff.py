@@ -79,7 +79,8 @@ class MMFFCalculator(Calculator):
                                    nonbonded_threshold=nonbonded_threshold,
                                    ignore_interfragment=ignore_interfragment)
         except ChemError as err:
-            raise ValueError(f"MMFF has no parameters for this molecule ({Chem.MolToSmiles(Chem.RemoveHs(mol))}).") from err
+            smiles = Chem.MolToSmiles(Chem.RemoveHs(mol))
+            raise ValueError(f"MMFF has no parameters for this molecule ({smiles}).") from err
         self.mol = mol
         self.numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
         self.parameters.update(variant=variant, charge=charge)
@@ -105,7 +106,6 @@ def mmff_relax(
     Hessian-fitted springs (a spring surrogate has its minimum exactly at the reference).
     """
     from ase.optimize import BFGS
-
     from rdkit.Chem import AllChem
 
     calc = MMFFCalculator(atoms, charge=charge, variant=variant)

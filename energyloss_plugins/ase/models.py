@@ -36,7 +36,8 @@ NumbersDenoiser = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 def atoms_to_batch(
     images: Atoms | Sequence[Atoms], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> dict[str, Tensor]:
-    """Flat batch of structures: ``positions`` ``(N, 3)`` Å, ``numbers`` ``(N,)``, ``batch`` ``(N,)``, ``n_atoms`` ``(B,)``."""
+    """Flat batch of structures: ``positions`` ``(N, 3)`` Å, ``numbers`` ``(N,)``, ``batch`` ``(N,)``,
+    ``n_atoms`` ``(B,)``."""
     images = [images] if isinstance(images, Atoms) else list(images)
     if not images:
         raise ValueError("No structures given.")
@@ -149,7 +150,8 @@ def predict_structures(
             raise ValueError(f"The model returned NaN or Inf positions for structure {index}.")
         atoms = atoms_in.copy()
         atoms.calc = None
-        atoms.positions = _align_onto(positions, atoms_in.positions) if align_to_input and not any(atoms.pbc) else positions
+        align = align_to_input and not any(atoms.pbc)
+        atoms.positions = _align_onto(positions, atoms_in.positions) if align else positions
         atoms.info["prediction_of"] = index
         out.append(atoms)
     _write(output, out, write_kwargs)
@@ -192,7 +194,8 @@ def sample_structures(
         denoiser: ``fn(x_t (N, 3), t (B,), batch (N,), numbers (N,)) -> output (N, 3)`` in ``parameterization``.
         templates: Atoms (only their elements are used) or lists of atomic numbers, one per structure to generate.
         parameterization: ``eps``, ``v``, ``x0`` or ``velocity`` (flow matching); ``schedule``: ``polynomial``
-            or ``cosine`` — the settings the model was trained with (see ``energyloss_plugins.tasks.DiffusionObjective``).
+            or ``cosine`` — the settings the model was trained with
+            (see ``energyloss_plugins.tasks.DiffusionObjective``).
         steps, method: sampler steps and ``ancestral`` / ``ddim`` / ``euler`` (default: euler for flow
             matching, else ancestral).
         seed: seeds the sampler noise (None: torch's global RNG).

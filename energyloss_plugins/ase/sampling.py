@@ -123,8 +123,9 @@ class BoltzmannSamples:
 
     def summary(self) -> str:
         return (
-            f"{len(self.structures)} samples at {self.temperature_K:g} K ({self.integrator}, dt {self.timestep_fs:g} fs, "
-            f"every {self.interval} steps): <E> = {self.mean_energy:.5f} ± {self.standard_error:.5f} eV "
+            f"{len(self.structures)} samples at {self.temperature_K:g} K "
+            f"({self.integrator}, dt {self.timestep_fs:g} fs, every {self.interval} steps): "
+            f"<E> = {self.mean_energy:.5f} ± {self.standard_error:.5f} eV "
             f"(τ = {self.autocorrelation_time:.1f} samples), equipartition {self.expected_energy:.5f} eV "
             f"({self.n_dof} dof); aligned RMSD mean {np.mean(self.rmsd):.4f} Å"
             + (f"; warning: {self.n_soft} soft (non-harmonic) modes" if self.n_soft else "")

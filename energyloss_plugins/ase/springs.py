@@ -437,7 +437,8 @@ def coefficients_from_calculator(
 
 
 def springs_to_data(edge_index, k, report: SpringFitReport | None = None) -> dict:
-    """An ASE db ``data`` dict: ``spring_pairs`` ``(E, 2)`` int64, ``spring_k`` ``(E,)`` float64 eV/Å², ``spring_fit`` (report)."""
+    """An ASE db ``data`` dict: ``spring_pairs`` ``(E, 2)`` int64, ``spring_k`` ``(E,)`` float64 eV/Å²,
+    ``spring_fit`` (report)."""
     k_arr = np.asarray(k.detach().cpu().numpy() if isinstance(k, Tensor) else k, dtype=np.float64).ravel()
     pairs = as_edge_index(edge_index, None)
     if pairs.shape[1] != k_arr.shape[0]:
@@ -531,7 +532,7 @@ def collate_springs(springs: Sequence[tuple[Tensor, Tensor]], n_atoms: Sequence[
         raise ValueError(f"{len(springs)} spring sets for {len(n_atoms)} structures.")
     offset = 0
     pairs, ks = [], []
-    for (e, k), n in zip(springs, n_atoms):
+    for (e, k), n in zip(springs, n_atoms, strict=True):
         e = torch.as_tensor(e, dtype=torch.long)
         if e.numel() and int(e.max()) >= n:
             raise ValueError(f"A spring pair refers to atom {int(e.max())} of a structure with {n} atoms.")

@@ -8,6 +8,14 @@ function needs them. See ``docs/data.md`` for the database contract and the buil
     records = read_dataset("qm9like/data.db")
 """
 
+from energyloss_plugins.chem import (
+    BOLTZMANN_EV,
+    KCAL_MOL_IN_EV,
+    TARGET_FMAX,
+    XTB_FMAX,
+    ChemError,
+    harmonic_samples,
+)
 from energyloss_plugins.data.builder import (
     CHEAP_INPUT,
     INPUT_KINDS,
@@ -19,14 +27,6 @@ from energyloss_plugins.data.builder import (
     make_settings,
     process_entry,
     split_molecules,
-)
-from energyloss_plugins.chem import (
-    BOLTZMANN_EV,
-    KCAL_MOL_IN_EV,
-    TARGET_FMAX,
-    XTB_FMAX,
-    ChemError,
-    harmonic_samples,
 )
 from energyloss_plugins.data.paths import find_split_file, split_file_for
 from energyloss_plugins.data.reader import (

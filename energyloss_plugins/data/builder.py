@@ -26,7 +26,6 @@ import numpy as np
 
 from energyloss_plugins import chem
 from energyloss_plugins._checks import check_number
-from energyloss_plugins.optional import require
 from energyloss_plugins.chem import ChemError
 from energyloss_plugins.data.paths import ase_db_metadata, check_output_path, split_file_for
 from energyloss_plugins.data.sources import (
@@ -37,6 +36,7 @@ from energyloss_plugins.data.sources import (
     parse_elements,
     resolve_source,
 )
+from energyloss_plugins.optional import require
 
 #: Format version of the database written by this module.
 FORMAT_VERSION = 1
@@ -125,7 +125,7 @@ class BuildReport:
             f"{self.path}: {self.n_molecules} molecules, {self.n_rows} rows "
             f"({', '.join(f'{k} {v}' for k, v in self.rows_per_kind.items())})",
             f"  split ({self.split_file}): train {self.n_train}, val {self.n_val}, test {self.n_test} rows",
-            f"  median aligned RMSD input->target (Å): "
+            "  median aligned RMSD input->target (Å): "
             + ", ".join(f"{k} {v:.3f}" for k, v in self.median_input_rmsd.items()),
             f"  filtered from source: {_fmt_counts(self.filtered)}",
             f"  skipped molecules: {_fmt_counts(self.skipped)}",
@@ -158,7 +158,8 @@ def resolve_inputs(method: str, inputs: Iterable[str] | str) -> tuple[str, ...]:
         if kind == method:
             raise ValueError(
                 f"Input kind {kind!r} with method {method!r} would relax the target with its own method and "
-                f"return the target itself. Use 'cheap' (= {CHEAP_INPUT[method]!r} for method {method!r}) or another kind."
+                f"return the target itself. Use 'cheap' (= {CHEAP_INPUT[method]!r} for method {method!r}) "
+                "or another kind."
             )
         if kind not in out:
             out.append(kind)

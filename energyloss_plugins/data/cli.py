@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the output even if energyloss-data did not write it (by default only its own databases are replaced)",
+        help="replace the output even if energyloss-data did not write it "
+        "(by default only its own databases are replaced)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -78,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             split = tuple(float(x) for x in args.split.split(","))
         except ValueError:
-            raise ValueError(f"--split must be three comma-separated fractions such as 0.8,0.1,0.1, got {args.split!r}.") from None
+            raise ValueError(
+                f"--split must be three comma-separated fractions such as 0.8,0.1,0.1, got {args.split!r}."
+            ) from None
         report = build_dataset(
             args.source,
             args.out,

@@ -108,13 +108,19 @@ def check_output_path(path: str, what: str, owned_key: str | None, overwrite: bo
             os.close(fd)
             os.remove(tmp)
         except OSError as exc:
-            raise ValueError(f"{what}={path}: cannot write in {folder} ({exc.strerror}); choose a writable location.") from None
+            raise ValueError(
+                f"{what}={path}: cannot write in {folder} ({exc.strerror}); choose a writable location."
+            ) from None
     elif not os.access(probe or "/", os.W_OK):
         raise ValueError(f"{what}={path}: cannot create the folder {folder} (no write permission in {probe}).")
     if os.path.exists(path) and not overwrite:
         meta = ase_db_metadata(path) if owned_key is not None else None
         if meta is None or owned_key not in meta:
-            kind = "an ASE database not written by energyloss-data" if meta is not None else "a file not written by energyloss-data"
+            kind = (
+                "an ASE database not written by energyloss-data"
+                if meta is not None
+                else "a file not written by energyloss-data"
+            )
             raise ValueError(
                 f"{what}={path} already exists and is {kind}; refusing to replace it. Choose a new name, or pass "
                 f"{flag} (overwrite=True in Python) to replace it."

@@ -106,7 +106,8 @@ def check_structure_db(path: str | os.PathLike, what: str = "path") -> None:
     row = db.get(id=next(db.select(limit=1, include_data=False)).id)
     if "target_positions" not in row.data:
         raise ValueError(
-            f"{what}={path}: its rows have no data['target_positions'] (found: {sorted(row.data) or 'none'}). {contract}"
+            f"{what}={path}: its rows have no data['target_positions'] "
+            f"(found: {sorted(row.data) or 'none'}). {contract}"
         )
 
 

@@ -251,7 +251,6 @@ def _frames(label: str, path: str) -> Iterator[tuple[int, str, object]]:
         for i, name in enumerate(g2.names):
             yield i, name, g2[name]
         return
-    import ase.io
 
     try:
         frames = _read_all_frames(path)

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from energyloss_plugins import _checks
-from energyloss_plugins import chem
-from energyloss_plugins.optional import require
+from energyloss_plugins import _checks, chem
 from energyloss_plugins.metrics.bonds import distance_bond_orders, prepare_inputs
+from energyloss_plugins.optional import require
 
 #: Ways to get bonds for the RDKit molecules.
 BOND_METHODS = ("edm", "determine")

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from energyloss_plugins import _checks
-from energyloss_plugins import chem
+from energyloss_plugins import _checks, chem
 from energyloss_plugins.metrics.chemistry import split_structures
 
 #: Reference methods of :func:`excess_energy`.

@@ -21,7 +21,8 @@ from energyloss_plugins.layouts import segment_mean, structure_index
 def check_pair(
     pred: Tensor, target: Tensor, batch: Tensor | None, n_structures: int | None = None
 ) -> tuple[Tensor, int]:
-    """Check a prediction/target pair of flat ``(N, d)`` positions; returns ``batch`` ``(N,)`` long and the structure count."""
+    """Check a prediction/target pair of flat ``(N, d)`` positions; returns ``batch`` ``(N,)`` long and the
+    structure count."""
     _checks.check_positions("pred", pred, 2)
     _checks.check_positions("target", target, 2)
     _checks.check_same_shape(pred, target)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins.metrics.bonds import HAS_RULE, MAX_Z, covalent_bonds, stable_atoms
-from energyloss_plugins.metrics.geometry import check_pair, aligned_rmsd, angle_mae, bond_length_mae
+from energyloss_plugins.metrics.geometry import aligned_rmsd, angle_mae, bond_length_mae, check_pair
 
 
 @torch.no_grad()

@@ -152,8 +152,9 @@ def train_spin_model(
 
 
 def plot_curves(results: list[dict], path: str | os.PathLike, title: str) -> None:
-    """PNG of runs of :func:`train_spin_model` (dicts with ``label`` and ``curves``). Two panels: training progress (each loss rescaled to [0, 1]: (loss - min) / (first - min),
-    since the losses live on different scales and signs) and the test excess energy per epoch."""
+    """PNG of runs of :func:`train_spin_model` (dicts with ``label`` and ``curves``). Two panels: training
+    progress (each loss rescaled to [0, 1]: (loss - min) / (first - min), since the losses live on different
+    scales and signs) and the test excess energy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -48,7 +48,7 @@ def main() -> None:
     e0 = ref.get_potential_energy()
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
-    for ax, m in zip(axes.ravel(), picks):
+    for ax, m in zip(axes.ravel(), picks, strict=False):
         v = modes[m]
         curvature = float(v.ravel() @ hessian @ v.ravel())  # eV/Å² along the unit Cartesian mode
         a_max = min(np.sqrt(2 * args.energy / curvature), args.max_amplitude)

@@ -61,7 +61,8 @@ def main() -> None:
         true_check = atoms.copy()
         true_check.calc = calc
         print(
-            f"{name}: {opt.nsteps} BFGS steps, final aligned RMSD {rmsds[-1]:.2e} Å, surrogate E {energies[-1]:.1e} eV, "
+            f"{name}: {opt.nsteps} BFGS steps, final aligned RMSD {rmsds[-1]:.2e} Å, "
+            f"surrogate E {energies[-1]:.1e} eV, "
             f"max |F_true| at the result {np.abs(true_check.get_forces()).max():.1e} eV/Å"
         )
         curves[name] = (np.array(energies), np.array(rmsds))

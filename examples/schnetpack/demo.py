@@ -52,11 +52,13 @@ def main(argv=None):
     losses = args.losses.split(",")
     runs = {}
     for i, loss in enumerate(losses):
-        print(f"\n[2/3] training PaiNN with globals.loss={loss} for {args.budget} s ({i + 1}/{len(losses)})", flush=True)
+        print(f"\n[2/3] training PaiNN with globals.loss={loss} for {args.budget} s ({i + 1}/{len(losses)})",
+              flush=True)
         runs[loss] = train(datapath, loss, os.path.join(args.out, "runs"), args.budget)
 
     print("\n[3/3] evaluating on the test molecules", flush=True)
-    records = read_dataset(datapath, indices=read_split(os.path.join(os.path.dirname(datapath), "split.npz"))["test_idx"])
+    split = read_split(os.path.join(os.path.dirname(datapath), "split.npz"))
+    records = read_dataset(datapath, indices=split["test_idx"])
     flat = collate_records(records)
     results = {"target itself (reference)": evaluate(flat["target_positions"], flat),
                "input geometry (no model)": evaluate(flat["positions"], flat)}
@@ -124,7 +126,7 @@ def _plot(results, runs, path):
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     names = list(results)
     for ax, key, label in zip(axes[:3], ("rmsd", "bond_mae", "molecule_stability"),
-                              ("aligned RMSD (Å)", "bond-length MAE (Å)", "molecule stability")):
+                              ("aligned RMSD (Å)", "bond-length MAE (Å)", "molecule stability"), strict=True):
         shown = [n for n in names if not n.startswith("target")]
         values = [results[n].get(key, float("nan")) for n in shown]
         ax.bar(range(len(shown)), values, color=["0.6", "tab:blue", "tab:red", "tab:green"][: len(shown)])

@@ -141,7 +141,7 @@ class StackedAdam:
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, m, v in zip(self.params, self.m, self.v):
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
             m.mul_(b1).add_(p.grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
             lr = (self.lrs * scale / c1).view(-1, *([1] * (p.dim() - 1)))
@@ -255,7 +255,10 @@ def theta_label(theta: float) -> str:
 
 def print_table(results: dict) -> str:
     thetas = results["thetas"]
-    header = ["| loss | " + " | ".join(f"θ_aug = {theta_label(t)}" for t in thetas) + " |", "|---|" + "---|" * len(thetas)]
+    header = [
+        "| loss | " + " | ".join(f"θ_aug = {theta_label(t)}" for t in thetas) + " |",
+        "|---|" + "---|" * len(thetas),
+    ]
     lines = []
     for title, key, fmt in (
         ("Median quality -ln(σ_Δangle/2π + σ_radius/r), σ_radius = RMS deviation of the vertex radii from r",
@@ -343,7 +346,8 @@ def main(argv=None) -> dict:
     p.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES)
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-3], help="learning rates tried for every loss")
     p.add_argument("--restarts", type=int, default=2, help="initialisations per (loss, θ_aug, lr); best by validation")
-    p.add_argument("--length-scale", type=float, default=2.0, help="ℓ of the exp springs k = exp(-d/ℓ) (shapes span 0.6-10)")
+    p.add_argument("--length-scale", type=float, default=2.0,
+                   help="ℓ of the exp springs k = exp(-d/ℓ) (shapes span 0.6-10)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine", help="learning-rate schedule")
     p.add_argument("--augment", choices=("online", "fixed"), default="online",
                    help="rotation drawn each time a sample is used, or once per sample")
