@@ -138,6 +138,39 @@ def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, 
     return (weight.detach().to(per_structure.dtype) * per_structure).mean()
 
 
+def reverse_step(x: Tensor, output: Tensor, batch: Tensor, t: Tensor, s: Tensor, *, method: str = "ancestral",
+                 parameterization: str = "eps", schedule: NoiseSchedule | None = None, noise: Tensor | None = None,
+                 final: bool = False) -> Tensor:
+    """One sampler step from time ``t`` to ``s < t`` (0-d tensors) for any per-atom state ``x`` ``(N, F)``.
+
+    Args:
+        output: the denoiser's output for ``x`` at ``t``, in ``parameterization``.
+        method: ``ancestral`` (DDPM posterior), ``ddim`` (deterministic, η = 0) or ``euler`` (flow matching).
+        noise: standard normal like ``x`` for the ancestral step (centre-of-mass free for positions);
+            unused by the other methods and by the final step.
+        final: the last step, which returns the implied clean sample x̂ itself.
+
+    Shared by :func:`sample` (positions) and :mod:`energyloss_plugins.generation` (positions and types).
+    """
+    if method == "euler":
+        return x - (t - s) * output
+    schedule = schedule or NoiseSchedule()
+    a_t, s_t = schedule.alpha_sigma(t)
+    a_s, s_s = schedule.alpha_sigma(s)
+    n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    x0_hat, _ = predicted_x0(output, x, batch, a_t.expand(n_structures), s_t.expand(n_structures), parameterization)
+    if final:
+        return x0_hat
+    if method == "ddim":
+        eps_hat = (x - a_t * x0_hat) / s_t
+        return a_s * x0_hat + s_s * eps_hat
+    a_ts = a_t / a_s
+    var_ts = s_t**2 - a_ts**2 * s_s**2
+    mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0_hat
+    std = (var_ts * s_s**2 / s_t**2).sqrt()
+    return mean + std * noise
+
+
 @torch.no_grad()
 def sample(denoiser: Denoiser, batch: Tensor, dim: int = 3, *, steps: int = 100, method: str = "ancestral",
            parameterization: str = "eps", schedule: NoiseSchedule | None = None,
@@ -163,22 +196,10 @@ def sample(denoiser: Denoiser, batch: Tensor, dim: int = 3, *, steps: int = 100,
         iterator = tqdm(iterator, desc=f"sampling ({method})")
     for step in iterator:
         t, s = times[step], times[step + 1]
-        t_b = t.expand(n_structures)
-        out = denoiser(x, t_b, batch)
-        if method == "euler":
-            x = remove_com(x - (t - s) * out, batch, n_structures)
-            continue
-        a_t, s_t = schedule.alpha_sigma(t)
-        a_s, s_s = schedule.alpha_sigma(s)
-        x0_hat, _ = predicted_x0(out, x, batch, a_t.expand(n_structures), s_t.expand(n_structures), parameterization)
-        if method == "ddim" or step == steps - 1:
-            eps_hat = (x - a_t * x0_hat) / s_t
-            x = a_s * x0_hat + s_s * eps_hat if step < steps - 1 else x0_hat
-        else:
-            a_ts = a_t / a_s
-            var_ts = s_t**2 - a_ts**2 * s_s**2
-            mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0_hat
-            std = (var_ts * s_s**2 / s_t**2).sqrt()
-            x = mean + std * com_free_noise(x, batch, generator)
+        out = denoiser(x, t.expand(n_structures), batch)
+        final = step == steps - 1
+        noise = com_free_noise(x, batch, generator) if method == "ancestral" and not final else None
+        x = reverse_step(x, out, batch, t, s, method=method, parameterization=parameterization, schedule=schedule,
+                         noise=noise, final=final)
         x = remove_com(x, batch, n_structures)
     return x
