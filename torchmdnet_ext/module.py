@@ -12,6 +12,11 @@ vector. This subclass keeps its optimiser, learning-rate schedule, EMA-free logg
 - ``task: diffusion``: ``pos_target`` (or ``pos`` if absent) is noised by the core's
   :class:`energyloss_plugins.tasks.DiffusionObjective`; a ``NoiseOutput`` head predicts ε/v/x0/velocity
   with the time as input, and the objective's loss (energy on the implied clean sample) is used.
+- ``task: generation``: de novo molecules (types and positions, SPEC §7): ``pos_target`` (or ``pos``)
+  and ``z`` are noised together by the core's :class:`energyloss_plugins.generation.GenerationObjective`;
+  the network sees only x_t, h_t and t (:mod:`torchmdnet_ext.generation`); ``elements`` fixes the
+  generated elements, the training split's atom-count histogram is stored in the checkpoint, and
+  :meth:`PositionLNNP.sample_molecules` draws new molecules.
 
 ``train_loss`` names: see :mod:`torchmdnet_ext.losses` (``energy_loss``, ``kabsch_loss``, ``mse_loss``,
 ``l1_loss``); ``train_loss_arg`` holds the core loss options, e.g. ``{coefficients: exp, graph: complete}``.
@@ -28,21 +33,28 @@ import torch
 import yaml
 from torchmdnet.module import LNNP
 
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
 from torchmdnet_ext import heads
 from torchmdnet_ext.losses import CORE_NAMES, core_name
 
-TASKS = ("structure", "diffusion")
+TASKS = ("structure", "diffusion", "generation")
 
 #: Hyper-parameters this package adds (also console-script options); defaults.
 PLUGIN_DEFAULTS = {
     "task": "structure",
     "parameterization": "eps",
     "noise_schedule": "polynomial",
-    "max_weight": 1000.0,
+    "max_weight": None,  # diffusion: DIFFUSION_MAX_WEIGHT; generation: no clip (mse = exact ε-MSE)
     "sampling_steps": 100,
     "log_structure_metrics": True,
+    "elements": None,  # generation: atomic numbers the model generates (required)
+    "position_weight": 1.0,  # generation: weight of the positional term against the type term
 }
+#: Default clip of the diffusion time weight w_t for ``task: diffusion``.
+DIFFUSION_MAX_WEIGHT = 1000.0
+#: Seed of the validation/test noise of ``task: generation`` (val losses comparable across epochs).
+VAL_SEED = 1234
 
 #: Losses logged besides ``train_loss`` during validation (l1_loss first, as in TorchMD-Net).
 MONITOR_LOSSES = ("l1_loss", "mse_loss")
@@ -70,6 +82,10 @@ def prepare_hparams(hparams) -> dict:
             h[key] = value
     if h["task"] not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {h['task']!r}.")
+    if h["task"] == "diffusion" and h["max_weight"] is None:
+        h["max_weight"] = DIFFUSION_MAX_WEIGHT
+    if h["task"] == "generation":
+        h["elements"] = _parse_elements(h["elements"])
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of {sorted(CORE_NAMES)} "
@@ -84,7 +100,7 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError("remove_ref_energy does not apply to position targets.")
     if h.get("prior_model"):
         raise ValueError("Prior models add energies; position heads do not take them (remove prior_model).")
-    wanted = "PositionOutput" if h["task"] == "structure" else "NoiseOutput"
+    wanted = "PositionOutput" if h["task"] == "structure" else "NoiseOutput"  # generation: ε_x head
     output = h.get("output_model") or "Scalar"
     if output == "Scalar":  # TorchMD-Net's default: pick the head of the task
         output = wanted
@@ -95,6 +111,22 @@ def prepare_hparams(hparams) -> dict:
         h.setdefault(key, {"precision": 32}.get(key))
     h["remove_ref_energy"] = bool(h["remove_ref_energy"])
     return h
+
+
+def _parse_elements(value) -> list[int]:
+    """``elements`` as a sorted list of atomic numbers (from a list, or a string ``"1,6,7,8"``)."""
+    if value is None:
+        raise ValueError("task generation needs elements, the atomic numbers the model generates: e.g. "
+                         "--elements 1,6,7,8,16 (QM7) or `elements: [1, 6, 7, 8, 9]` (QM9) in the conf file.")
+    if isinstance(value, str):
+        value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+    try:
+        elements = sorted({int(z) for z in value})
+    except (TypeError, ValueError):
+        raise ValueError(f"elements must be a list of atomic numbers, got {value!r}.") from None
+    if not elements or elements[0] < 1:
+        raise ValueError(f"elements must be a non-empty list of atomic numbers >= 1, got {value!r}.")
+    return elements
 
 
 def _check_loss_options(train_loss: str, options: dict):
@@ -119,6 +151,10 @@ def make_objective(h: Mapping, train_loss: str | None = None):
     options = h["train_loss_arg"] if name == h["train_loss"] else {}
     if h["task"] == "structure":
         return StructureObjective(core_name(name), options)
+    if h["task"] == "generation":
+        return GenerationObjective(h["elements"], core_name(name), position_weight=h["position_weight"],
+                                   loss_kwargs=options, schedule=h["noise_schedule"],
+                                   parameterization=h["parameterization"], max_weight=h["max_weight"])
     return DiffusionObjective(core_name(name), parameterization=h["parameterization"], schedule=h["noise_schedule"],
                               loss_kwargs=options, max_weight=h["max_weight"])
 
@@ -138,20 +174,25 @@ class PositionLNNP(LNNP):
         self.objective = make_objective(self.hparams)
         self._monitors = {name: make_objective(self.hparams, name) for name in MONITOR_LOSSES}
         self._metrics_warned = False
+        self.atom_counts: AtomCountDistribution | None = None
+        if self.hparams.task == "generation":
+            from torchmdnet_ext.generation import attach_generation_modules
+
+            attach_generation_modules(self.model, self.hparams, self.objective.n_features)
 
     # ----------------------------------------------------------------- steps
     def training_step(self, batch, batch_idx):
-        return self.step(batch, [self.hparams.train_loss], "train")
+        return self.step(batch, [self.hparams.train_loss], "train", batch_idx)
 
     def validation_step(self, batch, batch_idx, *args):
         is_val = len(args) == 0 or args[0] == 0
         stage = "val" if is_val else "test"
         names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
-        return self.step(batch, names if is_val else ["l1_loss"], stage)
+        return self.step(batch, names if is_val else ["l1_loss"], stage, batch_idx)
 
     def test_step(self, batch, batch_idx):
         names = [n for n in MONITOR_LOSSES if n != self.hparams.train_loss] + [self.hparams.train_loss]
-        return self.step(batch, names, "test")
+        return self.step(batch, names, "test", batch_idx)
 
     def _objective(self, name):
         return self.objective if name == self.hparams.train_loss else self._monitors[name]
@@ -162,7 +203,7 @@ class PositionLNNP(LNNP):
         s = batch.s if self.hparams.spin else None
         return box, q, s
 
-    def step(self, batch, loss_names, stage):
+    def step(self, batch, loss_names, stage, batch_idx=0):
         batch = self.data_transform(batch)
         z, b = batch.z, batch.batch
         target = batch.pos_target if "pos_target" in batch else batch.pos
@@ -175,6 +216,16 @@ class PositionLNNP(LNNP):
                 pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
                 for name in loss_names:
                     values[name] = self._objective(name).loss(pred, target, b, numbers=z, bonds=bonds, springs=springs)
+            elif self.hparams.task == "generation":
+                from torchmdnet_ext.generation import denoise
+
+                generator = None
+                if stage != "train":  # the same noise every epoch: comparable validation losses
+                    generator = torch.Generator(device=target.device).manual_seed(VAL_SEED + int(batch_idx))
+                noised = self.objective.noise(target, z, b, generator=generator)
+                out_x, out_h = denoise(self.model, noised["x_t"], noised["h_t"], noised["t"], b)
+                for name in loss_names:
+                    values[name] = self._objective(name).loss(out_x, out_h, noised, b)
             else:
                 noised = self.objective.noise(target, b)
                 out = run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
@@ -208,6 +259,9 @@ class PositionLNNP(LNNP):
         box, q, s = self._conditioning(batch)
         if self.hparams.task == "structure":
             return self(batch.z, batch.pos, batch=batch.batch, box=box, q=q, s=s)[0]
+        if self.hparams.task == "generation":
+            raise ValueError("task generation has no per-batch prediction; draw molecules with "
+                             "PositionLNNP.sample_molecules(n).")
         from torchmdnet_ext.inference import sample_positions
 
         return sample_positions(self.model, batch.z, batch.batch, objective=self.objective,
@@ -240,3 +294,59 @@ class PositionLNNP(LNNP):
             if metrics:
                 self.log_dict(metrics, sync_dist=True)
         super().on_test_epoch_end()
+
+    # ------------------------------------------------------------ generation
+    def on_fit_start(self):
+        if self.hparams.task == "generation" and self.atom_counts is None:
+            self.atom_counts = self._training_atom_counts()
+
+    def _training_atom_counts(self) -> AtomCountDistribution:
+        """Histogram of atoms per training molecule; checks the training elements against ``elements``."""
+        dm = self.trainer.datamodule
+        dataset, idx = dm.dataset, dm.idx_train
+        counts, seen = [], set()
+        for i in idx:
+            z = dataset[int(i)].z
+            counts.append(int(z.numel()))
+            seen.update(int(e) for e in torch.unique(z))
+        unknown = sorted(seen - set(self.hparams.elements))
+        if unknown:
+            raise ValueError(f"the training data holds elements {unknown} outside elements {self.hparams.elements}; "
+                             f"set elements to {sorted(seen)}.")
+        return AtomCountDistribution.from_counts(counts)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.atom_counts is not None:
+            checkpoint["atom_count_histogram"] = self.atom_counts.histogram
+
+    def on_load_checkpoint(self, checkpoint):
+        if checkpoint.get("atom_count_histogram") is not None:
+            self.atom_counts = AtomCountDistribution(checkpoint["atom_count_histogram"])
+
+    @torch.no_grad()
+    def sample_molecules(self, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
+                         batch_size: int = 250, progress: bool = True) -> list:
+        """``n`` new molecules as ``ase.Atoms`` (task generation; sizes from the training histogram).
+
+        Args:
+            steps: denoising steps (EDM: 1,000).
+            method: ``ancestral`` (default), ``ddim``, or ``euler`` (flow matching, its default).
+            seed: None for fresh randomness, an int for reproducible samples.
+            batch_size: molecules per network call.
+        """
+        from energyloss_plugins.generation import sample_molecules
+        from torchmdnet_ext.generation import denoise
+
+        if self.hparams.task != "generation":
+            raise ValueError(f"sample_molecules needs a model trained with task generation, not {self.hparams.task!r}.")
+        if self.atom_counts is None:
+            raise ValueError("this model has no atom-count histogram yet: train it (the histogram of the training "
+                             "split is stored in the checkpoint) or set model.atom_counts = AtomCountDistribution(...).")
+        was_training = self.training
+        self.eval()
+        try:
+            return sample_molecules(self.objective, lambda x, h, t, b: denoise(self.model, x, h, t, b),
+                                    self.atom_counts, n, steps=steps, method=method, seed=seed,
+                                    batch_size=batch_size, progress=progress, device=self.device, dtype=self.dtype)
+        finally:
+            self.train(was_training)
