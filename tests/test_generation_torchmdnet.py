@@ -167,7 +167,7 @@ def test_console_script_trains_on_a_builder_database_and_samples(tmp_path):
             "--log-dir", str(tmp_path / "run")]
     main(argv)
     ckpt = sorted(glob.glob(str(tmp_path / "run" / "epoch=1-*.ckpt")))[0]
-    module = torchmdnet_ext.PositionLNNP.load_from_checkpoint(ckpt)
+    module = torchmdnet_ext.load_generation_model(ckpt)
     # the checkpoint alone samples: elements from the hyper-parameters, histogram of the train split
     assert module.hparams.elements == [1, 6, 7, 8]
     assert 6 <= module.atom_counts.max_atoms <= 12

@@ -135,3 +135,18 @@ def denoise(model: nn.Module, x_t: Tensor, h_t: Tensor, t: Tensor, batch: Tensor
     out_x = model.output_model.pre_reduce(x, v, z, pos, batch, t=t_atoms)
     out_h = model.type_output(x, t_atoms)
     return remove_com(out_x, batch, n_structures).to(x_t.dtype), out_h.to(h_t.dtype)
+
+
+def load_generation_model(checkpoint: str, map_location: str = "cpu"):
+    """A trained ``task: generation`` :class:`~torchmdnet_ext.PositionLNNP` from its checkpoint, in eval mode.
+
+    The checkpoint holds everything sampling needs (elements, schedule, atom-count histogram):
+    ``load_generation_model(path).sample_molecules(1000, steps=500, seed=0)``. Only load checkpoints
+    you trust (Lightning unpickles the hyper-parameters).
+    """
+    from torchmdnet_ext.module import PositionLNNP
+
+    module = PositionLNNP.load_from_checkpoint(checkpoint, map_location=map_location)
+    if module.hparams.task != "generation":
+        raise ValueError(f"{checkpoint} was trained on task {module.hparams.task!r}, not generation.")
+    return module.eval()
