@@ -71,7 +71,7 @@ def molecule_smiles_set(molecules: Iterable[Any], chunk_size: int = 500, progres
 
 
 def _chunks(molecules: Iterable[Any], chunk_size: int, progress: bool, total: int | None, desc: str, stability: bool):
-    """Yield ``(smiles, stable_atoms or None, batch)`` per chunk of molecules, with a progress bar."""
+    """Yield ``(smiles, (stable_atoms, batch) or None)`` per chunk of molecules, with a progress bar."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     bar = None
@@ -126,6 +126,8 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         ValueError: empty input, a molecule without atoms, or an element without a valence rule.
     """
     n = len(atoms_list)
+    if n == 0:
+        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
     n_atoms = n_stable_atoms = n_stable_mols = 0
     valid: list[str] = []
     for smiles, (stable, batch) in _chunks(atoms_list, chunk_size, progress, n, "evaluating", stability=True):
@@ -134,8 +136,6 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         unstable_per_mol = torch.zeros(len(smiles), dtype=torch.long).index_add_(0, batch, (~stable).long())
         n_stable_mols += int((unstable_per_mol == 0).sum())
         valid.extend(s for s in smiles if s is not None)
-    if n == 0:
-        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
     unique = set(valid)
     novelty = None
     if train_smiles is not None:
