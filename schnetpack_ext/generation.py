@@ -31,6 +31,7 @@ from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask, ModelOutput
 
 from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
+from schnetpack_ext.checkpoint import apply_ema_weights
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.losses import _plain
 from schnetpack_ext.tasks import _ContextTask, full_neighbor_list
@@ -291,23 +292,9 @@ class GenerationTask(_ContextTask):
 
 
 def load_generation_model(checkpoint: str, map_location: str = "cpu", use_ema: bool = True) -> GenerationTask:
-    """A :class:`GenerationTask` from a Lightning checkpoint, with the EMA weights when it holds them.
-
-    ``spktrain`` trains with SchNetPack's ``ExponentialMovingAverage`` callback; checkpoints written
-    between validations hold the raw weights in the state dict and the averages in the callback state.
-    Only load checkpoints you trust (full pickle, as :meth:`GenerationTask.load_from_checkpoint`).
-    """
+    """A :class:`GenerationTask` from a Lightning checkpoint, in eval mode, with the EMA weights when it holds them
+    (see :func:`schnetpack_ext.checkpoint.apply_ema_weights`). Only load checkpoints you trust (full pickle)."""
     task = GenerationTask.load_from_checkpoint(checkpoint, map_location=map_location)
     if use_ema:
-        state = torch.load(checkpoint, map_location=map_location, weights_only=False)
-        for value in (state.get("callbacks") or {}).values():
-            shadow = (value.get("ema") or {}).get("shadow_params") if isinstance(value, dict) else None
-            if shadow is not None:
-                params = list(task.model.parameters())
-                if len(params) != len(shadow):
-                    raise ValueError(f"EMA state of {checkpoint} has {len(shadow)} tensors, the model {len(params)}.")
-                for p, s in zip(params, shadow):
-                    p.data.copy_(s.to(p.device, p.dtype))
-                break
-    task.eval()
-    return task
+        apply_ema_weights(task, checkpoint)
+    return task.eval()
