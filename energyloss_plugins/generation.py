@@ -289,7 +289,8 @@ def sample_molecules(objective: GenerationObjective, denoiser: JointDenoiser, at
                      dtype: torch.dtype = torch.float32) -> list["ase.Atoms"]:
     """``n`` molecules as ``ase.Atoms``, in batches of ``batch_size`` molecules (shared by the adapters).
 
-    ``seed=None`` draws fresh randomness; an int makes the samples reproducible (sizes and noise).
+    ``seed=None`` draws fresh randomness; an int makes the samples reproducible (sizes and noise) for
+    the same ``batch_size`` and device (the noise is drawn batch by batch).
     """
     if n < 0 or batch_size < 1:
         raise ValueError(f"n must be >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}.")
