@@ -228,9 +228,9 @@ def train(args, name, loss, seed, extra, fraction, db) -> dict:
     return {"train_wall_s": round(sum(timing["segments"]), 1), "train_segments": len(timing["segments"])}
 
 
-def sample_run(args, name: str, checkpoint: str, n: int, path: str, seed: int = 0) -> float:
-    """Sample in a subprocess (one thread); returns the sampling wall time."""
-    code = ("import sys, torch, ase.io; torch.set_num_threads(1); from schnetpack_ext import load_generation_model; "
+def sample_run(args, name: str, checkpoint: str, n: int, path: str, seed: int = 0, adapter: str = "schnetpack_ext") -> float:
+    """Sample in a subprocess (one thread) with ``<adapter>.load_generation_model``; returns the wall time."""
+    code = (f"import sys, torch, ase.io; torch.set_num_threads(1); from {adapter} import load_generation_model; "
             "task = load_generation_model(sys.argv[1]); "
             "mols = task.sample_molecules(int(sys.argv[2]), steps=int(sys.argv[3]), method=sys.argv[4], seed=int(sys.argv[5]), "
             "batch_size=int(sys.argv[6]), progress=False); ase.io.write(sys.argv[7] + '.tmp.extxyz', mols); "
@@ -285,38 +285,45 @@ def run_torchmd(args, name, spec, db, smiles) -> dict:
         return {"run": name, "status": "skipped", "reason": "energyloss-torchmd-train has no '--task generation' yet "
                 "(helper GEN-EVAL adds it); rerun this script once it exists."}
     try:
-        from torchmdnet_ext import load_generation_model
+        from torchmdnet_ext import load_generation_model  # noqa: F401  (the sampler subprocess uses it)
     except ImportError:
         return {"run": name, "status": "skipped", "reason": "torchmdnet_ext.load_generation_model is missing."}
     run_dir = os.path.join(args.out, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
-    batches_per_epoch = 5659 // 64
-    epochs = math.ceil(args.steps / batches_per_epoch)
+    # TorchMD-Net trains whole epochs: the epoch count whose steps come closest to --steps (reported as run)
+    import numpy as np
+
+    batches_per_epoch = math.ceil(len(np.load(os.path.join(args.out, "split.npz"))["train_idx"]) / 64)
+    epochs = max(1, round(args.steps / batches_per_epoch))
     cmd = [os.path.join(BIN, "energyloss-torchmd-train"), "--task", "generation", "--dataset", "EnergyLossDB",
-           "--dataset-root", db, "--model", "equivariant-transformer", "--embedding-dimension", "64",
-           "--num-layers", "3", "--num-heads", "4", "--num-rbf", "32", "--cutoff-upper", "10.0",
-           "--max-num-neighbors", "32", "--train-loss", loss,
+           "--dataset-root", db, "--elements", ELEMENTS.strip("[]"), "--model", "equivariant-transformer",
+           "--embedding-dimension", "64", "--num-layers", "3", "--num-heads", "4", "--num-rbf", "32",
+           "--cutoff-upper", "10.0", "--max-num-neighbors", "32", "--train-loss", f"{loss}_loss",
            "--train-loss-arg", "{coefficients: exp, coefficient_kwargs: {k0: 5.0}, graph: complete}",
            "--batch-size", "64", "--inference-batch-size", "128", "--lr", "1e-3", "--lr-warmup-steps", "100",
-           "--num-epochs", str(epochs), "--num-workers", "0", "--seed", str(seed), "--log-dir", run_dir]
-    start = time.time()
-    with open(os.path.join(args.out, "runs", f"{name}.train.log"), "a") as log:
-        proc = subprocess.run(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    wall = round(time.time() - start, 1)
-    checkpoints = sorted(f for f in os.listdir(run_dir) if f.endswith(".ckpt"))
-    if proc.returncode != 0 or not checkpoints:
-        return {"run": name, "status": "failed", "reason": f"energyloss-torchmd-train exit {proc.returncode}; see "
-                f"{name}.train.log", "command": cmd}
-    model = load_generation_model(os.path.join(run_dir, "last.ckpt" if "last.ckpt" in checkpoints else checkpoints[-1]))
-    start_s = time.time()
-    samples = model.sample_molecules(args.samples, steps=args.sample_steps, method=args.method, seed=0,
-                                     batch_size=args.sample_batch, progress=False)
-    import ase.io
-
-    ase.io.write(os.path.join(run_dir, "samples.extxyz"), samples)
-    return {"run": name, "loss": loss, "seed": seed, "fraction": 1.0, "steps": epochs * batches_per_epoch,
-            "train_wall_s": wall, "sampling_wall_s": round(time.time() - start_s, 1),
-            "sampler": f"{args.method}, {args.sample_steps} steps", **evaluate(samples, smiles)}
+           "--num-epochs", str(epochs), "--save-interval", "1", "--num-workers", "0", "--seed", str(seed),
+           "--log-dir", run_dir]
+    timing_path = os.path.join(run_dir, "train_time.json")
+    timing = _read_json(timing_path)
+    if timing is None:  # TorchMD-Net restarts an interrupted training from scratch
+        start = time.time()
+        with open(os.path.join(args.out, "runs", f"{name}.train.log"), "a") as log:
+            proc = subprocess.run(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        timing = {"segments": [round(time.time() - start, 1)], "returncode": proc.returncode}
+        if proc.returncode == 0:
+            _write_json(timing_path, timing)
+    checkpoints = [os.path.join(run_dir, f) for f in os.listdir(run_dir) if f.endswith(".ckpt")]
+    if timing.get("returncode") != 0 or not checkpoints:
+        return {"run": name, "status": "failed", "reason": f"energyloss-torchmd-train exit {timing.get('returncode')}; "
+                f"see {name}.train.log", "command": cmd}
+    last = os.path.join(run_dir, "last.ckpt")
+    checkpoint = last if os.path.exists(last) else max(checkpoints, key=os.path.getmtime)
+    samples = os.path.join(run_dir, "samples.extxyz")
+    result = {"run": name, "loss": loss, "seed": seed, "fraction": 1.0, "steps": epochs * batches_per_epoch,
+              "train_wall_s": timing["segments"][0], "checkpoint": checkpoint}
+    if not os.path.exists(samples):
+        result["sampling_wall_s"] = sample_run(args, name, checkpoint, args.samples, samples, adapter="torchmdnet_ext")
+    return {**result, "sampler": f"{args.method}, {args.sample_steps} steps", **evaluate(_read(samples), smiles)}
 
 
 def run_diffusion(args, name, spec, db, smiles) -> dict:
@@ -343,7 +350,7 @@ def _read(path):
 def do_run(args, name, db, smiles):
     path = os.path.join(args.out, "runs", name, "result.json")
     done = _read_json(path)
-    if done is not None and done.get("status") != "skipped":
+    if done is not None and done.get("status") == "done":
         print(f"[{name}] done before: skipped", flush=True)
         return done
     spec = RUNS[name]
