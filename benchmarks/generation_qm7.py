@@ -120,12 +120,22 @@ def training_atoms(db: str, split_file: str, subset: str = "train"):
 
 
 def train_smiles(out: str, db: str) -> list:
-    path = os.path.join(out, "train_smiles.json")
+    """SMILES of the training molecules by the metrics' own pipeline (``molecule_smiles_set``: largest
+    fragment of the EDM-bond molecule), else canonical SMILES of the whole molecule; cached per pipeline."""
+    try:
+        from energyloss_plugins.metrics import molecule_smiles_set
+    except ImportError:
+        molecule_smiles_set = None
+    path = os.path.join(out, "train_smiles_edm.json" if molecule_smiles_set else "train_smiles.json")
     if not os.path.exists(path):
-        from energyloss_plugins.metrics import molecule_smiles
+        molecules = training_atoms(db, os.path.join(out, "split.npz"))
+        if molecule_smiles_set is not None:
+            smiles = sorted(molecule_smiles_set(molecules))
+        else:
+            from energyloss_plugins.metrics import molecule_smiles
 
-        numbers, positions, batch = _flat(training_atoms(db, os.path.join(out, "split.npz")))
-        smiles = sorted({s for s in molecule_smiles(numbers, positions, batch) if s is not None})
+            numbers, positions, batch = _flat(molecules)
+            smiles = sorted({s for s in molecule_smiles(numbers, positions, batch) if s is not None})
         _write_json(path, smiles)
     return _read_json(path)
 
