@@ -272,7 +272,7 @@ class GenerationTask(_ContextTask):
         Args:
             steps: denoising steps (EDM: 1,000).
             method: ``ancestral`` (default), ``ddim``, or ``euler`` (flow matching, its default).
-            seed: None for fresh randomness, an int for reproducible samples.
+            seed: None for fresh randomness, an int for reproducible samples (same ``batch_size``).
             batch_size: molecules per network call.
         """
         if self.atom_counts is None:

@@ -26,6 +26,7 @@ from schnetpack_ext import (  # noqa: E402
     load_generation_model,
 )
 from schnetpack_ext._testing import small_painn, small_so3net  # noqa: E402
+from energyloss_plugins.generation import AtomCountDistribution  # noqa: E402
 from schnetpack_ext.generation import DUMMY_NUMBER  # noqa: E402
 
 ELEMENTS = [1, 6, 7, 8]
@@ -42,14 +43,15 @@ def db(tmp_path_factory):
     return path
 
 
-def make_task(loss="energy", representation=small_painn, n=16, lr=3e-3):
+def make_task(loss="energy", representation=small_painn, n=16, lr=3e-3, parameterization="eps"):
     embeddings = [TimeEmbedding(n), TypeFeatureEmbedding(n, ELEMENTS)]
     rep = representation(n_atom_basis=n, n_interactions=1, electronic_embeddings=embeddings)
     model = spk.model.NeuralNetworkPotential(
         representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
         output_modules=[PositionHead(n, output_key="position_noise", add_positions=False, remove_mean=True),
                         TypeNoiseHead(n, ELEMENTS, output_key="type_noise")])
-    output = GenerationOutput(ELEMENTS, loss_fn=EnergyLoss(loss, coefficient_kwargs={"k0": 5.0}))
+    output = GenerationOutput(ELEMENTS, loss_fn=EnergyLoss(loss, coefficient_kwargs={"k0": 5.0}),
+                              parameterization=parameterization)
     return GenerationTask(model=model, outputs=[output], optimizer_cls=torch.optim.Adam, optimizer_args={"lr": lr})
 
 
@@ -147,6 +149,24 @@ def test_schnetpack_sampler_is_rotation_equivariant(representation):
     assert torch.allclose(p1 @ rot.T, p2, atol=1e-7 * float(p1.abs().max()))
     centre = torch.zeros(2, 3, dtype=torch.float64).index_add_(0, batch, p2)
     assert centre.abs().max() < 1e-9 * float(p2.abs().max())
+
+
+def test_flow_matching_variant_trains_and_samples_with_euler_steps(db):
+    torch.manual_seed(2)
+    task = make_task(parameterization="velocity")
+    batch = first_batch(db, batch_size=12)
+    before = _fixed_loss(task, batch)
+    optimizer = torch.optim.Adam(task.parameters(), lr=3e-3)
+    for step in range(40):
+        new, extra = task._noised_batch(batch, torch.Generator().manual_seed(100 + step))
+        loss = task.generation_output.calculate_loss(task.model(new), {P.idx_m: new[P.idx_m], **extra})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert _fixed_loss(task, batch) < before
+    task.atom_counts = AtomCountDistribution.from_counts([3, 5])
+    molecules = task.sample_molecules(3, steps=4, seed=0, progress=False)  # method defaults to euler
+    assert [len(m) in (3, 5) for m in molecules] == [True] * 3
 
 
 def test_generation_task_needs_one_generation_output_and_a_histogram_to_sample():
