@@ -27,21 +27,27 @@ from schnetpack_ext._bench import read_split_rows, spktrain_command
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def train(datapath: str, out: str, loss: str, max_steps: int, seed: int) -> tuple[str, float]:
-    """Train (resuming an interrupted run); returns the checkpoint at ``max_steps`` and the wall time."""
+def train(datapath: str, out: str, loss: str, max_steps: int, seed: int,
+          budget: int | None = None) -> tuple[str, float]:
+    """Train (resuming an interrupted run) for ``max_steps`` optimiser steps, or for ``budget`` seconds of
+    wall time when given; returns the checkpoint at the end and the wall time."""
     runs = os.path.join(out, "runs")
     run_id = f"diffusion_{loss}"
-    checkpoint = os.path.join(runs, run_id, "steps", f"step={max_steps}.ckpt")
+    if budget is None:
+        checkpoint = os.path.join(runs, run_id, "steps", f"step={max_steps}.ckpt")
+        stop = [f"+trainer.max_steps={max_steps}",
+                "+callbacks.every_steps._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+                "+callbacks.every_steps.dirpath=steps", "+callbacks.every_steps.filename='{step}'",
+                f"+callbacks.every_steps.every_n_train_steps={max_steps}"]
+    else:
+        checkpoint, stop = os.path.join(runs, run_id, "checkpoints", "last.ckpt"), []
     if os.path.exists(checkpoint):
         return checkpoint, float("nan")
     overrides = ["globals.clean_positions=target_positions", "data.load_properties=[target_positions]",
                  "data.batch_size=32", "globals.lr=1e-3", "model.representation.n_atom_basis=64",
                  "model.representation.n_interactions=2", "trainer.enable_model_summary=false",
-                 "+trainer.enable_progress_bar=false", f"+seed={seed}", f"+trainer.max_steps={max_steps}",
-                 "+callbacks.every_steps._target_=pytorch_lightning.callbacks.ModelCheckpoint",
-                 "+callbacks.every_steps.dirpath=steps", "+callbacks.every_steps.filename='{step}'",
-                 f"+callbacks.every_steps.every_n_train_steps={max_steps}"]
-    cmd = spktrain_command(datapath, loss, runs, run_id, 24 * 3600, overrides)
+                 "+trainer.enable_progress_bar=false", f"+seed={seed}", *stop]
+    cmd = spktrain_command(datapath, loss, runs, run_id, budget or 24 * 3600, overrides)
     cmd[1] = "experiment=energyloss_diffusion"
     os.makedirs(runs, exist_ok=True)
     print("$ " + " ".join(cmd), flush=True)
@@ -59,6 +65,7 @@ def main(argv=None):
     p.add_argument("--db", default=os.path.join(HERE, "out", "schnetpack_qm7", "qm7_mmff.db"))
     p.add_argument("--out", default=os.path.join(HERE, "out", "schnetpack_qm7_diffusion"))
     p.add_argument("--max-steps", type=int, default=800, help="optimiser steps (equal for every loss)")
+    p.add_argument("--budget", type=int, default=None, help="seconds of training instead of --max-steps (no resume)")
     p.add_argument("--loss", default="energy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=100)
@@ -68,7 +75,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     datapath = os.path.abspath(args.db)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    ckpt, wall = train(datapath, args.out, args.loss, args.max_steps, args.seed)
+    ckpt, wall = train(datapath, args.out, args.loss, args.max_steps, args.seed, args.budget)
 
     from ase import Atoms
 
@@ -93,7 +100,8 @@ def main(argv=None):
     batch = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(a) for a in samples]))
     ref_positions = torch.as_tensor(np.concatenate(chosen_targets))
     report = {
-        "checkpoint": ckpt, "loss": args.loss, "max_steps": args.max_steps, "train_wall_s": round(wall, 1),
+        "checkpoint": ckpt, "loss": args.loss, "max_steps": None if args.budget else args.max_steps,
+        "budget_s": args.budget, "train_wall_s": round(wall, 1),
         "samples": len(samples), "sampler": f"{args.method}, {args.steps} steps", "sampling_s": round(elapsed, 1),
         "valid_ase_atoms": int(sum(valid)),
         "atom_stability": float(stable_atoms(numbers, positions, batch).float().mean()),  # over all atoms (EDM)
