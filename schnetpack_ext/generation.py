@@ -179,7 +179,11 @@ class GenerationTask(_ContextTask):
     # --- atom-count histogram and element check (from the training split) ---------------------
     def on_fit_start(self):
         if self.atom_counts is None:
-            dataset = self.trainer.datamodule.train_dataset
+            dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+            if not hasattr(dataset, "iter_properties"):
+                raise ValueError("GenerationTask counts the atoms per molecule of the training split of a SchNetPack "
+                                 "AtomsDataModule: train with one (spktrain does), or pass atom_counts=[...] "
+                                 "(number of training molecules per atom count).")
             counts, seen = [], set()
             for row in dataset.iter_properties(load_properties=[], load_structure=True):
                 numbers = row[properties.Z]

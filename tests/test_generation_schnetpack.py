@@ -169,12 +169,19 @@ def test_flow_matching_variant_trains_and_samples_with_euler_steps(db):
     assert [len(m) in (3, 5) for m in molecules] == [True] * 3
 
 
-def test_generation_task_needs_one_generation_output_and_a_histogram_to_sample():
+def test_generation_task_needs_one_generation_output_and_a_histogram_to_sample(db):
+    import pytorch_lightning as pl
+
     task = make_task()
     with pytest.raises(ValueError, match="GenerationOutput"):
         GenerationTask(model=task.model, outputs=[])
     with pytest.raises(ValueError, match="histogram"):
         task.sample_molecules(2, steps=2, progress=False)
+    dataset = spk.data.ASEAtomsData(db, load_properties=[], transforms=[spk.transform.CastTo32()])
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="atom_counts"):  # plain dataloaders: nothing to count from
+        trainer.fit(task, train_dataloaders=spk.data.AtomsLoader(dataset, batch_size=4))
 
 
 def test_shipped_configs_compose():
