@@ -86,6 +86,8 @@ def test_database_input_positions_differ_from_targets(built, capsys):
     inputs = read_molecules(str(built), "atoms")
     targets = read_dataset(built)
     assert not np.allclose(inputs[1].positions, targets[1].target_positions.numpy())
+    code, out, _ = _run([built, "--limit", "3", "--json", "-"], capsys)
+    assert code == 0 and json.loads(out[out.index("{"):])["n"] == 3
 
 
 def test_errors_exit_2_with_a_message(tmp_path, capsys, monkeypatch, built):
