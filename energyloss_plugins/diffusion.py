@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.layouts import segment_mean
+from energyloss_plugins.layouts import segment_mean, structure_index
 from energyloss_plugins.losses import call_loss
 
 PARAMETERIZATIONS = ("eps", "v", "x0", "velocity")
@@ -31,8 +31,7 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 def remove_com(x: Tensor, batch: Tensor, n_structures: int | None = None) -> Tensor:
     """Project ``(N, d)`` positions onto zero centre of mass (unweighted mean) per structure."""
-    if n_structures is None:
-        n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    batch, n_structures = structure_index(batch, n_structures)
     return x - segment_mean(x, batch, n_structures)[batch]
 
 
@@ -88,8 +87,8 @@ def noise_batch(x0: Tensor, batch: Tensor, schedule: NoiseSchedule | None = None
     _checks.check_batch(batch, x0.shape[0])
     if t is not None:
         _check_times("t", t)
-    if n_structures is None:
-        n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    # Structures are the distinct ids (renumbered 0..B-1 if there are gaps): nothing is allocated by the largest id.
+    batch, n_structures = structure_index(batch, n_structures)
     x0 = remove_com(x0, batch, n_structures)
     if t is None:
         t = torch.rand(n_structures, dtype=x0.dtype, device=x0.device, generator=generator)
@@ -171,6 +170,7 @@ def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, 
             "max_weight=None with noise level sigma = 0 (t = 0 in flow matching) gives an infinite weight "
             "w_t (NaN loss); pass a max_weight (e.g. 1e3) or draw t in (0, 1]."
         )
+    batch, _ = structure_index(batch)  # the same renumbering as noise_batch's
     x_hat, weight = predicted_x0(output, noised["x_t"], batch, noised["alpha"], noised["sigma"], parameterization)
     if max_weight is not None:
         weight = weight.clamp(max=max_weight)
@@ -179,6 +179,39 @@ def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, 
     if per_structure.numel() == 0:
         return output.sum() * 0.0
     return (weight.detach().to(per_structure.dtype) * per_structure).mean()
+
+
+def reverse_step(x: Tensor, output: Tensor, batch: Tensor, t: Tensor, s: Tensor, *, method: str = "ancestral",
+                 parameterization: str = "eps", schedule: NoiseSchedule | None = None, noise: Tensor | None = None,
+                 final: bool = False) -> Tensor:
+    """One sampler step from time ``t`` to ``s < t`` (0-d tensors) for any per-atom state ``x`` ``(N, F)``.
+
+    Args:
+        output: the denoiser's output for ``x`` at ``t``, in ``parameterization``.
+        method: ``ancestral`` (DDPM posterior), ``ddim`` (deterministic, η = 0) or ``euler`` (flow matching).
+        noise: standard normal like ``x`` for the ancestral step (centre-of-mass free for positions);
+            unused by the other methods and by the final step.
+        final: the last step, which returns the implied clean sample x̂ itself.
+
+    Shared by :func:`sample` (positions) and :mod:`energyloss_plugins.generation` (positions and types).
+    """
+    if method == "euler":
+        return x - (t - s) * output
+    schedule = schedule or NoiseSchedule()
+    a_t, s_t = schedule.alpha_sigma(t)
+    a_s, s_s = schedule.alpha_sigma(s)
+    batch, n_structures = structure_index(batch)
+    x0_hat, _ = predicted_x0(output, x, batch, a_t.expand(n_structures), s_t.expand(n_structures), parameterization)
+    if final:
+        return x0_hat
+    if method == "ddim":
+        eps_hat = (x - a_t * x0_hat) / s_t
+        return a_s * x0_hat + s_s * eps_hat
+    a_ts = a_t / a_s
+    var_ts = s_t**2 - a_ts**2 * s_s**2
+    mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0_hat
+    std = (var_ts * s_s**2 / s_t**2).sqrt()
+    return mean + std * noise
 
 
 @torch.no_grad()
@@ -198,7 +231,7 @@ def sample(denoiser: Denoiser, batch: Tensor, dim: int = 3, *, steps: int = 100,
     _checks.check_number("steps", steps, low=1, low_inclusive=True, integer=True)
     _checks.check_number("dim", dim, low=2, high=3, low_inclusive=True, integer=True)
     steps = int(steps)
-    n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    batch, n_structures = structure_index(batch)
     schedule = schedule or NoiseSchedule()
     x = com_free_noise(torch.empty(batch.shape[0], dim, dtype=dtype, device=batch.device), batch, generator)
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=dtype, device=batch.device)
@@ -209,22 +242,10 @@ def sample(denoiser: Denoiser, batch: Tensor, dim: int = 3, *, steps: int = 100,
         iterator = tqdm(iterator, desc=f"sampling ({method})")
     for step in iterator:
         t, s = times[step], times[step + 1]
-        t_b = t.expand(n_structures)
-        out = denoiser(x, t_b, batch)
-        if method == "euler":
-            x = remove_com(x - (t - s) * out, batch, n_structures)
-            continue
-        a_t, s_t = schedule.alpha_sigma(t)
-        a_s, s_s = schedule.alpha_sigma(s)
-        x0_hat, _ = predicted_x0(out, x, batch, a_t.expand(n_structures), s_t.expand(n_structures), parameterization)
-        if method == "ddim" or step == steps - 1:
-            eps_hat = (x - a_t * x0_hat) / s_t
-            x = a_s * x0_hat + s_s * eps_hat if step < steps - 1 else x0_hat
-        else:
-            a_ts = a_t / a_s
-            var_ts = s_t**2 - a_ts**2 * s_s**2
-            mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0_hat
-            std = (var_ts * s_s**2 / s_t**2).sqrt()
-            x = mean + std * com_free_noise(x, batch, generator)
+        out = denoiser(x, t.expand(n_structures), batch)
+        final = step == steps - 1
+        noise = com_free_noise(x, batch, generator) if method == "ancestral" and not final else None
+        x = reverse_step(x, out, batch, t, s, method=method, parameterization=parameterization, schedule=schedule,
+                         noise=noise, final=final)
         x = remove_com(x, batch, n_structures)
     return x

@@ -92,14 +92,15 @@ class DiffusionObjective(_Objective):
         schedule: ``polynomial`` or ``cosine`` (VP diffusion; unused for flow matching).
         loss_kwargs: options of the loss.
         max_weight: clip of the time weight w_t (see :func:`energyloss_plugins.diffusion.diffusion_loss`).
+        precision: of the schedule (see :class:`energyloss_plugins.diffusion.NoiseSchedule`).
     """
 
     def __init__(self, loss: str = "energy", parameterization: str = "eps", schedule: str = "polynomial",
-                 loss_kwargs: Mapping | None = None, max_weight: float | None = 1e3):
+                 loss_kwargs: Mapping | None = None, max_weight: float | None = 1e3, precision: float = 1e-4):
         super().__init__(loss, loss_kwargs)
         self.parameterization = parameterization
         self.flow_matching = parameterization == "velocity"
-        self.schedule = NoiseSchedule(schedule)
+        self.schedule = NoiseSchedule(schedule, precision)
         self.max_weight = max_weight
 
     def noise(self, x0: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:

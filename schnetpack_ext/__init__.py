@@ -10,10 +10,12 @@ YAML building blocks (``_target_: schnetpack_ext.<name>``):
 - :class:`RotateTarget`: data transform rotating targets against inputs (arbitrary frames);
 - :func:`predict_structures`: the core's (``energyloss_plugins.ase``), which runs ``best_model``/tasks/checkpoints
   of this adapter through :mod:`schnetpack_ext.adapter`.
+- :class:`GenerationTask`, :class:`GenerationOutput`, :class:`TypeFeatureEmbedding`, :class:`TypeNoiseHead`:
+  de novo molecule generation (types and positions), :func:`load_generation_model` to sample.
 
 Shipped experiments (found by ``spktrain`` through the Hydra search-path plugin
 ``hydra_plugins.energyloss_plugins_searchpath``): ``experiment=energyloss_structure`` and
-``experiment=energyloss_diffusion``.
+``experiment=energyloss_diffusion``, ``experiment=energyloss_generation`` (and ``energyloss_generation_paper``).
 """
 
 from energyloss_plugins.optional import require
@@ -22,6 +24,13 @@ require("schnetpack", "schnetpack_ext (the SchNetPack adapter)", "schnetpack")
 
 from schnetpack_ext.adapter import load_structure_model  # noqa: E402
 from schnetpack_ext.checkpoint import TrustedCheckpointIO  # noqa: E402
+from schnetpack_ext.generation import (  # noqa: E402
+    GenerationOutput,
+    GenerationTask,
+    TypeFeatureEmbedding,
+    TypeNoiseHead,
+    load_generation_model,
+)
 from schnetpack_ext.heads import PositionHead, TimeEmbedding  # noqa: E402
 from schnetpack_ext.losses import EnergyLoss  # noqa: E402
 from schnetpack_ext.outputs import DiffusionOutput, StructureOutput  # noqa: E402
@@ -37,7 +46,8 @@ register_resolvers()
 CONFIG_PACKAGE = "schnetpack_ext.configs"
 
 __all__ = [
-    "CONFIG_PACKAGE", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "PositionHead", "RotateTarget",
+    "CONFIG_PACKAGE", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "GenerationOutput", "GenerationTask",
+    "PositionHead", "RotateTarget", "TypeFeatureEmbedding", "TypeNoiseHead", "load_generation_model",
     "StructureOutput", "StructureTask", "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list", "load_structure_model",
     "predict_structures", "register_resolvers",
 ]

@@ -22,3 +22,28 @@ class TrustedCheckpointIO(TorchCheckpointIO):
                         weights_only: Optional[bool] = None) -> dict:
         return super().load_checkpoint(path, map_location=map_location,
                                        weights_only=False if weights_only is None else weights_only)
+
+
+def apply_ema_weights(task, checkpoint_path: str) -> bool:
+    """Copy the averaged weights of SchNetPack's ``ExponentialMovingAverage`` callback into ``task.model``.
+
+    ``spktrain`` trains with that callback; checkpoints written between validations (e.g. every n
+    steps) hold the raw weights in the state dict and the averages in the callback state. Returns
+    False when the checkpoint holds no EMA state (the weights are left as loaded).
+    """
+    import torch
+
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    for value in (state.get("callbacks") or {}).values():
+        shadow = (value.get("ema") or {}).get("shadow_params") if isinstance(value, dict) else None
+        if shadow is None:
+            continue
+        params = list(task.model.parameters())
+        if len(params) != len(shadow):
+            raise ValueError(f"the EMA state of {checkpoint_path} has {len(shadow)} tensors but the model has "
+                             f"{len(params)} parameters: the checkpoint belongs to another model.")
+        with torch.no_grad():
+            for p, s in zip(params, shadow):
+                p.copy_(s.to(p.device, p.dtype))
+        return True
+    return False

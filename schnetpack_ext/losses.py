@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from energyloss_plugins.tasks import StructureObjective
 
 
-def _plain(value):
+def plain_config(value):
     """OmegaConf containers (what Hydra passes) → plain Python, so the loss pickles into checkpoints cleanly."""
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
@@ -55,8 +55,8 @@ class EnergyLoss(nn.Module):
                  graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean",
                  normalize: bool = True):
         super().__init__()
-        options = {"coefficients": _plain(coefficients), "coefficient_kwargs": dict(_plain(coefficient_kwargs) or {}),
-                   "graph": graph, "graph_kwargs": dict(_plain(graph_kwargs) or {}), "reduction": reduction,
+        options = {"coefficients": plain_config(coefficients), "coefficient_kwargs": dict(plain_config(coefficient_kwargs) or {}),
+                   "graph": graph, "graph_kwargs": dict(plain_config(graph_kwargs) or {}), "reduction": reduction,
                    "normalize": normalize}
         self.loss_name = loss
         self.options = options

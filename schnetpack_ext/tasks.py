@@ -36,7 +36,7 @@ _SUBSETS = ("train", "val", "test")
 TASK_CLASS_KEY = "energyloss_task_class"
 
 
-class _ContextTask(AtomisticTask):
+class ContextTask(AtomisticTask):
     """AtomisticTask whose outputs also receive the batch context in ``targets``."""
 
     @classmethod
@@ -92,7 +92,7 @@ class _ContextTask(AtomisticTask):
         return self._step(AtomisticTask.test_step, "test", batch, batch_idx)
 
 
-class StructureTask(_ContextTask):
+class StructureTask(ContextTask):
     """Structure prediction: input geometry (``_positions``) → equilibrium geometry (``target_positions``).
 
     Args:
@@ -173,7 +173,7 @@ def full_neighbor_list(idx_m: torch.Tensor, cutoff: float | None = None,
             properties.offsets: torch.zeros(idx_i.shape[0], 3, dtype=dtype, device=idx_m.device)}
 
 
-class DiffusionTask(_ContextTask):
+class DiffusionTask(ContextTask):
     """Denoising diffusion (conformer generation given the atoms) on equilibrium structures.
 
     Each step noises the clean positions with the core's schedule (centre-of-mass-free noise),

@@ -10,7 +10,8 @@
   ``torchmdnet.datasets``.
 
 Train with ``energyloss-torchmd-train --conf conf.yaml`` (every ``torchmd-train`` option plus
-``task``, ``parameterization``, ``noise_schedule``, ...); see docs/torchmdnet.md.
+``task``, ``parameterization``, ``noise_schedule``, ...); see docs/torchmdnet.md. De novo generation
+(``task: generation``): :func:`load_generation_model` then ``.sample_molecules(n)``.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ register()
 
 from torchmdnet_ext.calculator import TorchMDNetCalculator  # noqa: E402
 from torchmdnet_ext.datasets import EnergyLossDB, PositionHDF5, write_position_hdf5  # noqa: E402
-from torchmdnet_ext.inference import predict_positions, sample_positions  # noqa: E402
+from torchmdnet_ext.inference import load_generation_model, predict_positions, sample_positions  # noqa: E402
 from torchmdnet_ext.losses import energy_loss, kabsch_loss  # noqa: E402
 from torchmdnet_ext.module import PositionLNNP  # noqa: E402
 
-__all__ = ["EnergyLossDB", "PositionHDF5", "PositionLNNP", "TorchMDNetCalculator", "energy_loss", "kabsch_loss", "predict_positions",
-           "register", "sample_positions", "write_position_hdf5"]
+__all__ = ["EnergyLossDB", "PositionHDF5", "PositionLNNP", "TorchMDNetCalculator", "energy_loss", "kabsch_loss",
+           "load_generation_model", "predict_positions", "register", "sample_positions", "write_position_hdf5"]

@@ -3,12 +3,14 @@
 Every ``torchmd-train`` option and conf file works; on top of them:
 
 --conf NAME            also the name of a configuration shipped with the package
-                       (``structure_tensornet``, ``diffusion_et``; see ``torchmdnet_ext.configs``)
---task                 structure | diffusion | energy (default: structure for EnergyLossDB/PositionHDF5,
-                       energy otherwise = TorchMD-Net's own LNNP, unchanged)
+                       (``structure_tensornet``, ``diffusion_et``, ...; see ``torchmdnet_ext.configs``)
+--task                 structure | diffusion | generation | energy (default: structure for
+                       EnergyLossDB/PositionHDF5, energy otherwise = TorchMD-Net's own LNNP, unchanged)
 --parameterization     diffusion output: eps | v | x0 | velocity (flow matching)
 --noise-schedule       polynomial | cosine
---max-weight           clip of the diffusion time weight w_t
+--max-weight           clip of the diffusion time weight w_t (diffusion: 1000; generation: none)
+--elements             generation: atomic numbers the model generates, e.g. 1,6,7,8,16
+--position-weight      generation: weight of the positional term against the type term
 --sampling-steps       denoising steps of predict_step
 --log-structure-metrics  log aligned RMSD, bond-length MAE, stability in val/test (structure task)
 
@@ -106,7 +108,8 @@ def get_argparse() -> argparse.ArgumentParser:
                         help="Metric to monitor for early stopping: any logged metric (default: the checkpoint monitor)")
     group = parser.add_argument_group("energyloss-plugins")
     group.add_argument("--task", default=None, choices=[*TASKS, "energy"],
-                       help="structure (input geometry -> equilibrium positions), diffusion (denoising on the targets) "
+                       help="structure (input geometry -> equilibrium positions), diffusion (denoising on the targets), "
+                            "generation (de novo molecules: types and positions, needs --elements) "
                             "or energy (TorchMD-Net's own energy/force training). Default: structure for "
                             f"{'/'.join(POSITION_DATASETS)}, else energy.")
     group.add_argument("--parameterization", default=PLUGIN_DEFAULTS["parameterization"], choices=["eps", "v", "x0", "velocity"],
@@ -114,7 +117,11 @@ def get_argparse() -> argparse.ArgumentParser:
     group.add_argument("--noise-schedule", default=PLUGIN_DEFAULTS["noise_schedule"], choices=["polynomial", "cosine"],
                        help="Variance-preserving noise schedule (diffusion).")
     group.add_argument("--max-weight", default=PLUGIN_DEFAULTS["max_weight"], type=float,
-                       help="Clip of the diffusion time weight w_t.")
+                       help="Clip of the diffusion time weight w_t (default: 1000 for diffusion, none for generation).")
+    group.add_argument("--elements", default=None,
+                       help="task generation: atomic numbers the model generates, e.g. 1,6,7,8,16 (QM7).")
+    group.add_argument("--position-weight", default=PLUGIN_DEFAULTS["position_weight"], type=float,
+                       help="task generation: weight of the positional loss term against the type term.")
     group.add_argument("--sampling-steps", default=PLUGIN_DEFAULTS["sampling_steps"], type=int,
                        help="Denoising steps used by predict_step (diffusion).")
     group.add_argument("--log-structure-metrics", default=PLUGIN_DEFAULTS["log_structure_metrics"], type=_bool,

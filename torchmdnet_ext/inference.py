@@ -7,7 +7,7 @@ from torch import Tensor
 
 from energyloss_plugins.tasks import DiffusionObjective
 from torchmdnet_ext.heads import denoiser
-from torchmdnet_ext.module import make_objective, prepare_hparams
+from torchmdnet_ext.module import PositionLNNP, make_objective, prepare_hparams
 
 
 def objective_from_checkpoint(path: str) -> DiffusionObjective:
@@ -47,3 +47,16 @@ def predict_positions(model, z: Tensor, pos: Tensor, batch: Tensor | None = None
     """Predicted equilibrium positions ``(N, 3)`` of a structure-task model for input geometries ``pos``."""
     y, _ = model(z, pos, batch=batch)
     return y
+
+
+def load_generation_model(checkpoint: str, map_location: str = "cpu"):
+    """A trained ``task: generation`` :class:`~torchmdnet_ext.PositionLNNP` from its checkpoint, in eval mode.
+
+    The checkpoint holds everything sampling needs (elements, schedule, atom-count histogram):
+    ``load_generation_model(path).sample_molecules(1000, steps=500, seed=0)``. Only load checkpoints
+    you trust (Lightning unpickles the hyper-parameters).
+    """
+    module = PositionLNNP.load_from_checkpoint(checkpoint, map_location=map_location)
+    if module.hparams.task != "generation":
+        raise ValueError(f"{checkpoint} was trained on task {module.hparams.task!r}, not generation.")
+    return module.eval()

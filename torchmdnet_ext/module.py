@@ -14,6 +14,11 @@ pairs, ``y_weight``, ``ema_alpha_y``), and replaces what the step computes:
 - ``task: diffusion``: ``pos_target`` (or ``pos`` if absent) is noised by the core's
   :class:`energyloss_plugins.tasks.DiffusionObjective`; a ``NoiseOutput`` head predicts ε/v/x0/velocity
   with the time as input, and the objective's loss (energy on the implied clean sample) is used.
+- ``task: generation``: de novo molecules (types and positions, SPEC §7): ``pos_target`` (or ``pos``)
+  and ``z`` are noised together by the core's :class:`energyloss_plugins.generation.GenerationObjective`;
+  the network sees only x_t, h_t and t (:mod:`torchmdnet_ext.generation`); ``elements`` fixes the
+  generated elements, the training split's atom-count histogram is stored in the checkpoint, and
+  :meth:`PositionLNNP.sample_molecules` draws new molecules.
 
 ``train_loss`` names: see :mod:`torchmdnet_ext.losses` (``energy_loss``, ``kabsch_loss``, ``mse_loss``,
 ``l1_loss``); ``train_loss_arg`` holds the core loss options, e.g. ``{coefficients: exp, graph: complete}``.
@@ -29,22 +34,30 @@ import torch
 import yaml
 from torchmdnet.module import LNNP
 
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
 from torchmdnet_ext import heads
+from torchmdnet_ext.generation import attach_generation_modules, denoise
 from torchmdnet_ext.losses import CORE_NAMES, core_name
 
-TASKS = ("structure", "diffusion")
+TASKS = ("structure", "diffusion", "generation")
 
 #: Hyper-parameters this package adds (also console-script options); defaults.
 PLUGIN_DEFAULTS = {
     "task": "structure",
     "parameterization": "eps",
     "noise_schedule": "polynomial",
-    "max_weight": 1000.0,
+    "max_weight": None,  # diffusion: DIFFUSION_MAX_WEIGHT; generation: no clip (mse = exact ε-MSE)
     "sampling_steps": 100,
     "log_structure_metrics": True,
+    "elements": None,  # generation: atomic numbers the model generates (required)
+    "position_weight": 1.0,  # generation: weight of the positional term against the type term
 }
+#: Default clip of the diffusion time weight w_t for ``task: diffusion``.
+DIFFUSION_MAX_WEIGHT = 1000.0
+#: Seed of the validation/test noise of ``task: generation`` (val losses comparable across epochs).
+VAL_SEED = 1234
 
 #: Losses logged besides ``train_loss`` during validation (l1_loss first, as in TorchMD-Net).
 MONITOR_LOSSES = ("l1_loss", "mse_loss")
@@ -73,6 +86,10 @@ def prepare_hparams(hparams) -> dict:
             h[key] = value
     if h["task"] not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {h['task']!r}.")
+    if h["task"] == "diffusion" and h["max_weight"] is None:
+        h["max_weight"] = DIFFUSION_MAX_WEIGHT
+    if h["task"] == "generation":
+        h["elements"] = _parse_elements(h["elements"])
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
@@ -89,7 +106,7 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError("remove_ref_energy does not apply to position targets.")
     if h.get("prior_model"):
         raise ValueError("Prior models add energies; position heads do not take them (remove prior_model).")
-    wanted = "PositionOutput" if h["task"] == "structure" else "NoiseOutput"
+    wanted = "PositionOutput" if h["task"] == "structure" else "NoiseOutput"  # generation: ε_x head
     output = h.get("output_model") or "Scalar"
     if output == "Scalar":  # TorchMD-Net's default: pick the head of the task
         output = wanted
@@ -102,6 +119,22 @@ def prepare_hparams(hparams) -> dict:
         h.setdefault(key, 1.0)
     h["remove_ref_energy"] = bool(h["remove_ref_energy"])
     return h
+
+
+def _parse_elements(value) -> list[int]:
+    """``elements`` as a sorted list of atomic numbers (from a list, or a string ``"1,6,7,8"``)."""
+    if value is None:
+        raise ValueError("task generation needs elements, the atomic numbers the model generates: e.g. "
+                         "--elements 1,6,7,8,16 (QM7) or `elements: [1, 6, 7, 8, 9]` (QM9) in the conf file.")
+    if isinstance(value, str):
+        value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+    try:
+        elements = sorted({int(z) for z in value})
+    except (TypeError, ValueError):
+        raise ValueError(f"elements must be a list of atomic numbers, got {value!r}.") from None
+    if not elements or elements[0] < 1:
+        raise ValueError(f"elements must be a non-empty list of atomic numbers >= 1, got {value!r}.")
+    return elements
 
 
 def _check_loss_options(train_loss: str, options: dict):
@@ -131,6 +164,10 @@ def make_objective(h: Mapping, train_loss: str | None = None):
     options = h["train_loss_arg"] if name == h["train_loss"] else {}
     if h["task"] == "structure":
         return StructureObjective(core_name(name), options)
+    if h["task"] == "generation":
+        return GenerationObjective(h["elements"], core_name(name), position_weight=h["position_weight"],
+                                   loss_kwargs=options, schedule=h["noise_schedule"],
+                                   parameterization=h["parameterization"], max_weight=h["max_weight"])
     return DiffusionObjective(core_name(name), parameterization=h["parameterization"], schedule=h["noise_schedule"],
                               loss_kwargs=options, max_weight=h["max_weight"])
 
@@ -151,6 +188,12 @@ class PositionLNNP(LNNP):
         self._monitors = {name: make_objective(self.hparams, name) for name in MONITOR_LOSSES}
         # Dataset-level structure metrics per stage; their states are not saved in checkpoints.
         self._structure_metrics = torch.nn.ModuleDict({stage: StructureMetrics() for stage in ("val", "test")})
+        self.atom_counts: AtomCountDistribution | None = None
+        # Upstream's step() has no batch index; validation/test record it here so that the generation
+        # task draws the same noise for a batch every epoch (comparable validation losses).
+        self._eval_batch_idx = 0
+        if self.hparams.task == "generation":
+            attach_generation_modules(self.model, self.hparams, self.objective.n_features)
 
     # ----------------------------------------------------------------- steps
     def _monitor_list(self) -> list:
@@ -158,12 +201,14 @@ class PositionLNNP(LNNP):
         return [(name, self._objective(name)) for name in names]
 
     def validation_step(self, batch, batch_idx, *args):
+        self._eval_batch_idx = int(batch_idx)
         # As upstream: a second validation dataloader (args[0] == 1) is the periodic test set.
         if len(args) == 0 or args[0] == 0:
             return self.step(batch, self._monitor_list(), "val")
         return self.step(batch, [("l1_loss", self._objective("l1_loss"))], "test")
 
     def test_step(self, batch, batch_idx):
+        self._eval_batch_idx = int(batch_idx)
         return self.step(batch, self._monitor_list(), "test")
 
     def _objective(self, name):
@@ -205,14 +250,24 @@ class PositionLNNP(LNNP):
             if self.hparams.task == "structure":
                 pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
                 compared = (pred, target)
+            elif self.hparams.task == "generation":
+                generator = None
+                if stage != "train":  # the same noise every epoch: comparable validation losses
+                    generator = torch.Generator(device=target.device).manual_seed(VAL_SEED + self._eval_batch_idx)
+                noised = self.objective.noise(target, z, b, generator=generator)
+                out_x, out_h = denoise(self.model, noised["x_t"], noised["h_t"], noised["t"], b)
+                compared = (out_x, out_h, noised)
             else:
                 noised = self.objective.noise(target, b)
                 out = heads.run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
                 compared = (out, noised)
             for name, loss_fn in loss_fn_list:
-                is_core = isinstance(loss_fn, StructureObjective | DiffusionObjective)
+                is_core = isinstance(loss_fn, StructureObjective | DiffusionObjective | GenerationObjective)
                 objective = loss_fn if is_core else self._objective(name)
-                loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs)
+                if self.hparams.task == "generation":  # types and positions together; no bonds or springs
+                    loss = objective.loss(*compared, b)
+                else:
+                    loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs)
                 loss = self._update_loss_with_ema(stage, "y", name, loss)
                 if self.hparams.y_weight > 0:
                     self.losses[stage]["y"][name].append(loss.detach())
@@ -228,6 +283,9 @@ class PositionLNNP(LNNP):
         box, q, s = self._conditioning(batch)
         if self.hparams.task == "structure":
             return self(batch.z, batch.pos, batch=batch.batch, box=box, q=q, s=s)[0]
+        if self.hparams.task == "generation":
+            raise ValueError("task generation has no per-batch prediction; draw molecules with "
+                             "PositionLNNP.sample_molecules(n).")
         return self.objective.sample(heads.denoiser(self.model, batch.z, box=box, q=q, s=s), batch.batch,
                                      steps=self.hparams.sampling_steps)
 
@@ -248,3 +306,58 @@ class PositionLNNP(LNNP):
     def on_test_epoch_end(self):
         self._log_structure_metrics(("test",))
         super().on_test_epoch_end()
+
+    # ------------------------------------------------------------ generation
+    def on_fit_start(self):
+        if self.hparams.task == "generation" and self.atom_counts is None:
+            self.atom_counts = self._training_atom_counts()
+
+    def _training_atom_counts(self) -> AtomCountDistribution:
+        """Histogram of atoms per training molecule; checks the training elements against ``elements``."""
+        dm = self.trainer.datamodule
+        dataset, idx = dm.dataset, dm.idx_train
+        counts, seen = [], set()
+        for i in idx:
+            z = dataset[int(i)].z
+            counts.append(int(z.numel()))
+            seen.update(int(e) for e in torch.unique(z))
+        unknown = sorted(seen - set(self.hparams.elements))
+        if unknown:
+            raise ValueError(f"the training data holds elements {unknown} outside elements {self.hparams.elements}; "
+                             f"set elements to {sorted(seen)}.")
+        return AtomCountDistribution.from_counts(counts)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.atom_counts is not None:
+            checkpoint["atom_count_histogram"] = self.atom_counts.histogram
+
+    def on_load_checkpoint(self, checkpoint):
+        if checkpoint.get("atom_count_histogram") is not None:
+            self.atom_counts = AtomCountDistribution(checkpoint["atom_count_histogram"])
+
+    @torch.no_grad()
+    def sample_molecules(self, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
+                         batch_size: int = 250, progress: bool = True) -> list:
+        """``n`` new molecules as ``ase.Atoms`` (task generation; sizes from the training histogram).
+
+        Args:
+            steps: denoising steps (EDM: 1,000).
+            method: ``ancestral`` (default), ``ddim``, or ``euler`` (flow matching, its default).
+            seed: None for fresh randomness, an int for reproducible samples.
+            batch_size: molecules per network call.
+        """
+        from energyloss_plugins.generation import sample_molecules
+
+        if self.hparams.task != "generation":
+            raise ValueError(f"sample_molecules needs a model trained with task generation, not {self.hparams.task!r}.")
+        if self.atom_counts is None:
+            raise ValueError("this model has no atom-count histogram yet: train it (the histogram of the training "
+                             "split is stored in the checkpoint) or set model.atom_counts = AtomCountDistribution(...).")
+        was_training = self.training
+        self.eval()
+        try:
+            return sample_molecules(self.objective, lambda x, h, t, b: denoise(self.model, x, h, t, b),
+                                    self.atom_counts, n, steps=steps, method=method, seed=seed,
+                                    batch_size=batch_size, progress=progress, device=self.device, dtype=self.dtype)
+        finally:
+            self.train(was_training)

@@ -8,11 +8,15 @@ Cheap, batched torch metrics for every epoch (flat layout: positions ``(N_total,
 RDKit / force-field metrics for evaluation: :func:`symmetric_rmsd`, :func:`validity`,
 :func:`connectivity`, :func:`uniqueness`, :func:`excess_energy`.
 
+Generated molecules (EDM's protocol): :func:`generation_metrics` (atom and molecule stability,
+validity, uniqueness, novelty of a list of ``ase.Atoms``); console script ``energyloss-evaluate``.
+
 Importing this package needs torch and numpy only.
 """
 
 from energyloss_plugins.metrics.bonds import (
     ALLOWED_VALENCES,
+    BOND_LENGTHS_PM,
     BOND_MARGINS,
     COVALENT_RADII,
     COVALENT_TOLERANCE,
@@ -34,16 +38,25 @@ from energyloss_plugins.metrics.chemistry import (
     validity,
 )
 from energyloss_plugins.metrics.energy import ENERGY_METHODS, excess_energy
+from energyloss_plugins.metrics.generation import (
+    GENERATION_METRICS,
+    edm_smiles,
+    flat_molecules,
+    generation_metrics,
+    molecule_smiles_set,
+)
 from energyloss_plugins.metrics.geometry import aligned_rmsd, angle_mae, bond_angles, bond_length_mae
 from energyloss_plugins.metrics.summary import structure_metrics
 
 __all__ = [
     "ALLOWED_VALENCES",
     "BOND_MARGINS",
+    "BOND_LENGTHS_PM",
     "BOND_METHODS",
     "COVALENT_RADII",
     "COVALENT_TOLERANCE",
     "ENERGY_METHODS",
+    "GENERATION_METRICS",
     "aligned_rmsd",
     "angle_mae",
     "atom_stability",
@@ -53,8 +66,12 @@ __all__ = [
     "connectivity",
     "covalent_bonds",
     "distance_bond_orders",
+    "edm_smiles",
     "excess_energy",
+    "flat_molecules",
+    "generation_metrics",
     "molecule_smiles",
+    "molecule_smiles_set",
     "molecule_stability",
     "split_structures",
     "stable_atoms",

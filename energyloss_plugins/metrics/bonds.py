@@ -3,12 +3,14 @@
 Layout: flat positions ``(N_total, 3)`` in Å, ``numbers`` ``(N_total,)`` atomic numbers, ``batch``
 ``(N_total,)`` structure index (None: one structure). Pairs are only formed inside a structure.
 
-Stability follows the definition of Hoogeboom et al. (EDM, 2022): every pair of atoms gets an integer
-bond order from its distance (order k if the distance is below the typical length of a k-fold bond
-of that element pair plus a margin, taking the highest such k); an atom is stable when the sum of
-its bond orders is an allowed valence of its element; a molecule is stable when all its atoms are.
-The tables and code here are this project's own (typical bond lengths from standard tables of
-experimental values), not EDM's.
+Stability follows the definition of Hoogeboom et al. (EDM, 2022) with EDM's numbers, so figures
+compare with published ones: every pair of atoms gets an integer bond order from its distance (order
+k if the distance is below the typical length of a k-fold bond of that element pair plus a margin,
+taking the highest such k; pairs without a tabulated length never bond); an atom is stable when the
+sum of its bond orders is an allowed valence of its element; a molecule is stable when all its atoms
+are. The lengths, margins and valences are the values of EDM's evaluation (``qm9/bond_analyze.py`` of
+ehoogeboom/e3_diffusion_for_molecules); the code is this project's. ``docs/metrics.md`` compares them
+with the tables this project used before.
 """
 
 from __future__ import annotations
@@ -25,37 +27,40 @@ from energyloss_plugins.layouts import structure_counts, structure_index
 
 MAX_Z = len(COVALENT_RADII)
 
-_SYMBOLS = {"H": 1, "B": 5, "C": 6, "N": 7, "O": 8, "F": 9, "Si": 14, "P": 15, "S": 16, "Cl": 17, "Br": 35, "I": 53}
-
-# Typical bond lengths in Å (standard tables of experimental averages), per bond order.
-_SINGLE = {
-    ("H", "H"): 0.74, ("H", "B"): 1.19, ("H", "C"): 1.09, ("H", "N"): 1.01, ("H", "O"): 0.96, ("H", "F"): 0.92,
-    ("H", "Si"): 1.48, ("H", "P"): 1.42, ("H", "S"): 1.34, ("H", "Cl"): 1.27, ("H", "Br"): 1.41, ("H", "I"): 1.61,
-    ("B", "B"): 1.70, ("B", "C"): 1.56, ("B", "N"): 1.58, ("B", "O"): 1.36, ("B", "F"): 1.31, ("B", "Cl"): 1.75,
-    ("C", "C"): 1.54, ("C", "N"): 1.47, ("C", "O"): 1.43, ("C", "F"): 1.35, ("C", "Si"): 1.85, ("C", "P"): 1.84,
-    ("C", "S"): 1.82, ("C", "Cl"): 1.77, ("C", "Br"): 1.94, ("C", "I"): 2.14,
-    ("N", "N"): 1.45, ("N", "O"): 1.40, ("N", "F"): 1.36, ("N", "Si"): 1.74, ("N", "P"): 1.77, ("N", "S"): 1.68,
-    ("N", "Cl"): 1.75, ("N", "Br"): 1.85, ("N", "I"): 2.10,
-    ("O", "O"): 1.48, ("O", "F"): 1.42, ("O", "Si"): 1.63, ("O", "P"): 1.63, ("O", "S"): 1.58, ("O", "Cl"): 1.64,
-    ("O", "Br"): 1.83, ("O", "I"): 2.03,
-    ("F", "F"): 1.42, ("F", "Si"): 1.56, ("F", "P"): 1.56, ("F", "S"): 1.58, ("F", "Cl"): 1.66,
-    ("Si", "Si"): 2.33, ("Si", "Cl"): 2.02, ("P", "P"): 2.21, ("P", "S"): 2.10, ("P", "Cl"): 2.04,
-    ("S", "S"): 2.05, ("S", "Cl"): 2.07, ("Cl", "Cl"): 1.99, ("Br", "Br"): 2.28, ("I", "I"): 2.67,
+_SYMBOLS = {
+    "H": 1, "B": 5, "C": 6, "N": 7, "O": 8, "F": 9, "Al": 13, "Si": 14, "P": 15, "S": 16, "Cl": 17, "As": 33,
+    "Br": 35, "I": 53, "Hg": 80, "Bi": 83,
 }  # fmt: skip
-_DOUBLE = {
-    ("C", "C"): 1.34, ("C", "N"): 1.29, ("C", "O"): 1.20, ("C", "S"): 1.61, ("C", "P"): 1.67, ("C", "Si"): 1.71,
-    ("N", "N"): 1.25, ("N", "O"): 1.21, ("N", "P"): 1.58, ("N", "S"): 1.52,
-    ("O", "O"): 1.21, ("O", "P"): 1.50, ("O", "S"): 1.43, ("O", "Si"): 1.52, ("S", "S"): 1.89, ("P", "S"): 1.93,
-}  # fmt: skip
-_TRIPLE = {("C", "C"): 1.20, ("C", "N"): 1.16, ("C", "O"): 1.13, ("N", "N"): 1.10, ("C", "P"): 1.54, ("N", "P"): 1.49}
 
-#: Margins in Å added to the typical length of a single, double and triple bond (EDM's convention).
+#: Typical bond lengths in pm (EDM's unit) per element pair, for bond orders (1,), (1, 2) or (1, 2, 3):
+#: EDM's tables (standard tables of experimental averages). A pair that is absent never bonds.
+BOND_LENGTHS_PM: dict[tuple[str, str], tuple[int, ...]] = {
+    ("H", "H"): (74,), ("H", "B"): (119,), ("H", "C"): (109,), ("H", "N"): (101,), ("H", "O"): (96,),
+    ("H", "F"): (92,), ("H", "Si"): (148,), ("H", "P"): (144,), ("H", "S"): (134,), ("H", "Cl"): (127,),
+    ("H", "As"): (152,), ("H", "Br"): (141,), ("H", "I"): (161,),
+    ("B", "Cl"): (175,),
+    ("C", "C"): (154, 134, 120), ("C", "N"): (147, 129, 116), ("C", "O"): (143, 120, 113), ("C", "F"): (135,),
+    ("C", "Si"): (185,), ("C", "P"): (184,), ("C", "S"): (182, 160), ("C", "Cl"): (177,), ("C", "Br"): (194,),
+    ("C", "I"): (214,),
+    ("N", "N"): (145, 125, 110), ("N", "O"): (140, 121), ("N", "F"): (136,), ("N", "P"): (177,), ("N", "S"): (168,),
+    ("N", "Cl"): (175,), ("N", "Br"): (214,), ("N", "I"): (222,),
+    ("O", "O"): (148, 121), ("O", "F"): (142,), ("O", "Si"): (163,), ("O", "P"): (163, 150), ("O", "S"): (151,),
+    ("O", "Cl"): (164,), ("O", "Br"): (172,), ("O", "I"): (194,),
+    ("F", "F"): (142,), ("F", "Si"): (160,), ("F", "P"): (156,), ("F", "S"): (158,), ("F", "Cl"): (166,),
+    ("F", "Br"): (178,), ("F", "I"): (187,),
+    ("Si", "Si"): (233,), ("Si", "S"): (200,), ("Si", "Cl"): (202,), ("Si", "Br"): (215,), ("Si", "I"): (243,),
+    ("P", "P"): (221,), ("P", "S"): (210, 186), ("P", "Cl"): (203,), ("P", "Br"): (222,),
+    ("S", "S"): (204,), ("S", "Cl"): (207,), ("S", "Br"): (225,), ("S", "I"): (234,),
+    ("Cl", "Cl"): (199,), ("Cl", "Br"): (214,), ("Br", "Br"): (228,), ("I", "I"): (266,),
+}  # fmt: skip
+
+#: Margins in Å added to the typical length of a single, double and triple bond (EDM's 10, 5, 3 pm).
 BOND_MARGINS = (0.10, 0.05, 0.03)
 
-#: Allowed valences (sum of integer bond orders) per element.
+#: Allowed valences (sum of integer bond orders) per element (EDM's; S only 4).
 ALLOWED_VALENCES = {
-    "H": (1,), "B": (3,), "C": (4,), "N": (3,), "O": (2,), "F": (1,), "Si": (4,), "P": (3, 5), "S": (2, 4, 6),
-    "Cl": (1,), "Br": (1,), "I": (1,),
+    "H": (1,), "B": (3,), "C": (4,), "N": (3,), "O": (2,), "F": (1,), "Al": (3,), "Si": (4,), "P": (3, 5),
+    "S": (4,), "Cl": (1,), "As": (3,), "Br": (1,), "I": (1,), "Hg": (1, 2), "Bi": (3, 5),
 }  # fmt: skip
 
 #: Default tolerance factor of :func:`covalent_bonds`: bonded if d < tolerance * (r_i + r_j).
@@ -63,17 +68,12 @@ COVALENT_TOLERANCE = 1.2
 
 
 def _threshold_table() -> Tensor:
-    """``(MAX_Z + 1, MAX_Z + 1, 3)`` distance thresholds (Å) for bond orders 1, 2, 3; -inf = impossible.
-
-    Pairs with no tabulated single-bond length fall back to the sum of covalent radii.
-    """
+    """``(MAX_Z + 1, MAX_Z + 1, 3)`` distance thresholds (Å) for bond orders 1, 2, 3; -inf = impossible."""
     t = torch.full((MAX_Z + 1, MAX_Z + 1, 3), -math.inf, dtype=torch.float64)
-    radii = torch.tensor((0.0, *COVALENT_RADII), dtype=torch.float64)
-    t[1:, 1:, 0] = radii[1:, None] + radii[None, 1:] + BOND_MARGINS[0]
-    for order, table in enumerate((_SINGLE, _DOUBLE, _TRIPLE)):
-        for (a, b), length in table.items():
-            za, zb = _SYMBOLS[a], _SYMBOLS[b]
-            t[za, zb, order] = t[zb, za, order] = length + BOND_MARGINS[order]
+    for (a, b), lengths in BOND_LENGTHS_PM.items():
+        za, zb = _SYMBOLS[a], _SYMBOLS[b]
+        for order, (length, margin) in enumerate(zip(lengths, BOND_MARGINS)):
+            t[za, zb, order] = t[zb, za, order] = length / 100.0 + margin
     return t
 
 
@@ -181,7 +181,7 @@ def stable_atoms(numbers: Tensor, positions: Tensor, batch: Tensor | None = None
     """``(N_total,)`` bool: the atom's valence (sum of bond orders) is allowed for its element.
 
     Raises:
-        ValueError: an element has no valence rule (supported: H, B, C, N, O, F, Si, P, S, Cl, Br, I).
+        ValueError: an element has no valence rule (see ``ALLOWED_VALENCES``).
     """
     numbers_l, batch_l, _ = prepare_inputs(numbers, positions, batch)
     has_rule = HAS_RULE.to(numbers_l.device)[numbers_l]

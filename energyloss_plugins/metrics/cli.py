@@ -1,0 +1,188 @@
+"""Console script ``energyloss-evaluate``: EDM's metrics of a file of molecules (samples or a dataset).
+
+energyloss-evaluate samples.extxyz --train qm7/data.db --json metrics.json
+energyloss-evaluate qm7/data.db --positions target          # the dataset's own equilibrium geometries
+energyloss-evaluate ../shared/data/qm7/qm7_pbe0.extxyz.gz
+
+Reads any ``ase.io`` format (extxyz, xyz, sdf, ASE db, ...). For an ASE database built by
+``energyloss-data build``, ``--positions target`` takes the equilibrium geometries stored in each
+row's data (``target_positions``) instead of the input geometries, once per molecule (``mol_id``).
+``--train DB`` gives novelty: the training molecules (the ``train_idx`` rows of the database's split file
+beside the database when it exists, else all rows; targets when stored) go through the same
+bond/SMILES pipeline as the samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from energyloss_plugins.optional import console_script, require
+
+#: Which geometry of a row to evaluate: the atoms' positions, or the builder's ``target_positions``.
+POSITIONS = ("atoms", "target")
+
+_LABELS = {
+    "n": "molecules",
+    "atom_stability": "atom stability",
+    "mol_stability": "molecule stability",
+    "validity": "validity",
+    "uniqueness": "uniqueness (of valid)",
+    "valid_unique": "valid and unique",
+    "novelty": "novelty (of valid unique)",
+}
+
+
+def _is_database(path: str) -> bool:
+    return path.endswith((".db", ".sqlite", ".sqlite3"))
+
+
+def read_molecules(path: str, positions: str = "atoms", rows: Sequence[int] | None = None,
+                   limit: int | None = None) -> list[Any]:
+    """Molecules of a structure file as ``ase.Atoms``.
+
+    Args:
+        path: any ``ase.io`` file; an ASE database (``.db``) is read row by row.
+        positions: ``atoms`` (the stored positions) or ``target`` (``row.data["target_positions"]`` of a
+            database built by ``energyloss-data``; one row per ``mol_id``).
+        rows: 0-based database rows to read (e.g. a split's ``train_idx``); None: all.
+        limit: read at most this many molecules.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: bad ``positions`` or a row without targets.
+    """
+    from ase import Atoms
+
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}.")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No file {path}.")
+    if not _is_database(path):
+        if positions == "target" or rows is not None:
+            raise ValueError(f"positions='target' and rows apply to ASE databases built by energyloss-data; {path} "
+                             "is a plain structure file: evaluate its positions (positions='atoms').")
+        import ase.io
+
+        frames = ase.io.read(path, index=":" if limit is None else f":{int(limit)}")
+        return [frames] if isinstance(frames, Atoms) else list(frames)
+    from ase.db import connect
+
+    db = connect(path, type="db", use_lock_file=False)
+    selected = db.select(sort="id") if rows is None else (db.get(id=int(i) + 1) for i in sorted(rows))
+    out, seen = [], set()
+    for row in selected:
+        if limit is not None and len(out) >= limit:
+            break
+        if positions == "target":
+            if "target_positions" not in row.data:
+                raise ValueError(f"Row {row.id} of {path} has no target_positions; positions='target' needs a "
+                                 "database built by energyloss-data (use positions='atoms' for other databases).")
+            mol_id = row.key_value_pairs.get("mol_id")
+            if mol_id is not None and mol_id in seen:
+                continue  # every input row of a molecule holds the same target
+            seen.add(mol_id)
+            out.append(Atoms(numbers=row.numbers, positions=row.data["target_positions"]))
+        else:
+            out.append(row.toatoms())
+    return out
+
+
+def training_molecules(path: str, split_file: str | None = None) -> list[Any]:
+    """The training molecules of a dataset: a split's ``train_idx`` rows (targets when stored).
+
+    ``split_file`` defaults to the database's own split file (``<name>.split.npz``, or a legacy
+    ``split.npz`` beside it); without one, every row/frame is used.
+    """
+    if not _is_database(path):
+        return read_molecules(path)
+    from ase.db import connect
+
+    from energyloss_plugins.data.paths import find_split_file
+
+    split_file = split_file or find_split_file(path)
+    rows = None
+    if split_file is not None:
+        from energyloss_plugins.data.reader import read_split
+
+        rows = read_split(split_file)["train_idx"].tolist()
+    first = next(iter(connect(path, type="db", use_lock_file=False).select(limit=1)), None)
+    has_targets = first is not None and "target_positions" in first.data
+    return read_molecules(path, "target" if has_targets else "atoms", rows=rows)
+
+
+def format_table(metrics: dict) -> str:
+    """The metrics as an aligned two-column text table (fractions in %)."""
+    lines = []
+    for key, label in _LABELS.items():
+        value = metrics.get(key)
+        if key == "n":
+            text = str(value)
+        elif value is None:
+            text = "- (no --train)" if key == "novelty" else "-"
+        elif isinstance(value, float) and math.isnan(value):
+            text = "n/a"
+        else:
+            text = f"{100 * value:6.2f} %"
+        lines.append(f"{label:<28s}{text}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="energyloss-evaluate",
+        description="EDM's metrics of molecules (atom/molecule stability, validity, uniqueness, novelty).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("file", help="molecules: an ASE database (.db) or any ase.io file (extxyz, xyz, sdf, ...)")
+    p.add_argument("--positions", default="atoms", choices=POSITIONS,
+                   help="atoms: the stored positions; target: the equilibrium targets of an energyloss-data database")
+    p.add_argument("--train", default=None, metavar="DB",
+                   help="training set for novelty (energyloss-data database: its train split; or any structure file)")
+    p.add_argument("--train-split-file", default=None, help="split of --train (default: split.npz beside it)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N molecules")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON ('-': stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+@console_script("energyloss-evaluate")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``energyloss-evaluate``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    require("ase", "energyloss-evaluate", "data")
+    require("rdkit", "energyloss-evaluate", "data")
+    from energyloss_plugins.metrics.generation import generation_metrics, molecule_smiles_set
+
+    progress = not args.no_progress
+    try:
+        molecules = read_molecules(args.file, args.positions, limit=args.limit)
+        train_smiles = None
+        if args.train is not None:
+            train = training_molecules(args.train, args.train_split_file)
+            train_smiles = molecule_smiles_set(train, progress=progress, total=len(train))
+        metrics = generation_metrics(molecules, train_smiles, progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"energyloss-evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(metrics))
+    if args.json is not None:
+        clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+        record = {"file": os.path.abspath(args.file), "positions": args.positions,
+                  "train": None if args.train is None else os.path.abspath(args.train),
+                  "n_train_smiles": None if train_smiles is None else len(train_smiles), **clean}
+        text = json.dumps(record, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""De novo molecule generation in SchNetPack (``spktrain experiment=energyloss_generation``).
+
+The joint diffusion of positions and atom types of :mod:`energyloss_plugins.generation` (SPEC §7)
+as SchNetPack building blocks:
+
+- :class:`TypeFeatureEmbedding`: the noisy type features h_t ``(N, F)`` as an "electronic
+  embedding" of PaiNN/SO3net (added to the atoms' initial scalar features), like
+  :class:`schnetpack_ext.TimeEmbedding` for t;
+- :class:`TypeNoiseHead`: a scalar MLP on ``scalar_representation`` predicting ε_h ``(N, F)``;
+- :class:`GenerationOutput`: the ``ModelOutput`` holding the core's
+  :class:`~energyloss_plugins.generation.GenerationObjective` (positional loss by name + type MSE);
+- :class:`GenerationTask`: noises x and h each step, gives the representation a constant dummy
+  atomic number (so its ``nn.Embedding`` yields one learned vector for every atom and the network
+  can only learn the types from h_t), rebuilds the neighbour list on x_t, keeps the clean numbers
+  for the loss only, stores the element list and the training set's atom-count histogram in the
+  checkpoint, and samples molecules (:meth:`GenerationTask.sample_molecules`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Type
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import schnetpack.nn as snn
+import schnetpack.properties as properties
+from schnetpack.model.base import AtomisticModel
+from schnetpack.task import AtomisticTask, ModelOutput
+
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
+from schnetpack_ext.checkpoint import apply_ema_weights
+from schnetpack_ext.heads import DIFFUSION_TIME
+from schnetpack_ext.losses import plain_config
+from schnetpack_ext.tasks import ContextTask, full_neighbor_list
+
+log = logging.getLogger(__name__)
+
+#: Batch key of the noisy type features h_t ``(N, F)`` (read by :class:`TypeFeatureEmbedding`).
+GENERATION_TYPES = "generation_h"
+#: Atomic number given to the representation instead of the clean one (index 0 of its embedding table).
+DUMMY_NUMBER = 0
+
+
+class TypeFeatureEmbedding(nn.Module):
+    """Noisy type features h_t as an additive embedding of PaiNN/SO3net initial features.
+
+    Use it in ``representation.electronic_embeddings``; it reads ``inputs["generation_h"]`` ``(N, F)``.
+
+    Args:
+        n_atom_basis: feature size of the representation.
+        elements: the model's elements (F = len(elements) + 1).
+    """
+
+    def __init__(self, n_atom_basis: int, elements: Sequence[int]):
+        super().__init__()
+        n_features = TypeEncoding(plain_config(elements)).n_features
+        self.net = nn.Sequential(snn.Dense(n_features, n_atom_basis, activation=F.silu),
+                                 snn.Dense(n_atom_basis, n_atom_basis, activation=None))
+
+    def forward(self, q: torch.Tensor, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        if GENERATION_TYPES not in inputs:
+            raise KeyError("TypeFeatureEmbedding needs inputs['generation_h']: train and sample with "
+                           "schnetpack_ext.GenerationTask.")
+        return self.net(inputs[GENERATION_TYPES].to(q.dtype)).reshape(q.shape)
+
+
+class TypeNoiseHead(nn.Module):
+    """Per-atom type output ``(N, F)`` (ε_h, or the velocity for flow matching) from scalar features.
+
+    Args:
+        n_in: size of the representation.
+        elements: the model's elements (F = len(elements) + 1 outputs).
+        n_hidden, n_layers: of the MLP (as :func:`schnetpack.nn.build_mlp`).
+        output_key: key of the output in the results.
+    """
+
+    def __init__(self, n_in: int, elements: Sequence[int], n_hidden: Optional[int] = None, n_layers: int = 2,
+                 output_key: str = "type_noise"):
+        super().__init__()
+        self.output_key = output_key
+        self.model_outputs = [output_key]
+        n_out = TypeEncoding(plain_config(elements)).n_features
+        self.outnet = snn.build_mlp(n_in=n_in, n_out=n_out, n_hidden=n_hidden, n_layers=n_layers, activation=F.silu)
+
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        inputs[self.output_key] = self.outnet(inputs["scalar_representation"])
+        return inputs
+
+
+class GenerationOutput(ModelOutput):
+    """Joint position/type diffusion output with the core's :class:`GenerationObjective`.
+
+    Args:
+        name: key of the position output (a :class:`schnetpack_ext.PositionHead` with
+            ``add_positions: false, remove_mean: true``).
+        type_name: key of the type output (:class:`TypeNoiseHead`).
+        elements: atomic numbers the model generates.
+        loss_fn: :class:`schnetpack_ext.EnergyLoss`: its ``loss`` (energy | mse | kabsch | mae) and
+            options configure the positional term.
+        position_weight, parameterization, schedule, precision, max_weight: see
+            :class:`energyloss_plugins.generation.GenerationObjective`.
+        target_property: batch key the task fills with the true position output (ε_x), for metrics.
+    """
+
+    def __init__(self, elements: Sequence[int], name: str = "position_noise", type_name: str = "type_noise",
+                 loss_fn: Optional[nn.Module] = None, loss_weight: float = 1.0,
+                 metrics: Optional[Dict[str, nn.Module]] = None, constraints: Optional[List[nn.Module]] = None,
+                 target_property: Optional[str] = "generation_target", position_weight: float = 1.0,
+                 parameterization: str = "eps", schedule: str = "polynomial", precision: float = 1e-5,
+                 max_weight: Optional[float] = None):
+        super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
+                         constraints=constraints, target_property=target_property)
+        self.type_name = type_name
+        self.objective = GenerationObjective(
+            plain_config(elements), loss=getattr(loss_fn, "loss_name", "energy"), position_weight=position_weight,
+            loss_kwargs=dict(getattr(loss_fn, "options", {})), schedule=schedule, precision=precision,
+            parameterization=parameterization, max_weight=max_weight)
+
+    def network_target(self, noised: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """What a perfect network outputs for the positions (ε_x, or ε_x − x for flow matching)."""
+        return noised["eps"] - noised["x0"] if self.objective.flow_matching else noised["eps"]
+
+    def calculate_loss(self, pred, target):
+        if self.loss_weight == 0:
+            return 0.0
+        if "_noised" not in target or properties.idx_m not in target:
+            raise KeyError("GenerationOutput needs the noised batch: use it inside schnetpack_ext.GenerationTask.")
+        return self.loss_weight * self.objective.loss(pred[self.name], pred[self.type_name], target["_noised"],
+                                                      target[properties.idx_m])
+
+
+class GenerationTask(ContextTask):
+    """De novo generation of molecules (types and positions) by joint diffusion (SPEC §7).
+
+    Args:
+        clean_positions: batch key of the clean geometry; None for ``_positions``,
+            ``target_positions`` for databases from ``energyloss-data build``.
+        cutoff: neighbour cutoff (Å) on the noisy positions; None for all pairs in a molecule (EDM).
+        val_seed: seed of the validation/test noise (``val_loss`` comparable across epochs).
+        atom_counts: histogram of atoms per training molecule; None: counted from the training
+            split when training starts. Saved in the checkpoint either way.
+        (other arguments as :class:`schnetpack.task.AtomisticTask`)
+    """
+
+    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
+                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
+                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
+                 warmup_steps: int = 0, clean_positions: Optional[str] = None, cutoff: Optional[float] = None,
+                 val_seed: int = 1234, atom_counts: Optional[Sequence[float]] = None):
+        outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
+        super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
+                         optimizer_args=optimizer_args or {"lr": 5e-4}, scheduler_cls=scheduler_cls,
+                         scheduler_args=scheduler_args, scheduler_monitor=scheduler_monitor, warmup_steps=warmup_steps)
+        found = [o for o in self.outputs if isinstance(o, GenerationOutput)]
+        if len(found) != 1:
+            raise ValueError(f"GenerationTask needs exactly one GenerationOutput among its outputs, got {len(found)}.")
+        self.clean_positions = clean_positions
+        self.cutoff = cutoff
+        self.val_seed = val_seed
+        atom_counts = plain_config(atom_counts)
+        self.atom_counts = AtomCountDistribution(atom_counts) if atom_counts is not None else None
+
+    @property
+    def generation_output(self) -> GenerationOutput:
+        return next(o for o in self.outputs if isinstance(o, GenerationOutput))
+
+    @property
+    def objective(self) -> GenerationObjective:
+        return self.generation_output.objective
+
+    @property
+    def elements(self) -> tuple:
+        return self.objective.encoding.elements
+
+    # --- atom-count histogram and element check (from the training split) ---------------------
+    def on_fit_start(self):
+        if self.atom_counts is None:
+            dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+            if not hasattr(dataset, "iter_properties"):
+                raise ValueError("GenerationTask counts the atoms per molecule of the training split of a SchNetPack "
+                                 "AtomsDataModule: train with one (spktrain does), or pass atom_counts=[...] "
+                                 "(number of training molecules per atom count).")
+            counts, seen = [], set()
+            for row in dataset.iter_properties(load_properties=[], load_structure=True):
+                numbers = row[properties.Z]
+                counts.append(int(numbers.shape[0]))
+                seen.update(int(z) for z in torch.unique(numbers))
+            unknown = sorted(seen - set(self.elements))
+            if unknown:
+                raise ValueError(f"the training data holds elements {unknown} outside the model's elements "
+                                 f"{list(self.elements)}: set globals.elements to {sorted(seen)}.")
+            self.atom_counts = AtomCountDistribution.from_counts(counts)
+            log.info("atom counts of %d training molecules: %s", len(counts), self.atom_counts)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.atom_counts is not None:
+            checkpoint["atom_count_histogram"] = self.atom_counts.histogram
+
+    def on_load_checkpoint(self, checkpoint):
+        if checkpoint.get("atom_count_histogram") is not None:
+            self.atom_counts = AtomCountDistribution(checkpoint["atom_count_histogram"])
+
+    # --- training -------------------------------------------------------------------------------
+    def network_inputs(self, batch: Dict[str, torch.Tensor], noised: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The model's inputs for a noised batch: x_t, h_t, t, a dummy atomic number, pairs on x_t.
+
+        Nothing here depends on the clean atomic numbers except through h_t.
+        """
+        idx_m = batch[properties.idx_m]
+        new = dict(batch)
+        new[properties.R] = noised["x_t"]
+        new[properties.Z] = torch.full_like(batch[properties.Z], DUMMY_NUMBER)
+        new[GENERATION_TYPES] = noised["h_t"]
+        new[DIFFUSION_TIME] = noised["t"]
+        new.update(full_neighbor_list(idx_m, self.cutoff, noised["x_t"]))
+        return new
+
+    def _noised_batch(self, batch, generator=None):
+        x0 = batch[self.clean_positions or properties.R].to(batch[properties.R].dtype)
+        noised = self.objective.noise(x0, batch[properties.Z], batch[properties.idx_m], generator=generator)
+        new = self.network_inputs(batch, noised)
+        output = self.generation_output
+        new[output.target_property] = output.network_target(noised)
+        return new, {"_noised": noised}
+
+    def _generator(self, batch_idx, device):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
+        return generator
+
+    def training_step(self, batch, batch_idx):
+        new, extra = self._noised_batch(batch)
+        with self._context(new, extra):
+            return AtomisticTask.training_step(self, new, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
+        with self._context(new, extra):
+            return AtomisticTask.validation_step(self, new, batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
+        with self._context(new, extra):
+            return AtomisticTask.test_step(self, new, batch_idx)
+
+    # --- sampling -------------------------------------------------------------------------------
+    def denoiser(self):
+        """``fn(x_t, h_t, t, batch) -> (out_x, out_h)`` calling the model (for the core's sampler)."""
+        output = self.generation_output
+        dtype = next(self.parameters()).dtype
+
+        def denoise(x, h, t, batch):
+            n_structures = t.shape[0]
+            counts = torch.bincount(batch, minlength=n_structures)
+            device = x.device
+            inputs = {properties.Z: torch.full_like(batch, DUMMY_NUMBER), properties.R: x.to(dtype),
+                      properties.idx_m: batch, properties.n_atoms: counts, GENERATION_TYPES: h.to(dtype),
+                      DIFFUSION_TIME: t.to(dtype),
+                      properties.cell: torch.zeros(n_structures, 3, 3, dtype=dtype, device=device),
+                      properties.pbc: torch.zeros(n_structures, 3, dtype=torch.bool, device=device)}
+            inputs.update(full_neighbor_list(batch, self.cutoff, x.to(dtype)))
+            results = self.model(inputs)
+            return results[output.name].to(x.dtype), results[output.type_name].to(h.dtype)
+
+        return denoise
+
+    @torch.no_grad()
+    def sample_molecules(self, n: int, *, steps: int = 500, method: Optional[str] = None, seed: Optional[int] = None,
+                         batch_size: int = 250, progress: bool = True) -> list:
+        """``n`` new molecules as ``ase.Atoms`` (sizes from the training histogram, types by argmax).
+
+        Args:
+            steps: denoising steps (EDM: 1,000).
+            method: ``ancestral`` (default), ``ddim``, or ``euler`` (flow matching, its default).
+            seed: None for fresh randomness, an int for reproducible samples (same ``batch_size``).
+            batch_size: molecules per network call.
+        """
+        if self.atom_counts is None:
+            raise ValueError("this model has no atom-count histogram: train it with GenerationTask (which counts the "
+                             "training split) or pass atom_counts=[...] to GenerationTask.")
+        device = next(self.parameters()).device
+        was_training, pp = self.training, self.model.do_postprocessing
+        self.eval()
+        self.model.do_postprocessing = False
+        try:
+            return sample_molecules(self.objective, self.denoiser(), self.atom_counts, n, steps=steps, method=method,
+                                    seed=seed, batch_size=batch_size, progress=progress, device=device,
+                                    dtype=next(self.parameters()).dtype)
+        finally:
+            self.train(was_training)
+            self.model.do_postprocessing = pp
+
+
+def load_generation_model(checkpoint: str, map_location: str = "cpu", use_ema: bool = True) -> GenerationTask:
+    """A :class:`GenerationTask` from a Lightning checkpoint, in eval mode, with the EMA weights when it holds them
+    (see :func:`schnetpack_ext.checkpoint.apply_ema_weights`). Only load checkpoints you trust (full pickle)."""
+    task = GenerationTask.load_from_checkpoint(checkpoint, map_location=map_location)
+    if use_ema:
+        apply_ema_weights(task, checkpoint)
+    return task.eval()
