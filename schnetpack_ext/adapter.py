@@ -24,11 +24,13 @@ from schnetpack.task import AtomisticTask
 from tqdm.auto import tqdm
 
 from energyloss_plugins.adapters import generate, read_checkpoint
+from schnetpack_ext.generation import GenerationOutput, GenerationTask
 from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
 from schnetpack_ext.tasks import TASK_CLASS_KEY, DiffusionTask, StructureTask
 
 #: Task classes of checkpoints written before they recorded their class, by output type.
-_TASK_OF_OUTPUT = {StructureOutput: StructureTask, DiffusionOutput: DiffusionTask}
+# Checkpoints written before the task class was recorded (TASK_CLASS_KEY) are recognised by their outputs.
+_TASK_OF_OUTPUT = {StructureOutput: StructureTask, DiffusionOutput: DiffusionTask, GenerationOutput: GenerationTask}
 
 
 def _kind_of_task(cls: type) -> str:
