@@ -2,12 +2,12 @@
 
 1. builds a small offline dataset with `energyloss-data` (RDKit's bundled NCI molecules; target:
    MMFF94 minimum; input: UFF relaxation started from the target: same basin, other force field),
-2. trains PaiNN with `spktrain experiment=energyloss_structure` twice, with the same wall-clock
-   budget: `globals.loss=mse` and `globals.loss=energy`,
+2. trains PaiNN with `spktrain experiment=energyloss_structure` twice, for the same number of
+   optimiser steps (wall time printed beside): `globals.loss=mse` and `globals.loss=energy`,
 3. evaluates both best models on the test molecules with the core's metrics and prints a
    side-by-side table (the input geometry itself is the "no model" baseline), and saves a plot.
 
-    python examples/schnetpack/demo.py [--out demo_out/schnetpack] [--budget 60] [--molecules 120]
+    python examples/schnetpack/demo.py [--out demo_out/schnetpack] [--steps 1000] [--molecules 120]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from ase import Atoms
 
 from energyloss_plugins.ase import predict_structures
-from energyloss_plugins.data import build_dataset, collate_records, read_dataset, read_split
+from energyloss_plugins.data import build_dataset, collate_records, find_split_file, read_dataset, read_split
 from energyloss_plugins.metrics import structure_metrics
 
 COLUMNS = {"rmsd": "aligned RMSD (Å)", "bond_mae": "bond-length MAE (Å)", "angle_mae": "angle MAE (°)",
@@ -36,7 +36,7 @@ COLUMNS = {"rmsd": "aligned RMSD (Å)", "bond_mae": "bond-length MAE (Å)", "ang
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out/schnetpack")
-    parser.add_argument("--budget", type=int, default=60, help="training seconds per loss (default: 60)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per loss (default: 1000)")
     parser.add_argument("--molecules", type=int, default=120)
     parser.add_argument("--losses", default="mse,energy")
     args = parser.parse_args(argv)
@@ -52,12 +52,14 @@ def main(argv=None):
     losses = args.losses.split(",")
     runs = {}
     for i, loss in enumerate(losses):
-        print(f"\n[2/3] training PaiNN with globals.loss={loss} for {args.budget} s ({i + 1}/{len(losses)})",
+        print(f"\n[2/3] training PaiNN with globals.loss={loss} for {args.steps} steps ({i + 1}/{len(losses)})",
               flush=True)
-        runs[loss] = train(datapath, loss, os.path.join(args.out, "runs"), args.budget)
+        t0 = time.time()
+        runs[loss] = train(datapath, loss, os.path.join(args.out, "runs"), args.steps)
+        print(f"      {args.steps} steps in {time.time() - t0:.0f} s", flush=True)
 
     print("\n[3/3] evaluating on the test molecules", flush=True)
-    split = read_split(os.path.join(os.path.dirname(datapath), "split.npz"))
+    split = read_split(find_split_file(datapath))
     records = read_dataset(datapath, indices=split["test_idx"])
     flat = collate_records(records)
     results = {"target itself (reference)": evaluate(flat["target_positions"], flat),
@@ -75,13 +77,13 @@ def main(argv=None):
           f"total {time.time() - start:.0f} s")
 
 
-def train(datapath: str, loss: str, run_path: str, budget_s: int) -> str:
-    """``spktrain experiment=energyloss_structure`` for ``budget_s`` seconds; returns the run directory."""
+def train(datapath: str, loss: str, run_path: str, steps: int) -> str:
+    """``spktrain experiment=energyloss_structure`` for ``steps`` optimiser steps; returns the run directory."""
     spktrain = shutil.which("spktrain") or os.path.join(os.path.dirname(sys.executable), "spktrain")
     run_id = f"painn_{loss}"
     cmd = [spktrain, "experiment=energyloss_structure", f"data.datapath={datapath}", f"globals.loss={loss}",
            f"run.path={os.path.abspath(run_path)}", f"run.id={run_id}", "trainer.accelerator=cpu",
-           f"+trainer.max_time=00:{budget_s // 3600:02d}:{budget_s // 60 % 60:02d}:{budget_s % 60:02d}",
+           f"+trainer.max_steps={steps}",
            "data.num_workers=0",
            "print_config=false", "data.batch_size=8", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
            "model.representation.n_interactions=2", "globals.displacement_scale=0.1",
