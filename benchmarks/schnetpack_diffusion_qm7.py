@@ -94,7 +94,7 @@ def main(argv=None):
     samples = task.sample(chosen, steps=args.steps, method=args.method, seed=0, batch_size=50, progress=False)
     elapsed = time.time() - start
     valid = [isinstance(a, Atoms) and len(a) == len(c) and np.isfinite(a.positions).all()
-             and (a.numbers == c.numbers).all() for a, c in zip(samples, chosen)]
+             and (a.numbers == c.numbers).all() for a, c in zip(samples, chosen, strict=True)]
     numbers = torch.as_tensor(np.concatenate([a.numbers for a in samples]))
     positions = torch.as_tensor(np.concatenate([a.positions for a in samples]))
     batch = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(a) for a in samples]))

@@ -106,7 +106,8 @@ def _check_times(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be a (B,) tensor of times in [0, 1], got {type(t).__name__}.")
     if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
         bad = t[~((t >= 0) & (t <= 1))]
-        raise ValueError(f"{name} must lie in [0, 1] (0: clean data, 1: pure noise), got values such as {bad[0].item()}.")
+        raise ValueError(f"{name} must lie in [0, 1] (0: clean data, 1: pure noise), "
+                         f"got values such as {bad[0].item()}.")
 
 
 def predicted_x0(output: Tensor, x_t: Tensor, batch: Tensor, alpha: Tensor, sigma: Tensor,

@@ -117,7 +117,7 @@ class AtomCountDistribution:
         self.probabilities = weights / weights.sum()
 
     @classmethod
-    def from_counts(cls, counts: Sequence[int]) -> "AtomCountDistribution":
+    def from_counts(cls, counts: Sequence[int]) -> AtomCountDistribution:
         """From the atom count of every training molecule."""
         counts = torch.as_tensor(list(counts), dtype=torch.long)
         if counts.numel() == 0 or int(counts.min()) < 1:
@@ -137,7 +137,8 @@ class AtomCountDistribution:
         return torch.multinomial(self.probabilities, n, replacement=True, generator=generator)
 
     def __repr__(self) -> str:
-        return f"AtomCountDistribution(max_atoms={self.max_atoms}, mean={float((self.probabilities * torch.arange(len(self.histogram))).sum()):.2f})"
+        mean = float((self.probabilities * torch.arange(len(self.histogram))).sum())
+        return f"AtomCountDistribution(max_atoms={self.max_atoms}, mean={mean:.2f})"
 
 
 class GenerationObjective:
@@ -194,7 +195,8 @@ class GenerationObjective:
         """What a perfect network outputs for the types: ε_h, or ε_h − h for flow matching."""
         return noised["eps_h"] - noised["h0"] if self.flow_matching else noised["eps_h"]
 
-    def loss_terms(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor) -> dict[str, Tensor]:
+    def loss_terms(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor],
+                   batch: Tensor) -> dict[str, Tensor]:
         """The two weighted, normalised terms: ``positions`` and ``types``; their sum is :meth:`loss`."""
         if out_h.shape != noised["h0"].shape:
             raise ValueError(f"out_h must have shape {tuple(noised['h0'].shape)} (atoms x type features), "
@@ -249,7 +251,8 @@ class GenerationObjective:
         else:
             x, h = (v.to(device=device, dtype=dtype) for v in initial)
             if x.shape != (batch.shape[0], 3) or h.shape != (batch.shape[0], self.n_features):
-                raise ValueError(f"initial must be (x_T ({batch.shape[0]}, 3), h_T ({batch.shape[0]}, {self.n_features})), "
+                raise ValueError(f"initial must be (x_T ({batch.shape[0]}, 3), "
+                                 f"h_T ({batch.shape[0]}, {self.n_features})), "
                                  f"got {tuple(x.shape)} and {tuple(h.shape)}.")
             x = remove_com(x, batch, n_structures)
         times = torch.linspace(1.0, 0.0, steps + 1, dtype=dtype, device=device)
@@ -266,12 +269,13 @@ class GenerationObjective:
             noisy = method == "ancestral" and not final
             noise_x = com_free_noise(x, batch, generator) if noisy else None
             noise_h = torch.randn(h.shape, dtype=h.dtype, device=device, generator=generator) if noisy else None
-            x = remove_com(reverse_step(x, out_x, batch, t, s, noise=noise_x, final=final, **options), batch, n_structures)
+            x = remove_com(reverse_step(x, out_x, batch, t, s, noise=noise_x, final=final, **options),
+                           batch, n_structures)
             h = reverse_step(h, out_h, batch, t, s, noise=noise_h, final=final, **options)
         return self.encoding.decode(h), x, batch
 
 
-def to_atoms(numbers: Tensor, positions: Tensor, batch: Tensor) -> list["ase.Atoms"]:
+def to_atoms(numbers: Tensor, positions: Tensor, batch: Tensor) -> list[ase.Atoms]:
     """Flat generated molecules → a list of ``ase.Atoms`` (positions in Å, no cell)."""
     from ase import Atoms
 
@@ -281,13 +285,13 @@ def to_atoms(numbers: Tensor, positions: Tensor, batch: Tensor) -> list["ase.Ato
     order = torch.argsort(batch, stable=True)
     counts = torch.bincount(batch, minlength=n_structures).tolist()
     return [Atoms(numbers=z.numpy(), positions=x.numpy())
-            for z, x in zip(torch.split(numbers[order], counts), torch.split(positions[order], counts))]
+            for z, x in zip(torch.split(numbers[order], counts), torch.split(positions[order], counts), strict=True)]
 
 
 def sample_molecules(objective: GenerationObjective, denoiser: JointDenoiser, atom_counts: AtomCountDistribution,
                      n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
                      batch_size: int = 250, progress: bool = True, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> list["ase.Atoms"]:
+                     dtype: torch.dtype = torch.float32) -> list[ase.Atoms]:
     """``n`` molecules as ``ase.Atoms``, in batches of ``batch_size`` molecules (shared by the adapters).
 
     ``seed=None`` draws fresh randomness; an int makes the samples reproducible (sizes and noise) for

@@ -22,6 +22,7 @@ from energyloss_plugins.optional import require
 
 require("schnetpack", "schnetpack_ext (the SchNetPack adapter)", "schnetpack")
 
+from energyloss_plugins.ase import predict_structures  # noqa: E402  (the one implementation; finds this adapter)
 from schnetpack_ext.adapter import load_structure_model  # noqa: E402
 from schnetpack_ext.checkpoint import TrustedCheckpointIO  # noqa: E402
 from schnetpack_ext.generation import (  # noqa: E402
@@ -38,8 +39,6 @@ from schnetpack_ext.resolvers import register_resolvers  # noqa: E402
 from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list  # noqa: E402
 from schnetpack_ext.transforms import RotateTarget  # noqa: E402
 
-from energyloss_plugins.ase import predict_structures  # noqa: E402  (the one implementation; finds this adapter)
-
 register_resolvers()
 
 #: Package holding the YAML configs (``pkg://schnetpack_ext.configs``).
@@ -48,6 +47,6 @@ CONFIG_PACKAGE = "schnetpack_ext.configs"
 __all__ = [
     "CONFIG_PACKAGE", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "GenerationOutput", "GenerationTask",
     "PositionHead", "RotateTarget", "TypeFeatureEmbedding", "TypeNoiseHead", "load_generation_model",
-    "StructureOutput", "StructureTask", "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list", "load_structure_model",
-    "predict_structures", "register_resolvers",
+    "StructureOutput", "StructureTask", "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list",
+    "load_structure_model", "predict_structures", "register_resolvers",
 ]

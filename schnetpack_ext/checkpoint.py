@@ -10,7 +10,7 @@ checkpoints you produced or trust (the same trust ``schnetpack.utils.load_model`
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -18,8 +18,8 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 class TrustedCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` loading full pickles (``weights_only=False``) by default."""
 
-    def load_checkpoint(self, path, map_location: Optional[Any] = lambda storage, loc: storage,
-                        weights_only: Optional[bool] = None) -> dict:
+    def load_checkpoint(self, path, map_location: Any | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict:
         return super().load_checkpoint(path, map_location=map_location,
                                        weights_only=False if weights_only is None else weights_only)
 
@@ -43,7 +43,7 @@ def apply_ema_weights(task, checkpoint_path: str) -> bool:
             raise ValueError(f"the EMA state of {checkpoint_path} has {len(shadow)} tensors but the model has "
                              f"{len(params)} parameters: the checkpoint belongs to another model.")
         with torch.no_grad():
-            for p, s in zip(params, shadow):
+            for p, s in zip(params, shadow, strict=True):
                 p.copy_(s.to(p.device, p.dtype))
         return True
     return False

@@ -19,16 +19,16 @@ as SchNetPack building blocks:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Type
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from collections.abc import Sequence
+from typing import Any
 
 import schnetpack.nn as snn
 import schnetpack.properties as properties
+import torch
+import torch.nn.functional as F
 from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask, ModelOutput
+from torch import nn
 
 from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
 from schnetpack_ext.checkpoint import apply_ema_weights
@@ -60,7 +60,7 @@ class TypeFeatureEmbedding(nn.Module):
         self.net = nn.Sequential(snn.Dense(n_features, n_atom_basis, activation=F.silu),
                                  snn.Dense(n_atom_basis, n_atom_basis, activation=None))
 
-    def forward(self, q: torch.Tensor, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if GENERATION_TYPES not in inputs:
             raise KeyError("TypeFeatureEmbedding needs inputs['generation_h']: train and sample with "
                            "schnetpack_ext.GenerationTask.")
@@ -77,7 +77,7 @@ class TypeNoiseHead(nn.Module):
         output_key: key of the output in the results.
     """
 
-    def __init__(self, n_in: int, elements: Sequence[int], n_hidden: Optional[int] = None, n_layers: int = 2,
+    def __init__(self, n_in: int, elements: Sequence[int], n_hidden: int | None = None, n_layers: int = 2,
                  output_key: str = "type_noise"):
         super().__init__()
         self.output_key = output_key
@@ -85,7 +85,7 @@ class TypeNoiseHead(nn.Module):
         n_out = TypeEncoding(plain_config(elements)).n_features
         self.outnet = snn.build_mlp(n_in=n_in, n_out=n_out, n_hidden=n_hidden, n_layers=n_layers, activation=F.silu)
 
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs[self.output_key] = self.outnet(inputs["scalar_representation"])
         return inputs
 
@@ -106,11 +106,11 @@ class GenerationOutput(ModelOutput):
     """
 
     def __init__(self, elements: Sequence[int], name: str = "position_noise", type_name: str = "type_noise",
-                 loss_fn: Optional[nn.Module] = None, loss_weight: float = 1.0,
-                 metrics: Optional[Dict[str, nn.Module]] = None, constraints: Optional[List[nn.Module]] = None,
-                 target_property: Optional[str] = "generation_target", position_weight: float = 1.0,
+                 loss_fn: nn.Module | None = None, loss_weight: float = 1.0,
+                 metrics: dict[str, nn.Module] | None = None, constraints: list[nn.Module] | None = None,
+                 target_property: str | None = "generation_target", position_weight: float = 1.0,
                  parameterization: str = "eps", schedule: str = "polynomial", precision: float = 1e-5,
-                 max_weight: Optional[float] = None):
+                 max_weight: float | None = None):
         super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
                          constraints=constraints, target_property=target_property)
         self.type_name = type_name
@@ -119,7 +119,7 @@ class GenerationOutput(ModelOutput):
             loss_kwargs=dict(getattr(loss_fn, "options", {})), schedule=schedule, precision=precision,
             parameterization=parameterization, max_weight=max_weight)
 
-    def network_target(self, noised: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def network_target(self, noised: dict[str, torch.Tensor]) -> torch.Tensor:
         """What a perfect network outputs for the positions (ε_x, or ε_x − x for flow matching)."""
         return noised["eps"] - noised["x0"] if self.objective.flow_matching else noised["eps"]
 
@@ -145,12 +145,12 @@ class GenerationTask(ContextTask):
         (other arguments as :class:`schnetpack.task.AtomisticTask`)
     """
 
-    def __init__(self, model: AtomisticModel, outputs: List[ModelOutput],
-                 optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
-                 optimizer_args: Optional[Dict[str, Any]] = None, scheduler_cls: Optional[Type] = None,
-                 scheduler_args: Optional[Dict[str, Any]] = None, scheduler_monitor: Optional[str] = None,
-                 warmup_steps: int = 0, clean_positions: Optional[str] = None, cutoff: Optional[float] = None,
-                 val_seed: int = 1234, atom_counts: Optional[Sequence[float]] = None):
+    def __init__(self, model: AtomisticModel, outputs: list[ModelOutput],
+                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_args: dict[str, Any] | None = None, scheduler_cls: type | None = None,
+                 scheduler_args: dict[str, Any] | None = None, scheduler_monitor: str | None = None,
+                 warmup_steps: int = 0, clean_positions: str | None = None, cutoff: float | None = None,
+                 val_seed: int = 1234, atom_counts: Sequence[float] | None = None):
         outputs = list(outputs)  # Hydra passes a ListConfig of objects, which the CSV logger cannot serialise
         super().__init__(model=model, outputs=outputs, optimizer_cls=optimizer_cls,
                          optimizer_args=optimizer_args or {"lr": 5e-4}, scheduler_cls=scheduler_cls,
@@ -205,7 +205,8 @@ class GenerationTask(ContextTask):
             self.atom_counts = AtomCountDistribution(checkpoint["atom_count_histogram"])
 
     # --- training -------------------------------------------------------------------------------
-    def network_inputs(self, batch: Dict[str, torch.Tensor], noised: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def network_inputs(self, batch: dict[str, torch.Tensor],
+                       noised: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's inputs for a noised batch: x_t, h_t, t, a dummy atomic number, pairs on x_t.
 
         Nothing here depends on the clean atomic numbers except through h_t.
@@ -269,7 +270,7 @@ class GenerationTask(ContextTask):
         return denoise
 
     @torch.no_grad()
-    def sample_molecules(self, n: int, *, steps: int = 500, method: Optional[str] = None, seed: Optional[int] = None,
+    def sample_molecules(self, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
                          batch_size: int = 250, progress: bool = True) -> list:
         """``n`` new molecules as ``ase.Atoms`` (sizes from the training histogram, types by argmax).
 

@@ -55,7 +55,8 @@ class EnergyLoss(nn.Module):
                  graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean",
                  normalize: bool = True):
         super().__init__()
-        options = {"coefficients": plain_config(coefficients), "coefficient_kwargs": dict(plain_config(coefficient_kwargs) or {}),
+        options = {"coefficients": plain_config(coefficients),
+                   "coefficient_kwargs": dict(plain_config(coefficient_kwargs) or {}),
                    "graph": graph, "graph_kwargs": dict(plain_config(graph_kwargs) or {}), "reduction": reduction,
                    "normalize": normalize}
         self.loss_name = loss

@@ -203,8 +203,8 @@ def test_sample_molecules_is_reproducible_with_a_seed_and_batches():
     b = sample_molecules(obj, den, counts, 7, steps=5, seed=3, batch_size=3, progress=False)
     c = sample_molecules(obj, den, counts, 7, steps=5, seed=4, batch_size=3, progress=False)
     assert len(a) == 7
-    assert all((x.numbers == y.numbers).all() and (x.positions == y.positions).all() for x, y in zip(a, b))
-    assert any(len(x) != len(y) or not (x.positions == y.positions).all() for x, y in zip(a, c))
+    assert all((x.numbers == y.numbers).all() and (x.positions == y.positions).all() for x, y in zip(a, b, strict=True))
+    assert any(len(x) != len(y) or not (x.positions == y.positions).all() for x, y in zip(a, c, strict=True))
 
 
 def test_sampler_rejects_bad_requests():

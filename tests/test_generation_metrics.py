@@ -50,7 +50,8 @@ def ethane(cc: float = 1.53, ch: float = 1.09) -> Atoms:
 
 def water() -> Atoms:
     a = math.radians(104.5) / 2
-    return Atoms("OH2", positions=[[0, 0, 0], [0.96 * math.sin(a), 0.96 * math.cos(a), 0], [-0.96 * math.sin(a), 0.96 * math.cos(a), 0]])
+    return Atoms("OH2", positions=[[0, 0, 0], [0.96 * math.sin(a), 0.96 * math.cos(a), 0],
+                                   [-0.96 * math.sin(a), 0.96 * math.cos(a), 0]])
 
 
 def methane() -> Atoms:
@@ -98,13 +99,13 @@ def test_stability_matches_a_plain_reading_of_the_tables():
                 lengths = M.BOND_LENGTHS_PM.get((syms[i], syms[j])) or M.BOND_LENGTHS_PM.get((syms[j], syms[i])) or ()
                 d_pm = 100 * np.linalg.norm(pos[i] - pos[j])
                 order = 0
-                for k, (length, margin) in enumerate(zip(lengths, (10, 5, 3))):
+                for k, (length, margin) in enumerate(zip(lengths, (10, 5, 3), strict=False)):
                     if d_pm < length + margin and order == k:
                         order = k + 1
                 expected[i] += order
                 expected[j] += order
         assert got == expected
-        stable = [v in M.ALLOWED_VALENCES[s] for s, v in zip(syms, expected)]
+        stable = [v in M.ALLOWED_VALENCES[s] for s, v in zip(syms, expected, strict=True)]
         assert M.stable_atoms(z, torch.tensor(pos)).tolist() == stable
 
 

@@ -5,7 +5,6 @@ Tiny PaiNN/SO3net models and a small database of ASE's bundled molecules written
 
 import csv
 import glob
-import os
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ pytest.importorskip("schnetpack")
 import schnetpack as spk  # noqa: E402
 import schnetpack.properties as P  # noqa: E402
 
+from _schnetpack_helpers import small_painn, small_so3net  # noqa: E402
+from energyloss_plugins.generation import AtomCountDistribution  # noqa: E402
 from schnetpack_ext import (  # noqa: E402
     EnergyLoss,
     GenerationOutput,
@@ -25,8 +26,6 @@ from schnetpack_ext import (  # noqa: E402
     TypeNoiseHead,
     load_generation_model,
 )
-from _schnetpack_helpers import small_painn, small_so3net  # noqa: E402
-from energyloss_plugins.generation import AtomCountDistribution  # noqa: E402
 from schnetpack_ext.generation import DUMMY_NUMBER  # noqa: E402
 
 ELEMENTS = [1, 6, 7, 8]
@@ -69,7 +68,8 @@ def test_network_cannot_read_clean_types_only_the_noisy_features(db):
     assert torch.all(inputs[P.Z] == DUMMY_NUMBER)
 
     other = dict(batch)
-    other[P.Z] = torch.tensor(ELEMENTS)[torch.randint(0, 4, batch[P.Z].shape, generator=torch.Generator().manual_seed(2))]
+    picks = torch.randint(0, 4, batch[P.Z].shape, generator=torch.Generator().manual_seed(2))
+    other[P.Z] = torch.tensor(ELEMENTS)[picks]
     assert not torch.equal(other[P.Z], batch[P.Z])
     with torch.no_grad():
         out = task.model(task.network_inputs(batch, noised))
@@ -123,7 +123,7 @@ def test_short_training_lowers_the_loss_and_the_checkpoint_alone_samples(db, tmp
     samples = loaded.sample_molecules(5, steps=6, seed=0, batch_size=2, progress=False)
     again = loaded.sample_molecules(5, steps=6, seed=0, batch_size=2, progress=False)
     assert len(samples) == 5
-    for a, b in zip(samples, again):
+    for a, b in zip(samples, again, strict=True):
         assert len(a) in train_sizes and set(a.numbers.tolist()) <= set(ELEMENTS)
         assert (a.numbers == b.numbers).all() and abs(a.positions - b.positions).max() < 1e-3
         assert abs(a.positions.mean(0)).max() < 1e-3 * max(1.0, abs(a.positions).max())

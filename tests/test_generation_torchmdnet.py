@@ -137,9 +137,10 @@ def test_samples_are_atoms_with_training_elements(arch):
         assert len(m) in (3, 4, 6) and set(m.numbers.tolist()) <= set(ELEMENTS)
         assert np.isfinite(m.positions).all() and np.allclose(m.positions.mean(0), 0, atol=1e-3)
     again = module.sample_molecules(6, steps=4, seed=0, batch_size=4, progress=False)
-    assert all(np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions) for a, b in zip(mols, again))
+    assert all(np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions)
+               for a, b in zip(mols, again, strict=True))
     other = module.sample_molecules(6, steps=4, seed=1, batch_size=4, progress=False)
-    assert not all(len(a) == len(b) and np.allclose(a.positions, b.positions) for a, b in zip(mols, other))
+    assert not all(len(a) == len(b) and np.allclose(a.positions, b.positions) for a, b in zip(mols, other, strict=True))
 
 
 def test_generation_hparams_errors():

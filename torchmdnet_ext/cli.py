@@ -97,7 +97,8 @@ def get_argparse() -> argparse.ArgumentParser:
     from torchmdnet_ext.configs import config_names
     from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS
 
-    parser = argparse.ArgumentParser(prog=PROG, description="TorchMD-Net training with the energy loss (energyloss-plugins)",
+    parser = argparse.ArgumentParser(prog=PROG,
+                                     description="TorchMD-Net training with the energy loss (energyloss-plugins)",
                                      parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
     parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,
                         help=f"Configuration yaml file, or the name of a shipped one ({', '.join(config_names())})")
@@ -105,14 +106,17 @@ def get_argparse() -> argparse.ArgumentParser:
                         help="Metric to monitor for writing out best models: any logged metric "
                              "(default: val_total_<train_loss>)")
     parser.add_argument("--early-stopping-monitor", type=str, default=None,
-                        help="Metric to monitor for early stopping: any logged metric (default: the checkpoint monitor)")
+                        help="Metric to monitor for early stopping: any logged metric "
+                             "(default: the checkpoint monitor)")
     group = parser.add_argument_group("energyloss-plugins")
     group.add_argument("--task", default=None, choices=[*TASKS, "energy"],
-                       help="structure (input geometry -> equilibrium positions), diffusion (denoising on the targets), "
+                       help="structure (input geometry -> equilibrium positions), "
+                            "diffusion (denoising on the targets), "
                             "generation (de novo molecules: types and positions, needs --elements) "
                             "or energy (TorchMD-Net's own energy/force training). Default: structure for "
                             f"{'/'.join(POSITION_DATASETS)}, else energy.")
-    group.add_argument("--parameterization", default=PLUGIN_DEFAULTS["parameterization"], choices=["eps", "v", "x0", "velocity"],
+    group.add_argument("--parameterization", default=PLUGIN_DEFAULTS["parameterization"],
+                       choices=["eps", "v", "x0", "velocity"],
                        help="What the diffusion head predicts (velocity = flow matching).")
     group.add_argument("--noise-schedule", default=PLUGIN_DEFAULTS["noise_schedule"], choices=["polynomial", "cosine"],
                        help="Variance-preserving noise schedule (diffusion).")

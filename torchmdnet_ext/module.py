@@ -352,7 +352,8 @@ class PositionLNNP(LNNP):
             raise ValueError(f"sample_molecules needs a model trained with task generation, not {self.hparams.task!r}.")
         if self.atom_counts is None:
             raise ValueError("this model has no atom-count histogram yet: train it (the histogram of the training "
-                             "split is stored in the checkpoint) or set model.atom_counts = AtomCountDistribution(...).")
+                             "split is stored in the checkpoint) "
+                             "or set model.atom_counts = AtomCountDistribution(...).")
         was_training = self.training
         self.eval()
         try:

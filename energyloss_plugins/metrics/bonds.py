@@ -72,7 +72,7 @@ def _threshold_table() -> Tensor:
     t = torch.full((MAX_Z + 1, MAX_Z + 1, 3), -math.inf, dtype=torch.float64)
     for (a, b), lengths in BOND_LENGTHS_PM.items():
         za, zb = _SYMBOLS[a], _SYMBOLS[b]
-        for order, (length, margin) in enumerate(zip(lengths, BOND_MARGINS)):
+        for order, (length, margin) in enumerate(zip(lengths, BOND_MARGINS, strict=False)):
             t[za, zb, order] = t[zb, za, order] = length / 100.0 + margin
     return t
 
@@ -93,7 +93,9 @@ HAS_RULE = _VALENCES.any(1)
 
 
 def prepare_inputs(numbers: Tensor, positions: Tensor, batch: Tensor | None) -> tuple[Tensor, Tensor, int]:
-    """Checked molecule inputs: ``numbers`` ``(N,)`` long, ``batch`` ``(N,)`` long (zeros if None), number of structures.
+    """Checked molecule inputs: ``numbers`` ``(N,)`` long, ``batch`` ``(N,)`` long, number of structures.
+
+    A ``batch`` of None puts every atom in one structure (zeros).
 
     Raises:
         ValueError: positions not ``(N, 3)``, numbers not one integer in 1..MAX_Z per atom, or a bad batch.

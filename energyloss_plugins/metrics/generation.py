@@ -41,7 +41,8 @@ def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64)
     if empty:
         raise ValueError(f"Molecule(s) {empty[:10]} have no atoms; remove them before evaluating.")
     numbers = torch.as_tensor(np.concatenate([np.asarray(m.numbers) for m in molecules]), dtype=torch.long)
-    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]), dtype=dtype)
+    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
+                                dtype=dtype)
     batch = torch.repeat_interleave(torch.arange(len(molecules)), torch.as_tensor(counts))
     return numbers, positions, batch
 
