@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements/ci.txt
 # Main job: small offline dataset, PaiNN trained with spktrain using MSE and the energy loss for the
 # same number of optimiser steps, side-by-side test metrics and a plot (demo_out/schnetpack/). A few minutes on 2 cores.
 demo: $(STAMP)
-	$(BIN)/python examples/schnetpack/demo.py --out demo_out/schnetpack --steps 1000 --molecules 120
+	$(BIN)/python examples/schnetpack/demo.py --out demo_out/schnetpack --steps 400 --molecules 120
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

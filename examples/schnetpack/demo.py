@@ -7,7 +7,7 @@
 3. evaluates both best models on the test molecules with the core's metrics and prints a
    side-by-side table (the input geometry itself is the "no model" baseline), and saves a plot.
 
-    python examples/schnetpack/demo.py [--out demo_out/schnetpack] [--steps 1000] [--molecules 120]
+    python examples/schnetpack/demo.py [--out demo_out/schnetpack] [--steps 400] [--molecules 120]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ COLUMNS = {"rmsd": "aligned RMSD (Å)", "bond_mae": "bond-length MAE (Å)", "ang
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out/schnetpack")
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per loss (default: 1000)")
+    parser.add_argument("--steps", type=int, default=400, help="optimiser steps per loss (default: 400)")
     parser.add_argument("--molecules", type=int, default=120)
     parser.add_argument("--losses", default="mse,energy")
     args = parser.parse_args(argv)
