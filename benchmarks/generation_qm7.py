@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -152,47 +151,12 @@ def _flat(atoms_list):
 
 
 def evaluate(atoms_list, smiles=None) -> dict:
-    """Generation metrics of all molecules; those with non-finite positions (a diverged sampler)
-    count as unstable and invalid (``non_finite`` says how many)."""
-    import numpy as np
+    """EDM's metrics of the samples (:func:`energyloss_plugins.metrics.generation_metrics`; molecules
+    with non-finite positions from a diverged sampler count as unstable and invalid, ``non_finite``)."""
+    from energyloss_plugins.metrics import generation_metrics
 
-    finite = [a for a in atoms_list if np.isfinite(a.positions).all()]
-    values = _evaluate_finite(finite, smiles) if finite else {}
-    n_atoms, n_finite_atoms = sum(len(a) for a in atoms_list), sum(len(a) for a in finite)
-    if len(finite) < len(atoms_list):
-        for key, share in (("atom_stability", n_finite_atoms / max(n_atoms, 1)),
-                           ("mol_stability", len(finite) / len(atoms_list)), ("validity", len(finite) / len(atoms_list))):
-            values[key] = values.get(key, 0.0) * share
-    values.update(n=len(atoms_list), non_finite=len(atoms_list) - len(finite))
-    return values
-
-
-def _evaluate_finite(atoms_list, smiles=None) -> dict:
-    """Generation metrics: ``energyloss_plugins.metrics.generation_metrics`` when available, else the
-    same figures from the metrics present (atom stability over all atoms, molecule stability, RDKit
-    validity, uniqueness among valid, novelty of valid-unique against the training SMILES)."""
-    try:
-        from energyloss_plugins.metrics import generation_metrics
-    except ImportError:
-        generation_metrics = None
-    if generation_metrics is not None:
-        values = generation_metrics(atoms_list, train_smiles=set(smiles) if smiles is not None else None)
-        return {**{k: (float(v) if v is not None else None) for k, v in values.items()}, "metrics": "generation_metrics"}
-    from energyloss_plugins.metrics import molecule_smiles, molecule_stability, stable_atoms
-
-    numbers, positions, batch = _flat(atoms_list)
-    found = molecule_smiles(numbers, positions, batch)
-    valid = [s for s in found if s is not None]
-    unique = set(valid)
-    return {
-        "n": len(atoms_list),
-        "atom_stability": float(stable_atoms(numbers, positions, batch).float().mean()),
-        "mol_stability": float(molecule_stability(numbers, positions, batch).float().mean()),
-        "validity": len(valid) / len(atoms_list),
-        "uniqueness": len(unique) / len(valid) if valid else math.nan,
-        "novelty": (len(unique - set(smiles)) / len(unique) if unique else math.nan) if smiles is not None else None,
-        "metrics": "fallback (energyloss_plugins.metrics without generation_metrics)",
-    }
+    values = generation_metrics(atoms_list, train_smiles=set(smiles) if smiles is not None else None)
+    return {k: (float(v) if v is not None else None) for k, v in values.items()}
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -229,20 +193,24 @@ def train(args, name, loss, seed, extra, fraction, db) -> dict:
         print(f"[{name}] training: $ " + " ".join(cmd), flush=True)
         start = time.time()
         with open(os.path.join(args.out, "runs", f"{name}.train.log"), "a") as log:
-            proc = subprocess.run(cmd, cwd=os.path.join(args.out, "runs"), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=os.path.join(args.out, "runs"), env=_env(), stdout=log,
+                                  stderr=subprocess.STDOUT)
         timing["segments"].append(round(time.time() - start, 1))
         _write_json(timing_path, timing)
         if not os.path.exists(final_checkpoint(run_dir, args.steps)):
-            raise RuntimeError(f"[{name}] spktrain ended ({proc.returncode}) without {final_checkpoint(run_dir, args.steps)}; "
+            missing = final_checkpoint(run_dir, args.steps)
+            raise RuntimeError(f"[{name}] spktrain ended ({proc.returncode}) without {missing}; "
                                f"see {name}.train.log")
     return {"train_wall_s": round(sum(timing["segments"]), 1), "train_segments": len(timing["segments"])}
 
 
-def sample_run(args, name: str, checkpoint: str, n: int, path: str, seed: int = 0, adapter: str = "schnetpack_ext") -> float:
+def sample_run(args, name: str, checkpoint: str, n: int, path: str, seed: int = 0,
+               adapter: str = "schnetpack_ext") -> float:
     """Sample in a subprocess (one thread) with ``<adapter>.load_generation_model``; returns the wall time."""
     code = (f"import sys, torch, ase.io; torch.set_num_threads(1); from {adapter} import load_generation_model; "
             "task = load_generation_model(sys.argv[1]); "
-            "mols = task.sample_molecules(int(sys.argv[2]), steps=int(sys.argv[3]), method=sys.argv[4], seed=int(sys.argv[5]), "
+            "mols = task.sample_molecules(int(sys.argv[2]), steps=int(sys.argv[3]), method=sys.argv[4], "
+            "seed=int(sys.argv[5]), "
             "batch_size=int(sys.argv[6]), progress=False); ase.io.write(sys.argv[7] + '.tmp.extxyz', mols); "
             "import os; os.replace(sys.argv[7] + '.tmp.extxyz', sys.argv[7])")
     start = time.time()
@@ -397,7 +365,8 @@ def table(results: dict, data_row: dict | None) -> str:
         if res.get("status") != "done" or "points" in res or res.get("conformer_diffusion"):
             continue
         groups.setdefault(name.rsplit("-s", 1)[0], []).append(res)
-    head = ["run", "seeds", "atom stab. %", "mol stab. %", "valid %", "unique %", "novel %", "steps", "train wall (min)"]
+    head = ["run", "seeds", "atom stab. %", "mol stab. %", "valid %", "unique %", "novel %", "steps",
+            "train wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if data_row:
         lines.append("| QM7 training molecules | — | " + " | ".join(_mean_spread([data_row.get(c)]) for c in COLUMNS)
@@ -432,14 +401,15 @@ def plot_curves(args, results: dict) -> str | None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for run, points in curves.items():
         steps = [p["step"] for p in points]
-        for ax, key in zip(axes, ("mol_stability", "atom_stability")):
+        for ax, key in zip(axes, ("mol_stability", "atom_stability"), strict=True):
             ax.plot(steps, [100 * p[key] for p in points], marker="o", label=run)
-    for ax, label in zip(axes, ("molecule stability (%)", "atom stability (%)")):
+    for ax, label in zip(axes, ("molecule stability (%)", "atom stability (%)"), strict=True):
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"QM7 generation, PaiNN, {args.curve_samples} samples per point ({args.method}, {args.sample_steps} steps)")
+    fig.suptitle(f"QM7 generation, PaiNN, {args.curve_samples} samples per point "
+                 f"({args.method}, {args.sample_steps} steps)")
     fig.tight_layout()
     path = os.path.join(args.out, "learning_curve.png")
     fig.savefig(path, dpi=120)
@@ -458,7 +428,8 @@ def report(args, db, smiles, results):
     text = table(results, data_row)
     png = plot_curves(args, results)
     header = (f"QM7 de novo generation, PaiNN 64x3, batch 64, {args.steps} optimiser steps per run, "
-              f"{args.samples} samples per run ({args.method}, {args.sample_steps} steps); mean ± half-range over seeds.\n"
+              f"{args.samples} samples per run ({args.method}, {args.sample_steps} steps); "
+              "mean ± half-range over seeds.\n"
               f"Command: PYTHONPATH=$PWD python benchmarks/generation_qm7.py --out {args.out} --workers {args.workers} "
               f"--steps {args.steps} --samples {args.samples} --sample-steps {args.sample_steps}\n\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -476,7 +447,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1000, help="molecules sampled per run")
     p.add_argument("--curve-samples", type=int, default=200, help="molecules per learning-curve point")
     p.add_argument("--sample-steps", type=int, default=50, help="denoising steps (EDM: 1000)")
-    p.add_argument("--sample-batch", type=int, default=25, help="molecules per network call (small batches run faster on CPU)")
+    p.add_argument("--sample-batch", type=int, default=25,
+                   help="molecules per network call (small batches run faster on CPU)")
     p.add_argument("--method", default="ancestral", choices=("ancestral", "ddim"))
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
     p.add_argument("--evaluate-only", action="store_true", help="re-evaluate the saved samples of finished runs")
@@ -510,7 +482,11 @@ def main(argv=None):
         for name in names:
             base = name.removeprefix("curve-")
             if RUNS[name][0] == "curve" and base in futures:
-                futures[name] = pool.submit(lambda n=name, b=futures[base]: (b.result(), do_run(args, n, db, smiles))[1])
+                def after_base(n=name, b=futures[base]):  # a curve run starts when its base run is done
+                    b.result()
+                    return do_run(args, n, db, smiles)
+
+                futures[name] = pool.submit(after_base)
             else:
                 futures[name] = pool.submit(do_run, args, name, db, smiles)
         for name, future in futures.items():

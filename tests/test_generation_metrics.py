@@ -162,6 +162,15 @@ def test_nothing_valid_gives_nan_uniqueness_and_novelty():
     assert out["validity"] == 0.0 and math.isnan(out["uniqueness"]) and math.isnan(out["novelty"])
 
 
+def test_non_finite_molecules_count_as_unstable_and_invalid():
+    good = kekule_benzene()
+    diverged = good.copy()
+    diverged.positions[0] = np.nan  # what a diverged sampler leaves
+    out = M.generation_metrics([good, diverged])
+    assert out["non_finite"] == 1 and out["n"] == 2
+    assert out["mol_stability"] == 0.5 and out["validity"] == 0.5 and out["atom_stability"] == 0.5
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="No molecules"):
         M.generation_metrics([])

@@ -35,6 +35,7 @@ _LABELS = {
     "uniqueness": "uniqueness (of valid)",
     "valid_unique": "valid and unique",
     "novelty": "novelty (of valid unique)",
+    "non_finite": "non-finite (diverged)",
 }
 
 
@@ -120,7 +121,7 @@ def format_table(metrics: dict) -> str:
     lines = []
     for key, label in _LABELS.items():
         value = metrics.get(key)
-        if key == "n":
+        if key in ("n", "non_finite"):
             text = str(value)
         elif value is None:
             text = "- (no --train)" if key == "novelty" else "-"

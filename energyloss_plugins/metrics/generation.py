@@ -121,7 +121,8 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         ``validity`` (fraction whose RDKit molecule sanitises), ``uniqueness`` (distinct SMILES
         among the valid; NaN if none is valid), ``valid_unique`` (distinct valid SMILES / n, EDM's
         "valid and unique"), ``novelty`` (fraction of the distinct valid SMILES not in
-        ``train_smiles``; None without a training set, NaN if none is valid).
+        ``train_smiles``; None without a training set, NaN if none is valid), ``non_finite``
+        (molecules with NaN/Inf positions, counted as unstable and invalid).
 
     Raises:
         ValueError: empty input, a molecule without atoms, or an element without a valence rule.
@@ -129,10 +130,13 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
     n = len(atoms_list)
     if n == 0:
         raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
-    n_atoms = n_stable_atoms = n_stable_mols = 0
+    # A diverged sampler leaves NaN/Inf positions: such a molecule has no bonds to judge, so all its
+    # atoms count as unstable and it is neither stable nor valid (``non_finite`` says how many).
+    finite = [m for m in atoms_list if np.isfinite(np.asarray(m.positions, dtype=float)).all()]
+    n_atoms = sum(len(m.numbers) for m in atoms_list)
+    n_stable_atoms = n_stable_mols = 0
     valid: list[str] = []
-    for smiles, (stable, batch) in _chunks(atoms_list, chunk_size, progress, n, "evaluating", stability=True):
-        n_atoms += stable.numel()
+    for smiles, (stable, batch) in _chunks(finite, chunk_size, progress, len(finite), "evaluating", stability=True):
         n_stable_atoms += int(stable.sum())
         unstable_per_mol = torch.zeros(len(smiles), dtype=torch.long).index_add_(0, batch, (~stable).long())
         n_stable_mols += int((unstable_per_mol == 0).sum())
@@ -149,4 +153,5 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         "uniqueness": len(unique) / len(valid) if valid else math.nan,
         "valid_unique": len(unique) / n,
         "novelty": novelty,
+        "non_finite": n - len(finite),
     }
