@@ -179,6 +179,13 @@ def test_console_script_trains_on_a_builder_database_and_samples(tmp_path):
     mols = module.sample_molecules(4, steps=3, seed=0, progress=False)
     assert len(mols) == 4 and all(set(m.numbers.tolist()) <= {1, 6, 7, 8} for m in mols)
     assert generation_metrics(mols)["n"] == 4
+    # the adapter's loader (energyloss-sample) restores the histogram too, and samples the same
+    from torchmdnet_ext import adapter
+
+    loaded = adapter.load(ckpt)
+    assert loaded.atom_counts.histogram == module.atom_counts.histogram
+    again = loaded.sample_molecules(4, steps=3, seed=0, progress=False)
+    assert all(np.allclose(a.positions, b.positions) for a, b in zip(mols, again, strict=True))
     # training elements outside `elements` are refused at the start of training
     with pytest.raises(ValueError, match="outside elements"):
         main([*argv[:-1], str(tmp_path / "run2"), "--elements", "1,6"])

@@ -64,6 +64,7 @@ def load(path: str, device: str | torch.device = "cpu") -> PositionLNNP:
     checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
     module = PositionLNNP(checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)  # what Lightning's loader also restores (generation: atom counts)
     return module.to(device).eval()
 
 
