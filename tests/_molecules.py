@@ -38,3 +38,12 @@ def dataset_metrics(pred: torch.Tensor, target: torch.Tensor, batch: torch.Tenso
     n_atoms = torch.bincount(batch).double()
     out["atom_stability"] = float((per["atom_stability"] * n_atoms).sum() / n_atoms.sum())
     return out
+
+
+def random_batch(sizes, d: int = 3, seed: int = 0, noise: float = 0.3, dtype: torch.dtype = torch.float64):
+    """A flat batch of random structures: ``(pred, target, batch)``, pred = target + ``noise`` Å Gaussian."""
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.cat([torch.full((n,), b, dtype=torch.long) for b, n in enumerate(sizes)])
+    target = 1.5 * torch.randn(batch.shape[0], d, dtype=dtype, generator=g)
+    pred = target + noise * torch.randn(batch.shape[0], d, dtype=dtype, generator=g)
+    return pred, target, batch

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from _molecules import random_batch  # noqa: E402
 from energyloss_plugins import (
     PairEnergyLoss,
     PairSprings,
@@ -26,13 +27,6 @@ from energyloss_plugins.tasks import StructureObjective
 
 DTYPE = torch.float64
 
-
-def random_batch(sizes, d=3, seed=0, noise=0.3):
-    g = torch.Generator().manual_seed(seed)
-    batch = torch.cat([torch.full((n,), b, dtype=torch.long) for b, n in enumerate(sizes)])
-    target = 1.5 * torch.randn(batch.shape[0], d, dtype=DTYPE, generator=g)
-    pred = target + noise * torch.randn(batch.shape[0], d, dtype=DTYPE, generator=g)
-    return pred, target, batch
 
 
 def value_and_grad(fn, pred):

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _molecules import random_batch  # noqa: E402
 from energyloss_plugins import (
     PairEnergyLoss,
     kabsch_mse_loss,
@@ -23,13 +24,6 @@ from energyloss_plugins.graphs import build_pairs
 
 DTYPE = torch.float64
 
-
-def random_batch(sizes, d=3, seed=0, noise=0.3):
-    g = torch.Generator().manual_seed(seed)
-    batch = torch.cat([torch.full((n,), b, dtype=torch.long) for b, n in enumerate(sizes)])
-    target = 1.5 * torch.randn(batch.shape[0], d, dtype=DTYPE, generator=g)
-    pred = target + noise * torch.randn(batch.shape[0], d, dtype=DTYPE, generator=g)
-    return pred, target, batch
 
 
 def dense_reference(pred, target, batch, k_of_distance, normalize=True):
