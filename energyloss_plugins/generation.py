@@ -116,6 +116,19 @@ class AtomCountDistribution:
         self.histogram = [float(w) for w in weights]
         self.probabilities = weights / weights.sum()
 
+    #: Key of the histogram in a Lightning checkpoint (both adapters), so a checkpoint alone can sample.
+    CHECKPOINT_KEY = "atom_count_histogram"
+
+    def save_to(self, checkpoint: dict) -> None:
+        """Store the histogram in a (Lightning) checkpoint dict."""
+        checkpoint[self.CHECKPOINT_KEY] = self.histogram
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping) -> AtomCountDistribution | None:
+        """The histogram stored by :meth:`save_to`, or None if the checkpoint has none."""
+        histogram = checkpoint.get(cls.CHECKPOINT_KEY)
+        return None if histogram is None else cls(histogram)
+
     @classmethod
     def from_counts(cls, counts: Sequence[int]) -> AtomCountDistribution:
         """From the atom count of every training molecule."""

@@ -27,7 +27,7 @@ import schnetpack.properties as properties
 import torch
 import torch.nn.functional as F
 from schnetpack.model.base import AtomisticModel
-from schnetpack.task import AtomisticTask, ModelOutput
+from schnetpack.task import ModelOutput
 from torch import nn
 
 from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
@@ -198,11 +198,10 @@ class GenerationTask(ContextTask):
 
     def on_save_checkpoint(self, checkpoint):
         if self.atom_counts is not None:
-            checkpoint["atom_count_histogram"] = self.atom_counts.histogram
+            self.atom_counts.save_to(checkpoint)
 
     def on_load_checkpoint(self, checkpoint):
-        if checkpoint.get("atom_count_histogram") is not None:
-            self.atom_counts = AtomCountDistribution(checkpoint["atom_count_histogram"])
+        self.atom_counts = AtomCountDistribution.from_checkpoint(checkpoint) or self.atom_counts
 
     # --- training -------------------------------------------------------------------------------
     def network_inputs(self, batch: dict[str, torch.Tensor],
@@ -228,25 +227,8 @@ class GenerationTask(ContextTask):
         new[output.target_property] = output.network_target(noised)
         return new, {"_noised": noised}
 
-    def _generator(self, batch_idx, device):
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
-        return generator
-
-    def training_step(self, batch, batch_idx):
-        new, extra = self._noised_batch(batch)
-        with self._context(new, extra):
-            return AtomisticTask.training_step(self, new, batch_idx)
-
-    def validation_step(self, batch, batch_idx):
-        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
-        with self._context(new, extra):
-            return AtomisticTask.validation_step(self, new, batch_idx)
-
-    def test_step(self, batch, batch_idx):
-        new, extra = self._noised_batch(batch, self._generator(batch_idx, batch[properties.R].device))
-        with self._context(new, extra):
-            return AtomisticTask.test_step(self, new, batch_idx)
+    def _prepare(self, batch, batch_idx, subset: str):
+        return self._noised_batch(batch, self._eval_noise(batch, batch_idx, subset))
 
     # --- sampling -------------------------------------------------------------------------------
     def denoiser(self):

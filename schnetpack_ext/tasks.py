@@ -77,6 +77,17 @@ class ContextTask(AtomisticTask):
         """The batch the step runs on and extra ``targets`` entries (subclasses transform it)."""
         return batch, None
 
+    def _eval_noise(self, batch, batch_idx, subset: str) -> torch.Generator | None:
+        """Seeded noise for validation/test (``val_loss`` comparable across epochs); None in training.
+
+        Subclasses that noise the batch define ``val_seed``.
+        """
+        if subset == "train":
+            return None
+        generator = torch.Generator(device=batch[properties.R].device)
+        generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
+        return generator
+
     def _step(self, step, subset, batch, batch_idx):
         batch, extra = self._prepare(batch, batch_idx, subset)
         with self._context(batch, extra):
@@ -214,10 +225,7 @@ class DiffusionTask(ContextTask):
 
     def _prepare(self, batch, batch_idx, subset: str):
         """Noise the clean positions (seeded in validation/test) and rebuild the neighbour list on x_t."""
-        generator = None
-        if subset != "train":  # fixed noise, so that val_loss is comparable across epochs
-            generator = torch.Generator(device=batch[properties.R].device)
-            generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
+        generator = self._eval_noise(batch, batch_idx, subset)
         output = self.diffusion_output
         idx_m = batch[properties.idx_m]
         x0 = batch[self.clean_positions or properties.R].to(batch[properties.R].dtype)

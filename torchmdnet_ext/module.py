@@ -329,11 +329,10 @@ class PositionLNNP(LNNP):
 
     def on_save_checkpoint(self, checkpoint):
         if self.atom_counts is not None:
-            checkpoint["atom_count_histogram"] = self.atom_counts.histogram
+            self.atom_counts.save_to(checkpoint)
 
     def on_load_checkpoint(self, checkpoint):
-        if checkpoint.get("atom_count_histogram") is not None:
-            self.atom_counts = AtomCountDistribution(checkpoint["atom_count_histogram"])
+        self.atom_counts = AtomCountDistribution.from_checkpoint(checkpoint) or self.atom_counts
 
     @torch.no_grad()
     def sample_molecules(self, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,
