@@ -145,7 +145,7 @@ def score(args, name: str, step: int, db: str, smiles) -> dict:
     start = time.time()
     with open(os.path.join(args.out, "runs", f"{name}.score.log"), "a") as log:
         subprocess.run([sys.executable, "-c", SCORE_CODE, checkpoint(args, name, step), str(args.samples),
-                        str(args.sample_steps), samples, xhat, db, os.path.join(args.out, "split.npz")],
+                        str(args.sample_steps), samples, xhat, db, base.split_path(args.out)],
                        env=base._env(), stdout=log, stderr=subprocess.STDOUT, check=True)
     result = {"run": name, "step": step, "samples": args.samples, "sampler": f"ancestral, {args.sample_steps} steps",
               "score_wall_s": round(time.time() - start, 1), **base._read_json(xhat),

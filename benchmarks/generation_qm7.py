@@ -82,9 +82,14 @@ def _read_json(path, default=None):
 
 
 # --- data -----------------------------------------------------------------------------------------
+def split_path(out: str) -> str:
+    """The split file the builder writes beside the database (``<name>.split.npz``)."""
+    return os.path.join(out, "qm7.split.npz")
+
+
 def build_database(out: str, source: str) -> str:
     db = os.path.join(out, "qm7.db")
-    if os.path.exists(db) and os.path.exists(os.path.join(out, "split.npz")):
+    if os.path.exists(db) and os.path.exists(split_path(out)):
         return db
     cmd = [os.path.join(BIN, "energyloss-data"), "build", source, "-o", db, "--method", "as-given",
            "--inputs", "thermal", "--no-progress", "--json"]
@@ -100,7 +105,7 @@ def half_split(out: str) -> str:
     path = os.path.join(out, "half", "split.npz")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        split = np.load(os.path.join(out, "split.npz"))
+        split = np.load(split_path(out))
         train = np.random.default_rng(0).permutation(split["train_idx"])[: len(split["train_idx"]) // 2]
         np.savez(path, train_idx=np.sort(train), val_idx=split["val_idx"], test_idx=split["test_idx"])
     return path
@@ -127,7 +132,7 @@ def train_smiles(out: str, db: str) -> list:
         molecule_smiles_set = None
     path = os.path.join(out, "train_smiles_edm.json" if molecule_smiles_set else "train_smiles.json")
     if not os.path.exists(path):
-        molecules = training_atoms(db, os.path.join(out, "split.npz"))
+        molecules = training_atoms(db, split_path(out))
         if molecule_smiles_set is not None:
             smiles = sorted(molecule_smiles_set(molecules))
         else:
@@ -271,7 +276,7 @@ def run_torchmd(args, name, spec, db, smiles) -> dict:
     # TorchMD-Net trains whole epochs: the epoch count whose steps come closest to --steps (reported as run)
     import numpy as np
 
-    batches_per_epoch = math.ceil(len(np.load(os.path.join(args.out, "split.npz"))["train_idx"]) / 64)
+    batches_per_epoch = math.ceil(len(np.load(split_path(args.out))["train_idx"]) / 64)
     epochs = max(1, round(args.steps / batches_per_epoch))
     cmd = [os.path.join(BIN, "energyloss-torchmd-train"), "--task", "generation", "--dataset", "EnergyLossDB",
            "--dataset-root", db, "--elements", ELEMENTS.strip("[]"), "--model", "equivariant-transformer",
@@ -422,7 +427,7 @@ def report(args, db, smiles, results):
     if data_row is None:
         import random
 
-        mols = training_atoms(db, os.path.join(args.out, "split.npz"))
+        mols = training_atoms(db, split_path(args.out))
         data_row = evaluate(random.Random(0).sample(mols, min(1000, len(mols))), None)
         _write_json(data_path, data_row)
     text = table(results, data_row)
