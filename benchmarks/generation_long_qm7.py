@@ -188,7 +188,9 @@ def _parallel(args, runs, db):
     procs = [(name, train(args, name, loss, lr, n_rbf, args.select_steps, db, wait=False))
              for name, loss, lr, n_rbf in runs]
     for name, proc in procs:
-        if proc is not None and proc.wait() != 0 or not os.path.exists(checkpoint(args, name, args.select_steps)):
+        if proc is not None:
+            proc.wait()  # spktrain's final test may fail on a run too short to validate: the checkpoint decides
+        if not os.path.exists(checkpoint(args, name, args.select_steps)):
             raise RuntimeError(f"[{name}] training failed; see runs/{name}.train.log")
 
 
