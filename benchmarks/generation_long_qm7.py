@@ -61,7 +61,7 @@ def spktrain_command(args, name: str, loss: str, lr: float, n_rbf: int | None, s
            f"+callbacks.every_steps.every_n_train_steps={args.every}", "+callbacks.every_steps.save_top_k=-1",
            *MODEL, *_rbf_overrides(n_rbf)]
     if resume_from is not None:
-        cmd.append(f"run.ckpt_path={resume_from}")
+        cmd.append(f"run.ckpt_path='{resume_from}'")  # quoted: Hydra's grammar has no '=' in a bare value
     return cmd
 
 
