@@ -8,8 +8,8 @@
   adapter models (objects or checkpoints, found through :mod:`energyloss_plugins.adapters`) or any
   callable on Atoms; :func:`sample_structures` for any denoiser callable.
 
-The TorchMD-Net calculator lives in its adapter (``torchmdnet_ext.TorchMDNetCalculator``, or
-``get_adapter("torchmdnet").TorchMDNetCalculator`` through :mod:`energyloss_plugins.adapters`).
+The TorchMD-Net calculator lives in its adapter: ``get_adapter("torchmdnet").TorchMDNetCalculator``
+(:mod:`energyloss_plugins.adapters`).
 
 See docs/ase.md.
 """
