@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,14 +25,22 @@ def _xtb_atoms(numbers: np.ndarray, positions: np.ndarray, charge: int, multipli
     return atoms
 
 
-def xtb_energy(numbers: np.ndarray, positions: np.ndarray, charge: int = 0, multiplicity: int = 1) -> float:
-    """GFN2-xTB total energy in eV."""
+@contextlib.contextmanager
+def _xtb_failures() -> Iterator[None]:
+    """Turn a tblite failure (SCF not converged, ...) inside the block into ``ChemError("xtb_failed")``;
+    a missing tblite stays the one-line ImportError."""
     try:
-        return float(_xtb_atoms(numbers, positions, charge, multiplicity).get_potential_energy())
+        yield
     except ImportError:
         raise
     except Exception as exc:
         raise ChemError("xtb_failed", str(exc)) from None
+
+
+def xtb_energy(numbers: np.ndarray, positions: np.ndarray, charge: int = 0, multiplicity: int = 1) -> float:
+    """GFN2-xTB total energy in eV."""
+    with _xtb_failures():
+        return float(_xtb_atoms(numbers, positions, charge, multiplicity).get_potential_energy())
 
 
 def xtb_relax(
@@ -51,7 +61,7 @@ def xtb_relax(
     """
     from ase.optimize import BFGS, FIRE
 
-    try:
+    with _xtb_failures():
         atoms = _xtb_atoms(numbers, positions, charge, multiplicity)
         for opt_cls in (BFGS, FIRE):
             opt = opt_cls(atoms, logfile=None)
@@ -59,10 +69,6 @@ def xtb_relax(
                 break
         f = float(np.linalg.norm(atoms.get_forces(), axis=1).max(initial=0.0))
         e = float(atoms.get_potential_energy())
-    except ImportError:
-        raise
-    except Exception as exc:
-        raise ChemError("xtb_failed", str(exc)) from None
     if f > fmax:
         raise ChemError("xtb_not_converged", f"max force {f:.2e} eV/Å")
     return np.array(atoms.get_positions(), dtype=np.float64), e, f
