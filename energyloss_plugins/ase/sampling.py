@@ -165,6 +165,7 @@ def _check_timestep(hessian: np.ndarray, masses: np.ndarray, timestep_fs: float)
 
 def _check_run(integrator: str, temperature_K: float, timestep_fs: float, friction_per_fs: float, n_samples: int,
                interval: int, equilibration: int | None) -> None:
+    """Clear ValueErrors for run settings out of range (before any MD)."""
     if integrator not in INTEGRATORS:
         raise ValueError(f"Unknown integrator {integrator!r}. Valid: {', '.join(INTEGRATORS)}.")
     check_number("temperature_K", temperature_K, low=0.0)
