@@ -217,16 +217,25 @@ def unique_pairs(edge_index: Tensor) -> Tensor:
     return pairs[:, pairs[0] != pairs[1]]
 
 
-# ----------------------------------------------------------------------------- rigid sparse graphs
-
-
-def rigidity_rank_ok(edges: np.ndarray, n: int, d: int, rng: np.random.Generator) -> bool:
-    """Infinitesimal rigidity at generic positions: rank of the rigidity matrix is ``d n - d(d+1)/2``.
+def edges_within(edges: np.ndarray, atoms: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edges among a subset of atoms, renumbered locally.
 
     Args:
-        edges: ``(E, 2)`` local pairs; n atoms; d dimensions.
+        edges: ``(2, E)`` flat atom indices of a batch of ``n_total`` atoms.
+        atoms: ``(n,)`` flat indices of the subset (one structure, or its heavy atoms), in local order.
+
+    Returns:
+        ``(M, 2)`` local indices ``0..n-1`` of the edges with both ends in ``atoms``, and the ``(E,)``
+        bool mask of those edges (to select per-edge values such as bond orders).
     """
-    return _rigidity_tests(edges, n, d, rng, stress=False)
+    local = np.full(int(n_total), -1, dtype=np.int64)
+    local[atoms] = np.arange(len(atoms))
+    edges = np.asarray(edges, dtype=np.int64).reshape(2, -1)
+    inside = (local[edges[0]] >= 0) & (local[edges[1]] >= 0)
+    return np.stack([local[edges[0][inside]], local[edges[1][inside]]], 1), inside
+
+
+# ----------------------------------------------------------------------------- rigid sparse graphs
 
 
 def rigidity_rank_at(edges: np.ndarray, positions: np.ndarray) -> int:

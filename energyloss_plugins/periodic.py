@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins._checks import check_finite
+from energyloss_plugins.graphs import edges_within
 
 
 def _vesin():
@@ -164,7 +165,7 @@ class MinimumImage:
             sel = np.flatnonzero(st == b)
             cell = self.cell[b].detach().cpu().double().numpy()
             atoms = np.unique(pr[:, sel])
-            local = np.searchsorted(atoms, pr[:, sel])
+            local = edges_within(pr[:, sel], atoms, len(pts))[0].T  # every pair lies inside structure b
             n = minimum_image_shifts(pts[atoms], cell, self.pbc[b].cpu().numpy(), local)
             shifts = torch.as_tensor(n, dtype=points.dtype, device=out.device)
             out[torch.as_tensor(sel, device=out.device)] = shifts @ self.cell[b].detach()

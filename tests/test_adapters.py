@@ -105,17 +105,3 @@ def test_plain_callables_need_no_adapter(monkeypatch):
     images = [molecule("CH4")]
     out = predict_structures(lambda pos, numbers: pos * 1.0, images)
     np.testing.assert_allclose(out[0].positions, images[0].positions, atol=1e-6)
-
-
-def test_names_that_moved_to_an_adapter_still_resolve_with_a_warning():
-    pytest.importorskip("torchmdnet")
-    import energyloss_plugins.ase as bridge
-    from torchmdnet_ext import TorchMDNetCalculator
-    from torchmdnet_ext.adapter import load_position_model
-
-    with pytest.warns(DeprecationWarning, match="torchmdnet_ext.adapter.TorchMDNetCalculator"):
-        assert bridge.TorchMDNetCalculator is TorchMDNetCalculator
-    with pytest.warns(DeprecationWarning, match="load_position_model"):
-        assert bridge.load_torchmdnet_position_model is load_position_model
-    with pytest.raises(AttributeError, match="no_such_name"):
-        bridge.no_such_name  # noqa: B018

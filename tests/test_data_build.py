@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("ase")
 
+from _optional import importable  # noqa: E402
 from energyloss_plugins import chem  # noqa: E402
 from energyloss_plugins.alignment import aligned_rmsd  # noqa: E402
 from energyloss_plugins.data import (  # noqa: E402
@@ -211,7 +212,7 @@ def test_structure_file_source_and_collate(tmp_path):
     assert bool((batch["batch"][batch["bonds"][0]] == batch["batch"][batch["bonds"][1]]).all())
 
 
-@pytest.mark.skipif(not chem.xtb_available(), reason="tblite not installed")
+@pytest.mark.skipif(not importable("tblite.ase"), reason="tblite not installed")
 def test_xtb_targets(tmp_path):
     smi = tmp_path / "m.smi"
     smi.write_text("CO\nC#N\n")

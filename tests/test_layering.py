@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -175,13 +178,26 @@ def test_distribution_ships_no_test_or_benchmark_helpers():
     assert not helpers, helpers
 
 
-def test_adapter_entry_points_name_importable_adapter_modules():
-    from energyloss_plugins.adapters import adapter_table
+#: The functions every adapter module implements (energyloss_plugins/adapters.py documents them).
+ADAPTER_PROTOCOL = {"identify", "load", "predict", "sample_conformers", "generate"}
 
-    table = adapter_table()
+
+def test_adapter_entry_points_name_adapter_modules_that_implement_the_protocol():
     with open(ROOT / "pyproject.toml", "rb") as f:
         declared = tomllib.load(f)["project"]["entry-points"]["energyloss_plugins.adapters"]
+    # A fresh interpreter: discovery must find the table without importing any adapter (or its framework).
+    probe = ("import json, sys; from energyloss_plugins.adapters import adapter_table; table = adapter_table(); "
+             f"print(json.dumps([table, sorted(m for m in sys.modules if m.split('.')[0] in {list(ADAPTERS)!r})]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table, adapter_modules_loaded = json.loads(res.stdout.strip().splitlines()[-1])
     assert table == dict(sorted(declared.items()))
+    assert adapter_modules_loaded == [], adapter_modules_loaded
     for module in table.values():
-        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
-    assert sys.modules.get("energyloss_plugins.adapters") is not None
+        path = ROOT / (module.replace(".", "/") + ".py")
+        assert path.is_file(), module
+        defined = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+        defined |= {a.asname or a.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.ImportFrom)
+                    for a in n.names}
+        assert ADAPTER_PROTOCOL <= defined, f"{module} lacks {sorted(ADAPTER_PROTOCOL - defined)}"

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("ase")
 
+from _optional import importable  # noqa: E402
 from energyloss_plugins import chem  # noqa: E402
 from energyloss_plugins import metrics as M  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_excess_energy_zero_at_target_positive_when_perturbed(batch2):
         M.excess_energy(z, x, x, batch, "dft")
 
 
-@pytest.mark.skipif(not chem.xtb_available(), reason="tblite not installed")
+@pytest.mark.skipif(not importable("tblite.ase"), reason="tblite not installed")
 def test_excess_energy_xtb():
     mol = chem.mol_from_smiles("CO")
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])

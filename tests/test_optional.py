@@ -126,3 +126,18 @@ def test_mmff_calculator_without_rdkit_names_the_ase_extra(monkeypatch):
     with pytest.raises(MissingOptionalDependency) as info:
         MMFFCalculator(molecule("CH4"))
     _one_line_naming(str(info.value), "MMFFCalculator", "ase")
+
+
+def test_chemistry_without_rdkit_names_the_data_extra(monkeypatch):
+    import numpy as np
+
+    from energyloss_plugins import chem
+
+    hide(monkeypatch, "rdkit")
+    z, x = np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    calls = [lambda: chem.mol_from_smiles("O"), lambda: chem.mol_from_xyz(z, x), lambda: chem.bare_mol(z, x),
+             lambda: chem.mol_from_bonds(z, x, np.array([[0, 1], [0, 2]]))]
+    for call in calls:
+        with pytest.raises(MissingOptionalDependency) as info:
+            call()
+        _one_line_naming(str(info.value), "energyloss_plugins.chem", "data")

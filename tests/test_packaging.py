@@ -61,12 +61,15 @@ def wheel(tmp_path_factory) -> dict:
                          env={**os.environ, "PYTHONWARNINGS": "default"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (path,) = (tmp / "dist").glob("*.whl")
+    sources = {os.path.relpath(os.path.join(d, f), src).replace(os.sep, "/")
+               for pkg in PACKAGES for d, _, files in os.walk(src / pkg) for f in files}
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         meta = Parser().parsestr(zf.read(f"{info}/METADATA").decode())
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
-    return {"log": res.stdout + res.stderr, "names": names, "meta": meta, "entry_points": entry_points}
+    return {"log": res.stdout + res.stderr, "names": names, "meta": meta, "entry_points": entry_points,
+            "path": path, "sources": sources}
 
 
 def test_wheel_builds_without_deprecation_warnings_and_carries_current_metadata(wheel):
@@ -86,6 +89,28 @@ def test_wheel_ships_the_configurations_and_no_repository_only_files(wheel):
     for exp in ("energyloss_structure", "energyloss_diffusion"):
         assert f"schnetpack_ext/configs/experiment/{exp}.yaml" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "examples/")) for n in names)
+
+
+def test_wheel_holds_exactly_the_package_sources_and_its_core_imports_from_an_install(wheel, tmp_path):
+    shipped = {n for n in wheel["names"] if ".dist-info/" not in n}
+    assert {n for n in wheel["sources"] if n.endswith((".py", ".yaml"))} == wheel["sources"], "stray files"
+    assert shipped == wheel["sources"], (sorted(wheel["sources"] - shipped), sorted(shipped - wheel["sources"]))
+    target = tmp_path / "site"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target),
+                          str(wheel["path"])], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    # Every core module, imported from the installed wheel (not this checkout) in a fresh interpreter.
+    probe = ("import importlib, pkgutil, energyloss_plugins as p; "
+             "names = [m.name for m in pkgutil.walk_packages(p.__path__, 'energyloss_plugins.')]; "
+             "mods = [importlib.import_module(n) for n in names]; "
+             "print(len(mods), sorted({m.__file__.split('energyloss_plugins')[0] for m in [p, *mods]}))")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    count, roots = res.stdout.split(" ", 1)
+    n_core = sum(n.startswith("energyloss_plugins/") and n.endswith(".py") for n in shipped)
+    assert int(count) == n_core - 1  # every module but the package's own __init__
+    assert roots.strip() == repr([str(target) + os.sep]), roots
 
 
 def test_console_scripts_point_at_existing_functions(wheel):

@@ -8,8 +8,8 @@
   adapter models (objects or checkpoints, found through :mod:`energyloss_plugins.adapters`) or any
   callable on Atoms; :func:`sample_structures` for any denoiser callable.
 
-The TorchMD-Net calculator lives in its adapter (``TorchMDNetCalculator`` of the ``torchmdnet``
-adapter); ``energyloss_plugins.ase.TorchMDNetCalculator`` still finds it, with a deprecation warning.
+The TorchMD-Net calculator lives in its adapter: ``get_adapter("torchmdnet").TorchMDNetCalculator``
+(:mod:`energyloss_plugins.adapters`).
 
 See docs/ase.md.
 """
@@ -79,26 +79,3 @@ __all__ = [
     "springs_to_data",
     "store_springs",
 ]
-
-#: Names that moved to an adapter: ``name -> (adapter, attribute)``.
-_MOVED = {
-    "TorchMDNetCalculator": ("torchmdnet", "TorchMDNetCalculator"),
-    "load_torchmdnet_position_model": ("torchmdnet", "load_position_model"),
-}
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import warnings
-
-    from energyloss_plugins.adapters import get_adapter
-
-    framework, attribute = _MOVED[name]
-    adapter = get_adapter(framework)
-    warnings.warn(
-        f"energyloss_plugins.ase.{name} moved to the {framework} adapter: use {adapter.__name__}.{attribute}.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(adapter, attribute)

@@ -1,4 +1,5 @@
-"""Shared helpers of the ASE bridge: tensors from Atoms, edge sets, rigid motions, frequencies.
+"""Shared helpers of the ASE bridge: tensors from Atoms, edge sets, and Atoms -> the rigid motions and
+normal modes of :mod:`energyloss_plugins.vibrations`.
 
 Units: positions in Å, energies in eV, Hessians and springs in eV/Å², masses in amu,
 frequencies in cm⁻¹ (imaginary frequencies are reported as negative numbers, as ASE does).
@@ -13,7 +14,7 @@ import torch
 from ase import Atoms, units
 from torch import Tensor
 
-from energyloss_plugins import _checks
+from energyloss_plugins import _checks, vibrations
 from energyloss_plugins.graphs import GRAPH_NAMES, as_rigid_as_complete, build_pairs, unique_pairs
 from energyloss_plugins.periodic import MinimumImage, minimum_image_shifts
 
@@ -150,25 +151,8 @@ def rigid_basis(atoms: Atoms, mass_weighted: bool = False) -> np.ndarray:
     ``r`` is 6 for a non-linear molecule, 5 for a linear one, 3 with periodic boundaries. With
     ``mass_weighted`` the basis lives in mass-weighted coordinates √m·x.
     """
-    pos = np.asarray(atoms.positions, dtype=float)
-    n = len(atoms)
-    m = np.asarray(atoms.get_masses(), dtype=float) if mass_weighted else np.ones(n)
-    sq = np.sqrt(m)
-    vecs = []
-    for a in range(3):
-        t = np.zeros((n, 3))
-        t[:, a] = 1.0
-        vecs.append((t * sq[:, None]).ravel())
-    if not is_periodic(atoms):
-        com = (m[:, None] * pos).sum(0) / m.sum()
-        r = pos - com
-        for a in range(3):
-            axis = np.zeros(3)
-            axis[a] = 1.0
-            vecs.append((np.cross(axis, r) * sq[:, None]).ravel())
-    mat = np.stack(vecs, axis=1)
-    u, s, _ = np.linalg.svd(mat, full_matrices=False)
-    return u[:, s > 1e-8 * max(s.max(), 1.0)]
+    masses = np.asarray(atoms.get_masses(), dtype=float) if mass_weighted else None
+    return vibrations.rigid_motion_basis(atoms.positions, masses, rotations=not is_periodic(atoms))
 
 
 def n_rigid_modes(atoms: Atoms) -> int:
@@ -178,8 +162,18 @@ def n_rigid_modes(atoms: Atoms) -> int:
 
 def internal_projector(atoms: Atoms, mass_weighted: bool = False) -> np.ndarray:
     """``(3n, 3n)`` projector onto the complement of the rigid motions (Cartesian or mass-weighted)."""
-    basis = rigid_basis(atoms, mass_weighted)
-    return np.eye(3 * len(atoms)) - basis @ basis.T
+    return vibrations.internal_projector(rigid_basis(atoms, mass_weighted))
+
+
+def normal_modes(hessian: np.ndarray, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Non-rigid normal modes of a Hessian: frequencies ``(M,)`` in cm⁻¹ and Cartesian unit displacements ``(M, n, 3)``.
+
+    Mode vectors are the mass-weighted eigenvectors converted back to Cartesian displacements
+    and normalised to unit length (Å per unit amplitude); see :func:`energyloss_plugins.vibrations.normal_modes`.
+    """
+    masses = np.asarray(atoms.get_masses(), dtype=float)
+    lam, modes = vibrations.normal_modes(hessian, masses, rigid_basis(atoms, mass_weighted=True))
+    return _HBAR_SQRT * np.sign(lam) * np.sqrt(np.abs(lam)) / units.invcm, modes
 
 
 def frequencies_cm(hessian: np.ndarray, atoms: Atoms) -> np.ndarray:
@@ -189,36 +183,7 @@ def frequencies_cm(hessian: np.ndarray, atoms: Atoms) -> np.ndarray:
         hessian: ``(3n, 3n)`` Cartesian Hessian in eV/Å².
         atoms: supplies masses (amu) and the rigid motions, which are projected out.
     """
-    m = np.repeat(np.asarray(atoms.get_masses(), dtype=float), 3)
-    w = 1.0 / np.sqrt(m)
-    h_mw = hessian * w[:, None] * w[None, :]
-    basis = rigid_basis(atoms, mass_weighted=True)
-    # Orthonormal basis of the internal (non-rigid) subspace in mass-weighted coordinates.
-    full, _, _ = np.linalg.svd(np.eye(h_mw.shape[0]) - basis @ basis.T)
-    q = full[:, : h_mw.shape[0] - basis.shape[1]]
-    lam = np.linalg.eigvalsh(q.T @ (0.5 * (h_mw + h_mw.T)) @ q)
-    hnu = _HBAR_SQRT * np.sign(lam) * np.sqrt(np.abs(lam))
-    return np.sort(hnu / units.invcm)
-
-
-def normal_modes(hessian: np.ndarray, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
-    """Non-rigid normal modes of a Hessian: frequencies ``(M,)`` in cm⁻¹ and Cartesian unit displacements ``(M, n, 3)``.
-
-    Mode vectors are the mass-weighted eigenvectors converted back to Cartesian displacements
-    and normalised to unit length (Å per unit amplitude).
-    """
-    n = len(atoms)
-    m = np.repeat(np.asarray(atoms.get_masses(), dtype=float), 3)
-    w = 1.0 / np.sqrt(m)
-    h_mw = hessian * w[:, None] * w[None, :]
-    basis = rigid_basis(atoms, mass_weighted=True)
-    full, _, _ = np.linalg.svd(np.eye(3 * n) - basis @ basis.T)
-    q = full[:, : 3 * n - basis.shape[1]]
-    lam, vec = np.linalg.eigh(q.T @ (0.5 * (h_mw + h_mw.T)) @ q)
-    cart = (q @ vec) * w[:, None]
-    cart /= np.linalg.norm(cart, axis=0, keepdims=True)
-    freqs = _HBAR_SQRT * np.sign(lam) * np.sqrt(np.abs(lam)) / units.invcm
-    return freqs, cart.T.reshape(-1, n, 3)
+    return normal_modes(hessian, atoms)[0]
 
 
 def thermalize_momenta(atoms, temperature_K: float, rng: np.random.Generator | None = None) -> None:

@@ -106,8 +106,8 @@ def mmff_relax(
     Hessian-fitted springs (a spring surrogate has its minimum exactly at the reference).
     """
     from ase.optimize import BFGS
-    from rdkit.Chem import AllChem
 
+    AllChem = require("rdkit.Chem.AllChem", "mmff_relax (MMFF94 through RDKit)", "ase")
     calc = MMFFCalculator(atoms, charge=charge, variant=variant)
     mol = calc.mol
     conf = mol.GetConformer()

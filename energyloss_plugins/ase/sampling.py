@@ -26,8 +26,9 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from energyloss_plugins import vibrations
 from energyloss_plugins._checks import check_number
-from energyloss_plugins.ase._utils import n_rigid_modes, thermalize_momenta
+from energyloss_plugins.ase._utils import n_rigid_modes, rigid_basis, thermalize_momenta
 
 #: Sampling stops with an error when the potential energy exceeds this many times equipartition:
 #: a stable thermostatted run fluctuates by a few sqrt(dof) kT, a diverging one grows without bound.
@@ -149,8 +150,7 @@ def _check_timestep(hessian: np.ndarray, masses: np.ndarray, timestep_fs: float)
     Verlet-type integrators (BAOAB, ASE's Langevin) are unstable for ω Δt >= 2 (ω the largest
     angular frequency of the mass-weighted Hessian): the energy grows without bound.
     """
-    w = 1.0 / np.sqrt(np.repeat(np.asarray(masses, dtype=float), 3))
-    lam_max = float(np.linalg.eigvalsh(0.5 * (hessian + hessian.T) * w[:, None] * w[None, :]).max())
+    lam_max = float(np.linalg.eigvalsh(vibrations.mass_weighted(hessian, masses)).max())
     if lam_max <= 0:
         return
     omega = math.sqrt(lam_max)  # 1 / ASE time unit
@@ -163,13 +163,108 @@ def _check_timestep(hessian: np.ndarray, masses: np.ndarray, timestep_fs: float)
         )
 
 
-def _harmonic_start(atoms: Atoms, h: np.ndarray, temperature_K: float, rng: np.random.Generator) -> None:
-    """Displace ``atoms`` by a sample of the harmonic approximation exp(−½ xᵀHx / k_B T) (in place)."""
-    lam, vec = np.linalg.eigh(0.5 * (h + h.T))
-    keep = lam > 1e-8 * max(lam.max(), 1e-12)
-    xi = rng.standard_normal(int(keep.sum()))
-    disp = vec[:, keep] @ (xi * np.sqrt(units.kB * temperature_K / lam[keep]))
-    atoms.positions = atoms.positions + disp.reshape(-1, 3)
+def _check_run(integrator: str, temperature_K: float, timestep_fs: float, friction_per_fs: float, n_samples: int,
+               interval: int, equilibration: int | None) -> None:
+    """Clear ValueErrors for run settings out of range (before any MD)."""
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"Unknown integrator {integrator!r}. Valid: {', '.join(INTEGRATORS)}.")
+    check_number("temperature_K", temperature_K, low=0.0)
+    check_number("timestep_fs", timestep_fs, low=0.0)
+    check_number("friction_per_fs", friction_per_fs, low=0.0)
+    check_number("n_samples", n_samples, low=1, low_inclusive=True, integer=True)
+    check_number("interval", interval, low=1, low_inclusive=True, integer=True)
+    if equilibration is not None:
+        check_number("equilibration", equilibration, low=0, low_inclusive=True, integer=True)
+
+
+def _hessian_dof(calc: Calculator, reference: Atoms, timestep_fs: float) -> tuple[np.ndarray | None, int]:
+    """The calculator's Hessian at the reference (None without ``get_hessian``) and its harmonic degrees of
+    freedom (the curved directions; 3n − r without a Hessian); refuses an unstable time step."""
+    if not callable(getattr(calc, "get_hessian", None)):
+        return None, n_nonrigid_dof(reference)
+    hessian = np.asarray(calc.get_hessian(reference.copy()), dtype=float)
+    n_dof = int(vibrations.curved(np.linalg.eigvalsh(0.5 * (hessian + hessian.T))).sum())
+    _check_timestep(hessian, reference.get_masses(), timestep_fs)
+    return hessian, n_dof
+
+
+def _start(atoms: Atoms, hessian: np.ndarray | None, temperature_K: float, rng: np.random.Generator) -> None:
+    """Initial state in place: a harmonic sample of exp(−½ xᵀHx / k_B T) if ``hessian`` is given (its flat
+    directions stay at the reference), then Maxwell-Boltzmann momenta with no net translation or rotation."""
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+    if hessian is not None:
+        atoms.positions = vibrations.harmonic_samples(atoms.positions, hessian, temperature_K, 1, rng, k_min=0.0,
+                                                      rigid=rigid_basis(atoms))[0]
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not any(atoms.pbc):
+        ZeroRotation(atoms)
+
+
+def _dynamics(atoms: Atoms, integrator: str, timestep_fs: float, friction_per_fs: float, temperature_K: float,
+              rng: np.random.Generator):
+    """The ASE Langevin integrator ``integrator`` on ``atoms``."""
+    dt = timestep_fs * units.fs
+    if integrator == "baoab":
+        from ase.md.langevinbaoab import LangevinBAOAB
+
+        return LangevinBAOAB(atoms, dt, temperature_K=temperature_K, T_tau=units.fs / friction_per_fs, rng=rng)
+    from ase.md.langevin import Langevin
+
+    return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
+
+
+def _collect(dyn, atoms: Atoms, reference: Atoms, n_samples: int, interval: int, first_step: int, align: bool,
+             timestep_fs: float, temperature_K: float) -> tuple[list[Atoms], list[float], list[float], list[float]]:
+    """Run ``dyn`` ``interval`` steps per sample; the samples, their energies (eV), aligned RMSDs (Å) and
+    kinetic temperatures (K).
+
+    Raises:
+        ValueError: the run diverged (energy not finite or far beyond equipartition).
+    """
+    ref_pos = torch.tensor(reference.positions, dtype=torch.float64)
+    structures, energies, rmsds, kinetic = [], [], [], []
+    blow_up = _BLOW_UP_FACTOR * max(equipartition_energy(reference, temperature_K), units.kB * temperature_K)
+    for s in range(n_samples):
+        dyn.run(interval)
+        energy = float(atoms.get_potential_energy())
+        if not math.isfinite(energy) or energy > blow_up:
+            raise ValueError(
+                f"The Langevin run diverged (potential energy {energy:.3g} eV, > {_BLOW_UP_FACTOR:g} x equipartition): "
+                f"timestep_fs={timestep_fs} is too large for this potential; use about 1/20 of its fastest "
+                "vibrational period (0.5 fs for C-H stretches)."
+            )
+        sample, rmsd = _snapshot(atoms, ref_pos, energy, align and not any(reference.pbc))
+        sample.info.update(
+            surrogate_energy=energy, rmsd=rmsd, step=first_step + (s + 1) * interval, temperature_K=temperature_K
+        )
+        structures.append(sample)
+        energies.append(energy)
+        rmsds.append(rmsd)
+        kinetic.append(atoms.get_temperature())
+    return structures, energies, rmsds, kinetic
+
+
+def _snapshot(atoms: Atoms, ref_pos: torch.Tensor, energy: float, align: bool) -> tuple[Atoms, float]:
+    """A copy of the current state (no momenta) holding ``energy`` and the forces in a
+    ``SinglePointCalculator``, Kabsch-aligned onto ``ref_pos`` ``(n, 3)`` if ``align``; and its aligned RMSD in Å."""
+    from energyloss_plugins.alignment import aligned_rmsd, kabsch_align, kabsch_rotation
+
+    pos = torch.tensor(atoms.positions, dtype=torch.float64)
+    forces = atoms.get_forces()
+    rmsd = float(aligned_rmsd(pos, ref_pos)[0])
+    sample = atoms.copy()
+    sample.calc = None
+    if "momenta" in sample.arrays:
+        del sample.arrays["momenta"]
+    if align:
+        batch = torch.zeros(len(atoms), dtype=torch.long)
+        rot = kabsch_rotation(pos, ref_pos, batch, 1)[0].numpy()  # aligned_i = R (y_i − ȳ) + ȳ_ref
+        sample.positions = kabsch_align(pos, ref_pos).numpy()
+        forces = forces @ rot.T
+    sample.calc = SinglePointCalculator(sample, energy=energy, forces=forces)
+    return sample, rmsd
 
 
 def boltzmann_sample(
@@ -217,104 +312,28 @@ def boltzmann_sample(
         :class:`BoltzmannSamples` with the structures, their energies, aligned RMSDs and the
         equipartition reference value.
     """
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
-
-    from energyloss_plugins.alignment import aligned_rmsd, kabsch_align, kabsch_rotation
     from energyloss_plugins.ase.calculator import EnergyLossCalculator
 
-    if integrator not in INTEGRATORS:
-        raise ValueError(f"Unknown integrator {integrator!r}. Valid: {', '.join(INTEGRATORS)}.")
-    check_number("temperature_K", temperature_K, low=0.0)
-    check_number("timestep_fs", timestep_fs, low=0.0)
-    check_number("friction_per_fs", friction_per_fs, low=0.0)
-    check_number("n_samples", n_samples, low=1, low_inclusive=True, integer=True)
-    check_number("interval", interval, low=1, low_inclusive=True, integer=True)
-    if equilibration is not None:
-        check_number("equilibration", equilibration, low=0, low_inclusive=True, integer=True)
+    _check_run(integrator, temperature_K, timestep_fs, friction_per_fs, n_samples, interval, equilibration)
     if calc is None:
-        calc = EnergyLossCalculator(
-            reference,
-            coefficients,
-            coefficient_kwargs=coefficient_kwargs,
-            graph=graph,
-            graph_kwargs=graph_kwargs,
-            edge_index=edge_index,
-        )
+        calc = EnergyLossCalculator(reference, coefficients, coefficient_kwargs=coefficient_kwargs, graph=graph,
+                                    graph_kwargs=graph_kwargs, edge_index=edge_index)
     rng = np.random.default_rng(seed)
     atoms = reference.copy()
     atoms.calc = calc
-    n_nonrigid = n_nonrigid_dof(reference)
-    n_dof = n_nonrigid
-    hessian = None
-    if callable(getattr(calc, "get_hessian", None)):
-        hessian = np.asarray(calc.get_hessian(reference.copy()), dtype=float)
-        lam = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
-        n_dof = int((lam > 1e-8 * max(lam.max(), 1e-12)).sum())
-        _check_timestep(hessian, reference.get_masses(), timestep_fs)
+    hessian, n_dof = _hessian_dof(calc, reference, timestep_fs)
     started_harmonic = harmonic_start and hessian is not None
-    if started_harmonic:
-        _harmonic_start(atoms, hessian, temperature_K, rng)
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    if not any(atoms.pbc):
-        ZeroRotation(atoms)
-    dt = timestep_fs * units.fs
-    if integrator == "baoab":
-        from ase.md.langevinbaoab import LangevinBAOAB
-
-        dyn = LangevinBAOAB(atoms, dt, temperature_K=temperature_K, T_tau=units.fs / friction_per_fs, rng=rng)
-    else:
-        from ase.md.langevin import Langevin
-
-        dyn = Langevin(
-            atoms, dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs, fixcm=False, rng=rng
-        )
+    _start(atoms, hessian if started_harmonic else None, temperature_K, rng)
+    dyn = _dynamics(atoms, integrator, timestep_fs, friction_per_fs, temperature_K, rng)
     if equilibration is None:
         equilibration = int(math.ceil((5.0 if started_harmonic else 20.0) / (friction_per_fs * timestep_fs)))
     if equilibration > 0:
         dyn.run(equilibration)
-    ref_pos = torch.tensor(reference.positions, dtype=torch.float64)
-    structures, energies, rmsds, kinetic = [], [], [], []
-    blow_up = _BLOW_UP_FACTOR * max(equipartition_energy(reference, temperature_K), units.kB * temperature_K)
-    for s in range(n_samples):
-        dyn.run(interval)
-        pos = torch.tensor(atoms.positions, dtype=torch.float64)
-        energy = float(atoms.get_potential_energy())
-        if not math.isfinite(energy) or energy > blow_up:
-            raise ValueError(
-                f"The Langevin run diverged (potential energy {energy:.3g} eV, > {_BLOW_UP_FACTOR:g} x equipartition): "
-                f"timestep_fs={timestep_fs} is too large for this potential; use about 1/20 of its fastest "
-                "vibrational period (0.5 fs for C-H stretches)."
-            )
-        forces = atoms.get_forces()
-        rmsd = float(aligned_rmsd(pos, ref_pos)[0])
-        sample = atoms.copy()
-        sample.calc = None
-        if "momenta" in sample.arrays:
-            del sample.arrays["momenta"]
-        if align and not any(reference.pbc):
-            batch = torch.zeros(len(atoms), dtype=torch.long)
-            rot = kabsch_rotation(pos, ref_pos, batch, 1)[0].numpy()  # aligned_i = R (y_i − ȳ) + ȳ_ref
-            sample.positions = kabsch_align(pos, ref_pos).numpy()
-            forces = forces @ rot.T
-        sample.info.update(
-            surrogate_energy=energy, rmsd=rmsd, step=equilibration + (s + 1) * interval, temperature_K=temperature_K
-        )
-        sample.calc = SinglePointCalculator(sample, energy=energy, forces=forces)
-        structures.append(sample)
-        energies.append(energy)
-        rmsds.append(rmsd)
-        kinetic.append(atoms.get_temperature())
+    structures, energies, rmsds, kinetic = _collect(
+        dyn, atoms, reference, n_samples, interval, equilibration, align, timestep_fs, temperature_K
+    )
     return BoltzmannSamples(
-        structures=structures,
-        energies=np.array(energies),
-        rmsd=np.array(rmsds),
-        temperature_K=temperature_K,
-        n_dof=n_dof,
-        n_soft=max(n_nonrigid - n_dof, 0),
-        timestep_fs=timestep_fs,
-        interval=interval,
-        friction_per_fs=friction_per_fs,
-        integrator=integrator,
-        kinetic_temperature=np.array(kinetic),
+        structures=structures, energies=np.array(energies), rmsd=np.array(rmsds), temperature_K=temperature_K,
+        n_dof=n_dof, n_soft=max(n_nonrigid_dof(reference) - n_dof, 0), timestep_fs=timestep_fs, interval=interval,
+        friction_per_fs=friction_per_fs, integrator=integrator, kinetic_temperature=np.array(kinetic),
     )

@@ -45,6 +45,7 @@ from energyloss_plugins.ase._utils import (
     pair_vectors,
     pairs_for_atoms,
 )
+from energyloss_plugins.vibrations import fd_hessian
 
 HESSIAN_METHODS = ("auto", "analytic", "finite_difference")
 WEIGHTINGS = ("none", "mass", "relative")
@@ -92,8 +93,6 @@ def _hessian(atoms: Atoms, calc: Calculator | None, method: str, delta: float) -
             "'hessian' property); use method='finite_difference'."
         )
     check_number("delta", delta, low=0.0)  # Å
-    from energyloss_plugins.chem import fd_hessian
-
     def gradient(x: np.ndarray) -> np.ndarray:
         work.positions = x.reshape(n, 3)
         return -np.asarray(work.get_forces(), dtype=float).ravel()
@@ -182,51 +181,83 @@ def fit_springs(
             the loss built from the springs keeps its minimisers at the rigid motions of y.
         max_dense_pairs: above this many pairs the sparse bounded least-squares solver is used.
     """
-    from scipy.optimize import lsq_linear, nnls
-
     if weighting not in WEIGHTINGS:
         raise ValueError(f"Unknown weighting {weighting!r}. Valid: {', '.join(WEIGHTINGS)}.")
     n = len(atoms)
     h = np.asarray(hessian, dtype=float).reshape(3 * n, 3 * n)
     if not np.all(np.isfinite(h)):
         raise ValueError("The Hessian contains NaN or Inf.")
-    h = 0.5 * (h + h.T)
     b = pair_gradients(atoms, edge_index)
-    n_pairs = b.shape[1]
-    if n_pairs == 0:
+    if b.shape[1] == 0:
         return np.zeros(0)
+    b, h = _weighted(b, 0.5 * (h + h.T), atoms, weighting)
+    check_number("k_min", k_min, low=0.0, low_inclusive=True)
+    check_number("ridge", ridge, low=0.0, low_inclusive=True)
+    if b.shape[1] <= max_dense_pairs:
+        return _fit_dense(b, h, k_min, ridge)
+    return _fit_sparse(b, h, as_edge_index(edge_index, n).numpy(), k_min, ridge)
+
+
+def _weighted(b: np.ndarray, h: np.ndarray, atoms: Atoms, weighting: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pair gradients ``(3n, E)`` and the symmetric Hessian ``(3n, 3n)`` in the norm of ``weighting``."""
     if weighting == "mass":
         w = 1.0 / np.sqrt(np.repeat(np.asarray(atoms.get_masses(), dtype=float), 3))
-        b = b * w[:, None]
-        h = h * w[:, None] * w[None, :]
-    elif weighting == "relative":
+        return b * w[:, None], h * w[:, None] * w[None, :]
+    if weighting == "relative":
         # W = |PHP|^{-1/2} on the internal subspace: every mode's relative curvature error counts equally.
         proj = internal_projector(atoms)
         lam, vec = np.linalg.eigh(proj @ h @ proj)
         scale = np.abs(lam)
         keep = scale > 1e-6 * scale.max()
         w_mat = (vec[:, keep] / np.sqrt(scale[keep])) @ vec[:, keep].T
-        b = w_mat @ b
-        h = w_mat @ h @ w_mat
-    check_number("k_min", k_min, low=0.0, low_inclusive=True)
-    check_number("ridge", ridge, low=0.0, low_inclusive=True)
+        return w_mat @ b, w_mat @ h @ w_mat
+    return b, h
+
+
+def _fit_dense(b: np.ndarray, h: np.ndarray, k_min: float, ridge: float) -> np.ndarray:
+    """Exact NNLS on a square-root factor of G = (BᵀB)∘(BᵀB), with springs ≥ ``k_min``."""
+    from scipy.optimize import nnls
+
+    n_pairs = b.shape[1]
     c = np.einsum("ae,ab,be->e", b, h, b)
-    if n_pairs <= max_dense_pairs:
-        s = b.T @ b
-        g = s * s
-        if ridge > 0:
-            g = g + ridge * np.mean(np.diag(g)) * np.eye(n_pairs)
-        # k = k_min + k' with k' >= 0: the linear term shifts by G k_min 1.
-        r, z = _square_root_system(g, c - g @ np.full(n_pairs, k_min))
-        k, _ = nnls(r, z, maxiter=50 * n_pairs)
-        return k + k_min
+    s = b.T @ b
+    g = s * s
+    if ridge > 0:
+        g = g + ridge * np.mean(np.diag(g)) * np.eye(n_pairs)
+    # k = k_min + k' with k' >= 0: the linear term shifts by G k_min 1.
+    r, z = _square_root_system(g, c - g @ np.full(n_pairs, k_min))
+    k, _ = nnls(r, z, maxiter=50 * n_pairs)
+    return k + k_min
+
+
+def _fit_sparse(b: np.ndarray, h: np.ndarray, pairs: np.ndarray, k_min: float, ridge: float) -> np.ndarray:
+    """Bounded sparse least squares ``min ‖vec(H) − D k‖`` over k ≥ ``k_min`` (D: columns vec(b_e b_eᵀ))."""
+    from scipy import sparse
+    from scipy.optimize import lsq_linear
+
+    n_pairs = b.shape[1]
+    design = _sparse_design(b, pairs)
+    target = h.ravel() - design @ np.full(n_pairs, k_min)
+    if ridge > 0:
+        scale = np.sqrt(ridge * np.mean(np.asarray(design.multiply(design).sum(0)).ravel()))
+        design = sparse.vstack([design, scale * sparse.identity(n_pairs)])
+        target = np.concatenate([target, np.zeros(n_pairs)])
+    return lsq_linear(design, target, bounds=(0.0, np.inf), lsmr_tol="auto", max_iter=2000).x + k_min
+
+
+def _sparse_design(b: np.ndarray, pairs: np.ndarray):
+    """``(9n², E)`` CSR matrix whose column e is vec(b_e b_eᵀ): four 3×3 blocks on the pair's two atoms.
+
+    Args:
+        b: ``(3n, E)`` (weighted) pair gradients; pairs: ``(2, E)`` their atoms.
+    """
     from scipy import sparse
 
-    e = as_edge_index(edge_index, n).numpy()
+    n, n_pairs = b.shape[0] // 3, b.shape[1]
     rows, cols, vals = [], [], []
     bb = b.reshape(n, 3, n_pairs)
     for col in range(n_pairs):
-        atoms_e = (e[0, col], e[1, col])
+        atoms_e = (pairs[0, col], pairs[1, col])
         for a in atoms_e:
             for a2 in atoms_e:
                 blk = np.outer(bb[a, :, col], bb[a2, :, col])
@@ -234,15 +265,9 @@ def fit_springs(
                 rows.append(idx.ravel())
                 cols.append(np.full(9, col))
                 vals.append(blk.ravel())
-    design = sparse.csr_matrix(
+    return sparse.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(9 * n * n, n_pairs)
     )
-    target = h.ravel() - design @ np.full(n_pairs, k_min)
-    if ridge > 0:
-        scale = np.sqrt(ridge * np.mean(np.asarray(design.multiply(design).sum(0)).ravel()))
-        design = sparse.vstack([design, scale * sparse.identity(n_pairs)])
-        target = np.concatenate([target, np.zeros(n_pairs)])
-    return lsq_linear(design, target, bounds=(0.0, np.inf), lsmr_tol="auto", max_iter=2000).x + k_min
 
 
 def _square_root_system(g: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -386,51 +411,51 @@ def coefficients_from_calculator(
     if n < 2:
         raise ValueError("A spring fit needs at least two atoms.")
     if edge_index is not None:
-        pairs = as_edge_index(edge_index, n)
-        graph_name = "explicit"
+        pairs, graph_name = as_edge_index(edge_index, n), "explicit"
     else:
-        pairs = pairs_for_atoms(atoms, graph, graph_kwargs, bonds, seed)
-        graph_name = graph
+        pairs, graph_name = pairs_for_atoms(atoms, graph, graph_kwargs, bonds, seed), graph
     calc = calc if calc is not None else atoms.calc
     if hessian is not None:
-        h = np.asarray(hessian, dtype=float).reshape(3 * n, 3 * n)
-        h_method, n_calls = "given", 0
+        h, h_method, n_calls = np.asarray(hessian, dtype=float).reshape(3 * n, 3 * n), "given", 0
     else:
         h, h_method, n_calls = _hessian(atoms, calc, method, delta)
     max_force = float("nan")
     if calc is not None:
         work = atoms.copy()
         work.calc = calc
-        max_force = float(np.abs(work.get_forces()).max()) if n else 0.0
+        max_force = float(np.abs(work.get_forces()).max())
         n_calls += 1
     k = fit_springs(h, atoms, pairs, weighting=weighting, ridge=ridge, k_min=k_min, max_dense_pairs=max_dense_pairs)
+    report = _fit_report(atoms, h, pairs, k, max_force=max_force, hessian_method=h_method, n_calls=n_calls,
+                         graph=graph_name, weighting=weighting)
+    report.seconds = time.perf_counter() - start
+    return pairs, torch.as_tensor(k, dtype=torch.float64), report
+
+
+def _fit_report(atoms: Atoms, h: np.ndarray, pairs: Tensor, k: np.ndarray, **settings) -> SpringFitReport:
+    """How well springs ``k`` ``(E,)`` on ``pairs`` ``(2, E)`` reproduce the Hessian ``h`` ``(3n, 3n)``;
+    ``settings``: the report's remaining fields (max_force, hessian_method, n_calls, graph, weighting)."""
     h_fit = spring_hessian(atoms, pairs, k)
     proj = internal_projector(atoms)
     h_int = proj @ h @ proj
     denom = np.linalg.norm(h_int)
-    rel = float(np.linalg.norm(h_int - h_fit) / denom) if denom > 0 else float("nan")
     f_true = frequencies_cm(h, atoms)
     f_fit = frequencies_cm(h_fit, atoms)
-    report = SpringFitReport(
-        rel_frobenius_error=rel,
+    scale = max(np.abs(f_true).max(initial=0.0), 1.0)
+    return SpringFitReport(
+        rel_frobenius_error=float(np.linalg.norm(h_int - h_fit) / denom) if denom > 0 else float("nan"),
         frequencies_true=f_true,
         frequencies_fit=f_fit,
-        n_atoms=n,
+        n_atoms=len(atoms),
         n_pairs=int(pairs.shape[1]),
         n_active=int((k > 0).sum()),
         k_min=float(k.min()) if k.size else 0.0,
         k_max=float(k.max()) if k.size else 0.0,
         k_mean=float(k.mean()) if k.size else 0.0,
-        max_force=max_force,
-        n_negative_modes=int((f_true < -1e-6 * max(np.abs(f_true).max(), 1.0)).sum()) if f_true.size else 0,
-        n_floppy_modes=int((np.abs(f_fit) < 1e-3 * max(np.abs(f_true).max(), 1.0)).sum()) if f_fit.size else 0,
-        hessian_method=h_method,
-        n_calls=n_calls,
-        graph=graph_name,
-        weighting=weighting,
-        seconds=time.perf_counter() - start,
+        n_negative_modes=int((f_true < -1e-6 * scale).sum()),
+        n_floppy_modes=int((np.abs(f_fit) < 1e-3 * scale).sum()),
+        **settings,
     )
-    return pairs, torch.as_tensor(k, dtype=torch.float64), report
 
 
 # ----------------------------------------------------------------------------- storage and batching

@@ -28,6 +28,7 @@ from energyloss_plugins import chem
 from energyloss_plugins._checks import check_number
 from energyloss_plugins.chem import ChemError
 from energyloss_plugins.data.paths import ase_db_metadata, check_output_path, split_file_for
+from energyloss_plugins.data.seeds import EMBED_STREAM, ETKDG_STREAM, THERMAL_STREAM, seed_for
 from energyloss_plugins.data.sources import (
     SOURCE_NAMES,
     SourceEntry,
@@ -248,11 +249,9 @@ class MoleculeResult:
 
 def _target(entry: SourceEntry, s: BuildSettings) -> tuple[np.ndarray, Any, float, float]:
     """``(target positions, mol with conformer = target, ref energy eV, max force eV/Å)``."""
-    from rdkit import Chem
-
     if entry.smiles is not None:
         mol = chem.mol_from_smiles(entry.smiles)
-        start = chem.embed(mol, chem.seed_for(s.seed, entry.index, 0))
+        start = chem.embed(mol, seed_for(s.seed, entry.index, EMBED_STREAM))
     else:
         assert entry.numbers is not None and entry.positions is not None
         mol = chem.mol_from_xyz(entry.numbers, entry.positions, entry.charge)
@@ -271,21 +270,18 @@ def _target(entry: SourceEntry, s: BuildSettings) -> tuple[np.ndarray, Any, floa
                 start, _, _ = chem.ff_relax(mol, start, "mmff")
             except ChemError:
                 pass
-        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
-        pos, energy, fmax = chem.xtb_relax(numbers, start, Chem.GetFormalCharge(mol), chem.n_radical_electrons(mol) + 1)
+        pos, energy, fmax = chem.xtb_relax(chem.atomic_numbers(mol), start, *chem.charge_and_multiplicity(mol))
         if not _same_connectivity(mol, pos):
             raise ChemError("topology_changed", "the GFN2-xTB relaxation broke or formed a bond")
     mol = chem.with_positions(mol, pos)
-    Chem.AssignStereochemistryFrom3D(mol)
+    chem.rdkit().AssignStereochemistryFrom3D(mol)
     return pos, mol, energy, fmax
 
 
 def _same_connectivity(mol: Any, positions: np.ndarray) -> bool:
-    from rdkit.Chem import rdDetermineBonds
-
-    probe = chem.bare_mol(np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), positions)
+    probe = chem.bare_mol(chem.atomic_numbers(mol), positions)
     try:
-        rdDetermineBonds.DetermineConnectivity(probe)
+        chem.rdkit("rdkit.Chem.rdDetermineBonds").DetermineConnectivity(probe)
     except Exception:
         return False
     a = {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds()}
@@ -301,12 +297,10 @@ def _thermal_hessian(
     MMFF targets: MMFF94 at the target. GFN2-xTB targets: GFN2-xTB at the target. As-given targets:
     MMFF94 (UFF if MMFF has no parameters) at the force-field relaxation from the target.
     """
-    from rdkit import Chem
-
     if s.method == "mmff":
         return chem.ff_hessian(mol, target, "mmff")
     if s.method == "xtb":
-        return chem.xtb_hessian(numbers, target, Chem.GetFormalCharge(mol), chem.n_radical_electrons(mol) + 1)
+        return chem.xtb_hessian(numbers, target, *chem.charge_and_multiplicity(mol))
     for ff in ("mmff", "uff"):
         try:
             relaxed = kind_cache[ff] if ff in kind_cache else chem.ff_relax(mol, target, ff)[0]
@@ -322,13 +316,10 @@ def process_entry(entry: SourceEntry, s: BuildSettings) -> MoleculeResult:
     Raises:
         ChemError: the molecule cannot be used (its ``reason`` is counted by the builder).
     """
-    from rdkit import Chem
-
     target, mol, energy, fmax = _target(entry, s)
-    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
+    numbers = chem.atomic_numbers(mol)
     bonds, orders = chem.bond_arrays(mol)
-    charge = Chem.GetFormalCharge(mol)
-    mult = chem.n_radical_electrons(mol) + 1
+    charge, mult = chem.charge_and_multiplicity(mol)
     inputs: list[tuple[str, int, np.ndarray]] = []
     failures: Counter[str] = Counter()
     relaxed: dict[str, np.ndarray] = {}
@@ -341,12 +332,12 @@ def process_entry(entry: SourceEntry, s: BuildSettings) -> MoleculeResult:
                 inputs.append((kind, 0, chem.xtb_relax(numbers, target, charge, mult)[0]))
             elif kind == "thermal":
                 hess = _thermal_hessian(relaxed, mol, numbers, target, s)
-                rng = np.random.default_rng(chem.seed_for(s.seed, entry.index, 1))
+                rng = np.random.default_rng(seed_for(s.seed, entry.index, THERMAL_STREAM))
                 samples = chem.harmonic_samples(target, hess, s.temperature, s.n_thermal, rng)
                 inputs.extend((kind, k, samples[k]) for k in range(s.n_thermal))
             elif kind == "etkdg":
                 for k in range(s.n_etkdg):
-                    inputs.append((kind, k, chem.embed(mol, chem.seed_for(s.seed, entry.index, 100 + k))))
+                    inputs.append((kind, k, chem.embed(mol, seed_for(s.seed, entry.index, ETKDG_STREAM + k))))
         except ChemError as exc:
             failures[f"{kind}:{exc.reason}"] += 1
     if not inputs:
@@ -546,6 +537,24 @@ def _finalise(
     report: BuildReport,
     extra_meta: dict[str, Any],
 ) -> None:
+    """Copy the partial build's rows into ``out`` in source order (the first ``max_molecules`` molecules,
+    renumbered 0, 1, ...), with the split and the build summary in its metadata."""
+    rows, mol_ids = _ordered_rows(partial, max_molecules)
+    split = split_molecules(mol_ids, s.split, s.seed)
+    _summarise(report, rows, s, split)
+    report.n_molecules = len(np.unique(mol_ids))
+    meta = {
+        "_distance_unit": "Ang",
+        "_property_unit_dict": dict(PROPERTY_UNITS),
+        "atomrefs": {},
+        "energyloss": _build_metadata(s, max_molecules, split_file, report, extra_meta),
+    }
+    _write_final(out, split_file, rows, mol_ids, meta, split)
+
+
+def _ordered_rows(partial: str, max_molecules: int | None) -> tuple[list[Any], np.ndarray]:
+    """The partial build's rows (with data) of the first ``max_molecules`` molecules in source order, and
+    their final molecule ids ``(n_rows,)`` (0, 1, ... in that order)."""
     src = _connect(partial)
     rows = sorted(
         src.select(include_data=True),
@@ -556,50 +565,57 @@ def _finalise(
         order = order[:max_molecules]
     mol_of = {idx: i for i, idx in enumerate(order)}
     rows = [r for r in rows if r.key_value_pairs["source_index"] in mol_of]
-
     mol_ids = np.array([mol_of[r.key_value_pairs["source_index"]] for r in rows], dtype=np.int64)
-    split = split_molecules(mol_ids, s.split, s.seed)
+    return rows, mol_ids
+
+
+def _summarise(report: BuildReport, rows: list[Any], s: BuildSettings, split: dict[str, np.ndarray]) -> None:
+    """Rows, rows and median input RMSD per input kind, and rows per split, into ``report``."""
     per_kind: Counter[str] = Counter(r.key_value_pairs["input_kind"] for r in rows)
     rmsd: dict[str, list[float]] = {}
     for r in rows:
         rmsd.setdefault(r.key_value_pairs["input_kind"], []).append(float(r.key_value_pairs["input_rmsd"]))
-    report.n_molecules = len(order)
     report.n_rows = len(rows)
     report.rows_per_kind = {k: per_kind[k] for k in s.inputs if k in per_kind}
     report.median_input_rmsd = {k: float(np.median(rmsd[k])) for k in s.inputs if k in rmsd}
     report.n_train, report.n_val, report.n_test = (len(split[k]) for k in ("train_idx", "val_idx", "test_idx"))
 
-    meta = {
-        "_distance_unit": "Ang",
-        "_property_unit_dict": dict(PROPERTY_UNITS),
-        "atomrefs": {},
-        "energyloss": {
-            "format_version": FORMAT_VERSION,
-            "package_version": _package_version(),
-            "settings": {**s.to_json(), "max_molecules": max_molecules},
-            "split_file": os.path.abspath(split_file),
-            "n_molecules": report.n_molecules,
-            "n_rows": report.n_rows,
-            "rows_per_kind": report.rows_per_kind,
-            "median_input_rmsd": report.median_input_rmsd,
-            "filtered": report.filtered,
-            "skipped": report.skipped,
-            "input_failures": report.input_failures,
-            "target_fmax_threshold": (
-                chem.TARGET_FMAX if s.method == "mmff" else (chem.XTB_FMAX if s.method == "xtb" else None)
-            ),
-            "thermal_k_min": chem.THERMAL_K_MIN,
-            "input_kinds": {k: INPUT_DESCRIPTIONS[k] for k in s.inputs},
-            "units": {
-                "positions": "Ang",
-                "target_positions": "Ang",
-                "ref_energy": "eV",
-                "input_rmsd": "Ang",
-                "target_fmax": "eV/Ang",
-            },
-            **extra_meta,
+
+def _build_metadata(s: BuildSettings, max_molecules: int | None, split_file: str, report: BuildReport,
+                    extra_meta: dict[str, Any]) -> dict[str, Any]:
+    """The database's ``energyloss`` metadata entry: format, settings, summary, thresholds and units."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "settings": {**s.to_json(), "max_molecules": max_molecules},
+        "split_file": os.path.abspath(split_file),
+        "n_molecules": report.n_molecules,
+        "n_rows": report.n_rows,
+        "rows_per_kind": report.rows_per_kind,
+        "median_input_rmsd": report.median_input_rmsd,
+        "filtered": report.filtered,
+        "skipped": report.skipped,
+        "input_failures": report.input_failures,
+        "target_fmax_threshold": (
+            chem.TARGET_FMAX if s.method == "mmff" else (chem.XTB_FMAX if s.method == "xtb" else None)
+        ),
+        "thermal_k_min": chem.THERMAL_K_MIN,
+        "input_kinds": {k: INPUT_DESCRIPTIONS[k] for k in s.inputs},
+        "units": {
+            "positions": "Ang",
+            "target_positions": "Ang",
+            "ref_energy": "eV",
+            "input_rmsd": "Ang",
+            "target_fmax": "eV/Ang",
         },
+        **extra_meta,
     }
+
+
+def _write_final(out: str, split_file: str, rows: list[Any], mol_ids: np.ndarray, meta: dict[str, Any],
+                 split: dict[str, np.ndarray]) -> None:
+    """Write the rows (``mol_id`` = ``mol_ids``) and ``meta`` into a temporary file beside ``out``, the split
+    file, then move the database into place."""
     tmp = _temp_path(out)
     try:
         dst = _connect(tmp)
@@ -687,38 +703,72 @@ def build_dataset(
     if max_molecules is not None:
         max_molecules = int(check_number("max_molecules", max_molecules, low=1, low_inclusive=True, integer=True))
     check_number("workers", workers, low=1, low_inclusive=True, integer=True)
+    out, split_path = _output_paths(out, split_file, overwrite)
+    partial = out + ".partial"
+    report = BuildReport(path=out, split_file=split_path)
+    if resume and _already_built(report, partial, s, max_molecules):
+        report.elapsed = time.perf_counter() - t0
+        return report
+    if os.path.exists(partial) and (not resume or "energyloss_partial" not in (ase_db_metadata(partial) or {})):
+        os.remove(partial)  # a partial of ours when starting over, or (overwrite) a foreign file in its place
+
+    structures = load_structures(s.source, max_heavy_atoms=s.max_heavy_atoms, elements=s.elements)
+    report.filtered = dict(structures.skipped)
+    db, done, skipped, failures = _open_partial(partial, s.to_json())
+    report.resumed = len(done)
+    _run(structures, s, db, done, skipped, failures, max_molecules, workers, progress)
+    _count_failures(report, done, skipped, failures, max_molecules)
+    source_meta = {"source_label": structures.source, "n_source_entries": structures.n_read}
+    _finalise(partial, out, split_path, s, max_molecules, report, source_meta)
+    os.remove(partial)
+    report.elapsed = time.perf_counter() - t0
+    return report
+
+
+def _output_paths(out: str | os.PathLike, split_file: str | os.PathLike | None, overwrite: bool) -> tuple[str, str]:
+    """Absolute paths of the database and the split file, checked before any work: the locations are
+    writable and replacing them (or the database's ``.partial``) loses nothing of the user's."""
     out = os.path.abspath(os.fspath(out))
     if not out.endswith(".db"):
         raise ValueError(f"out must end with .db (an ASE sqlite database SchNetPack can read), got {out}.")
     split_path = os.path.abspath(os.fspath(split_file)) if split_file is not None else split_file_for(out)
     if split_path == out:
         raise ValueError(f"split_file and out are the same file ({out}); give the split its own name.")
-    partial = out + ".partial"
-    # Before any work: the locations are writable and replacing them loses nothing of the user's.
     check_output_path(out, "out", "energyloss", overwrite)
-    check_output_path(partial, "out", "energyloss_partial", overwrite)
+    check_output_path(out + ".partial", "out", "energyloss_partial", overwrite)
     check_output_path(split_path, "split_file", None, overwrite or _is_split_file(split_path))
     try:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         os.makedirs(os.path.dirname(split_path), exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create the folder of out={out} or split_file={split_path}: {exc}") from None
-    report = BuildReport(path=out, split_file=split_path)
-    settings_json = s.to_json()
+    return out, split_path
 
-    if resume and os.path.exists(out) and not os.path.exists(partial):
-        done_meta = _complete_metadata(out)
-        if done_meta is not None and done_meta.get("settings") == {**settings_json, "max_molecules": max_molecules}:
-            _ensure_split(out, split_path, s)
-            _fill_report_from_meta(report, done_meta)
-            report.already_built = True
-            report.elapsed = time.perf_counter() - t0
-            return report
-    if os.path.exists(partial) and (not resume or "energyloss_partial" not in (ase_db_metadata(partial) or {})):
-        os.remove(partial)  # a partial of ours when starting over, or (overwrite) a foreign file in its place
 
-    structures = load_structures(s.source, max_heavy_atoms=s.max_heavy_atoms, elements=s.elements)
-    report.filtered = dict(structures.skipped)
+def _already_built(report: BuildReport, partial: str, s: BuildSettings, max_molecules: int | None) -> bool:
+    """True (and ``report`` filled, the split file restored) when ``report.path`` is a complete build of
+    these settings and no partial build is pending."""
+    out = report.path
+    if not os.path.exists(out) or os.path.exists(partial):
+        return False
+    done_meta = _complete_metadata(out)
+    if done_meta is None or done_meta.get("settings") != {**s.to_json(), "max_molecules": max_molecules}:
+        return False
+    _ensure_split(out, report.split_file, s)
+    _fill_report_from_meta(report, done_meta)
+    report.already_built = True
+    return True
+
+
+def _open_partial(
+    partial: str, settings_json: dict[str, Any]
+) -> tuple[Any, set[int], dict[int, str], dict[int, dict[str, int]]]:
+    """The partial database (created with these settings if absent) and the state of an interrupted build:
+    written source indices, skipped ones (index -> reason) and input failures.
+
+    Raises:
+        ValueError: the interrupted build has other settings.
+    """
     done: set[int] = set()
     skipped: dict[int, str] = {}
     failures: dict[int, dict[str, int]] = {}
@@ -730,15 +780,18 @@ def build_dataset(
                 f"An interrupted build with other settings ({', '.join(diff)}) exists at {partial}. Rerun with the "
                 f"same settings to resume it, or pass resume=False (CLI: --no-resume) to start over."
             )
-        report.resumed = len(done)
     db = _connect(partial)
     if "energyloss_partial" not in db.metadata:
         with db:
             db.metadata = {"_distance_unit": "Ang", "_property_unit_dict": dict(PROPERTY_UNITS), "atomrefs": {}}
             _set_partial_state(db, settings_json, skipped, failures)
+    return db, done, skipped, failures
 
-    _run(structures, s, db, done, skipped, failures, max_molecules, workers, progress)
 
+def _count_failures(report: BuildReport, done: set[int], skipped: dict[int, str],
+                    failures: dict[int, dict[str, int]], max_molecules: int | None) -> None:
+    """Skipped molecules and failed inputs of this build into ``report`` (with ``max_molecules``, only
+    those up to the last molecule kept)."""
     counted = sorted(done)[:max_molecules] if max_molecules is not None else sorted(done)
     # with max_molecules, entries after the last molecule kept were not part of this build
     cutoff = counted[-1] if max_molecules is not None and len(counted) == max_molecules else math.inf
@@ -747,18 +800,6 @@ def build_dataset(
     for idx in counted:
         fail_total.update(failures.get(idx, {}))
     report.input_failures = dict(sorted(fail_total.items()))
-    _finalise(
-        partial,
-        out,
-        split_path,
-        s,
-        max_molecules,
-        report,
-        {"source_label": structures.source, "n_source_entries": structures.n_read},
-    )
-    os.remove(partial)
-    report.elapsed = time.perf_counter() - t0
-    return report
 
 
 def _run(

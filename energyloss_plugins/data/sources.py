@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from energyloss_plugins.chem import rdkit_quiet
+from energyloss_plugins.chem import rdkit, rdkit_quiet
 
 #: Source names understood besides file paths.
 SOURCE_NAMES = ("nci", "g2")
@@ -93,9 +93,7 @@ class Structures:
 
 def nci_path() -> str:
     """Path of RDKit's bundled ``Data/NCI/first_5K.smi``."""
-    from rdkit import RDConfig
-
-    path = os.path.join(RDConfig.RDDataDir, "NCI", "first_5K.smi")
+    path = os.path.join(rdkit("rdkit.RDConfig").RDDataDir, "NCI", "first_5K.smi")
     if not os.path.exists(path):
         raise FileNotFoundError(f"RDKit's bundled NCI SMILES file is missing at {path}; reinstall rdkit.")
     return path
@@ -200,8 +198,7 @@ def _load_smiles(
     min_atoms: int,
     deduplicate: bool,
 ) -> None:
-    from rdkit import Chem
-
+    Chem = rdkit()
     seen: set[str] = set()
     for index, smi, name in _read_smiles_lines(path):
         out.n_read += 1
