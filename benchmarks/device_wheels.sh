@@ -18,9 +18,9 @@ PY=${PYTHON:-python3}
 LIMIT_MIB=64
 # Missing on the GPU image and imported by what the suite runs. SchNetPack's other requirements are
 # there (torch, lightning, torchmetrics, h5py, pyyaml, sympy, tqdm, rich, tensorboard) or are not
-# imported by spktrain (tensorboardX, progressbar, hydra-colorlog, pre-commit, black).
+# imported by spktrain (tensorboardX, hydra-colorlog, pre-commit, black).
 PACKAGES="schnetpack ase hydra-core omegaconf antlr4-python3-runtime matscipy vesin rdkit petname fasteners dirsync
-torch-ema"
+torch-ema progressbar"
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 
@@ -64,5 +64,6 @@ rel=$(realpath --relative-to="$ROOT" "$DIR")
 cat <<EOF
 On the GPU machine, in the repository root (carry: $rel):
   python3 -m pip install -q --no-deps --no-index --no-compile $rel/*.whl && \\
-  PYTHONPATH=\$PWD python3 benchmarks/device_suite.py --out \$OUT/suite --qm7 $rel/qm7_pbe0.extxyz.gz
+  PYTHONUNBUFFERED=1 PYTHONPATH=\$PWD python3 benchmarks/device_suite.py --out /tmp/suite --qm7 $rel/qm7_pbe0.extxyz.gz && \\
+  cp /tmp/suite/results.json /tmp/suite/results.md \$OUT/
 EOF
