@@ -323,7 +323,7 @@ def generation(args, device: str, gen_dir: str, db_build: dict, deadline: float)
         workers[loss] = (subprocess.Popen([sys.executable, os.path.abspath(__file__), "--sample-worker",
                                            os.path.join(runs_dir, loss, "suite_sample.json")],
                                           env=_env(args.threads), stdout=log, stderr=subprocess.STDOUT), log, spec)
-    result = {"wall_s": None, "model": {
+    result = {"wall_s": None, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "model": {
         "representation": "SchNetPack PaiNN", "n_atom_basis": args.width, "n_interactions": args.interactions,
         "batch_size": args.batch_size, "cutoff_A": 10.0,
         "choice": "the paper's width (256 features) with 6 of its 9 interactions, so that a 3-minute training "
