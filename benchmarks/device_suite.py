@@ -188,7 +188,8 @@ def step_overhead(device: str, smoke: bool, deadline: float) -> dict:
            "the lean path with springs from the data pipeline, energy-resolve resolves them in the step, energy is "
            "pair_energy_loss as users call it",
            "clock": "wall between synchronisations" if device == "cuda" else "process CPU time",
-           "target": "energy step at most 2 % over MSE's", "batches": {}, "skipped": []}
+           "target": "energy step at most 2 % over MSE's (met: energy-cached's median step ratio <= 1.02 and its "
+           "loss's own extra cost < 2 % of MSE's step)", "batches": {}, "skipped": []}
     for n in ([4] if smoke else [16, 128]):
         if time.monotonic() > deadline:
             out["skipped"].append(n)
@@ -205,7 +206,8 @@ def step_overhead(device: str, smoke: bool, deadline: float) -> dict:
                        "loss_extra_pct": 100 * (statistics.median(lt[v]) - statistics.median(lt["mse"])) / mse_step}
         out["batches"][str(n)] = {"atoms": res["atoms"], "loss_pairs": res["loss_pairs"], "rounds": args.rounds,
                                   "steps_per_block": res["steps"], "collate_ms": res["collate_ms"], "variants": rows,
-                                  "met": rows["energy-cached"]["over_mse"] <= 1.02}
+                                  "met": rows["energy-cached"]["over_mse"] <= 1.02
+                                  and rows["energy-cached"]["loss_extra_pct"] < 2}
     if device == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -295,14 +297,17 @@ def generation(args, device: str, gen_dir: str, db_build: dict, deadline: float)
     with open(smiles_path, "w") as f:
         json.dump(smiles, f)
     train = {}
-    for loss, (proc, log) in procs.items():
-        try:
-            rc = proc.wait(timeout=max(1.0, t0[loss] + train_s - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        log.close()
-        train[loss] = {"returncode": rc, "train_wall_s": round(time.monotonic() - t0[loss], 1)}
+    while len(train) < len(procs):  # poll both, so that each run's own wall time is recorded
+        for loss, (proc, log) in procs.items():
+            if loss in train:
+                continue
+            if proc.poll() is None and time.monotonic() > t0[loss] + train_s:
+                proc.kill()  # the trainer's max_time guard should have stopped it before
+                proc.wait()
+            if proc.poll() is not None:
+                log.close()
+                train[loss] = {"returncode": proc.returncode, "train_wall_s": round(time.monotonic() - t0[loss], 1)}
+        time.sleep(0.5)
     ckpts = {loss: _checkpoints(os.path.join(runs_dir, loss)) for loss in procs}
     common = sorted(set(ckpts["energy"]) & set(ckpts["mse"]))
     if not common:
@@ -326,9 +331,10 @@ def generation(args, device: str, gen_dir: str, db_build: dict, deadline: float)
     result = {"wall_s": None, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "model": {
         "representation": "SchNetPack PaiNN", "n_atom_basis": args.width, "n_interactions": args.interactions,
         "batch_size": args.batch_size, "cutoff_A": 10.0,
-        "choice": "the paper's width (256 features) with 6 of its 9 interactions, so that a 3-minute training "
-                  "budget still gives thousands of optimiser steps (an estimate: not yet timed on a GPU)"
-                  if not args.smoke else "smoke: tiny model"},
+        "choice": "smoke: tiny model" if args.smoke else "the paper's width (256 features) with 6 of its 9 "
+                  "interactions, so that a 3-minute training budget still gives thousands of optimiser steps (an "
+                  "estimate: not yet timed on a GPU)" if (args.width, args.interactions) == (256, 6) else
+                  "set by --width / --interactions"},
         "dataset": os.path.basename(db_build["source"]), "requested_steps": args.gen_steps, "steps": final,
         "checkpoint_steps": common, "time_guard_hit": final < args.gen_steps,
         "sampler": f"ancestral, {args.sample_steps} steps", "samples": args.samples,
@@ -434,6 +440,11 @@ def markdown(results: dict) -> str:
             for v, r in res["variants"].items():
                 lines.append(f"| {n} | {v} | {r['step_ms']:.2f} | {r['over_mse']:.4f} [{r['over_mse_min']:.3f}, "
                              f"{r['over_mse_max']:.3f}] | {r['loss_ms']:.3f} | {r['loss_extra_pct']:+.2f} |")
+        lines.append("")
+        for n, res in so["batches"].items():
+            r = res["variants"]["energy-cached"]
+            lines.append(f"[{'MET' if res['met'] else 'NOT MET'}] {n} molecules, energy-cached: step "
+                         f"{100 * (r['over_mse'] - 1):+.2f} %, loss's own extra cost {r['loss_extra_pct']:+.2f} %")
         lines.append("")
     gen = results.get("generation", {})
     if "energy" in gen:
