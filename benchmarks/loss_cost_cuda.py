@@ -6,7 +6,11 @@
 The GPU counterpart of ``benchmarks/loss_cost.py`` (same data, same loss calls): forward + backward
 time of each loss on a QM9-size batch (128 structures of 10-29 atoms) and a GEOM-size one (64 of
 10-180 atoms), the paper's dense padded reference beside ours, and single structures from 10^3 to
-10^6 atoms (complete graph, chunked, against rigid-sparse).
+10^6 atoms (complete graph, chunked, against rigid-sparse). Each energy is timed twice: as users
+call ``pair_energy_loss`` (springs resolved and input checked in every call) and as the lean
+training path (``resolve_springs`` once, then ``pair_energy_kernel`` unvalidated: ``lean*``).
+The functions take ``device="cpu"`` too (perf_counter times, no memory), which
+``benchmarks/device_suite.py --smoke`` uses.
 
 Method. Each call is timed with CUDA events (device time, launch overhead included); candidates
 run in interleaved blocks after a warm-up, and the median over calls is reported with the ratio to
@@ -20,6 +24,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +39,13 @@ def to_device(data: dict, device: str) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
 
 
-def cuda_time_ms(fn) -> float:
+def time_ms(fn, device: str) -> float:
+    """Milliseconds of one call: CUDA events on a GPU (device time, launch overhead included), else
+    ``time.perf_counter`` (the CPU path, for ``benchmarks/device_suite.py --smoke``)."""
+    if device != "cuda":
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
@@ -43,7 +54,11 @@ def cuda_time_ms(fn) -> float:
     return start.elapsed_time(end)
 
 
-def peak_mib(fn) -> float:
+def peak_mib(fn, device: str) -> float | None:
+    """Peak allocated CUDA memory of one call above what was allocated before (None off CUDA)."""
+    if device != "cuda":
+        fn()
+        return None
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -52,42 +67,48 @@ def peak_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - before) / MiB
 
 
-def measure(calls: dict, reps: int, block: int = 5) -> dict:
-    """Median CUDA time (ms) and peak memory (MiB) per candidate, blocks of all candidates interleaved."""
+def measure(calls: dict, reps: int, block: int = 5, device: str = "cuda") -> dict:
+    """Median time (ms) and peak memory (MiB) per candidate, blocks of all candidates interleaved."""
     times = {name: [] for name in calls}
-    memory = {name: peak_mib(fn) for name, fn in calls.items()}  # first call: also the warm-up
+    memory = {name: peak_mib(fn, device) for name, fn in calls.items()}  # first call: also the warm-up
     for fn in calls.values():
         for _ in range(3):
             fn()
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     for _ in range(max(1, reps // block)):
         for name, fn in calls.items():
-            times[name].extend(cuda_time_ms(fn) for _ in range(block))
+            times[name].extend(time_ms(fn, device) for _ in range(block))
     return {name: {"ms": statistics.median(t), "peak_mib": memory[name]} for name, t in times.items()}
 
 
-def batch_case(case: str, seed: int, reps: int) -> dict:
+BATCH_LOSSES = ("mse", "kabsch", "energy", "lean", "sparse", "lean-sparse", *REFERENCES)
+
+
+def batch_case(case: str, seed: int, reps: int, device: str = "cuda") -> dict:
+    """Every loss of :data:`BATCH_LOSSES` on one QM9- or GEOM-size batch, with its time over MSE's."""
     sizes = batch_sizes(case, None, seed)
     data = add_padded(make_batch(sizes, seed))
     warm_graph_cache(sizes)
-    data = to_device(data, "cuda")
-    names = ("mse", "kabsch", "energy", "sparse", *REFERENCES)
-    result = measure({name: loss_call(name, data) for name in names}, reps)
+    data = to_device(data, device)
+    result = measure({name: loss_call(name, data) for name in BATCH_LOSSES}, reps, device=device)
     base = result["mse"]["ms"]
     for value in result.values():
         value["over_mse"] = value["ms"] / base
     return result
 
 
-def single_case(n: int, seed: int, reps: int, complete: bool, dense: bool) -> dict:
+def single_case(n: int, seed: int, reps: int, complete: bool, dense: bool, device: str = "cuda") -> dict:
+    """One structure of ``n`` atoms: rigid-sparse (per call and lean), the complete graph and the
+    dense cdist reference where asked."""
     sizes = [n]
     data = make_batch(sizes, seed)
     if dense:
         add_padded(data)
     graph_s = warm_graph_cache(sizes)
-    data = to_device(data, "cuda")
-    names = (["energy"] if complete else []) + ["sparse"] + (["dense-cdist"] if dense else [])
-    result = measure({name: loss_call(name, data) for name in names}, reps, block=2)
+    data = to_device(data, device)
+    names = (["energy", "lean"] if complete else []) + ["sparse", "lean-sparse"] + (["dense-cdist"] if dense else [])
+    result = measure({name: loss_call(name, data) for name in names}, reps, block=2, device=device)
     result["sparse"]["graph_generation_s"] = graph_s
     return result
 
