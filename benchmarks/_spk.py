@@ -53,7 +53,7 @@ def read_split_rows(datapath: str, subset: str = "test"):
 
     from energyloss_plugins.data.paths import find_split_file
 
-    split = np.load(find_split_file(datapath))
+    split = np.load(find_split_file(datapath), allow_pickle=False)
     idx = split[f"{subset}_idx"]
     atoms, targets = [], []
     with connect(datapath) as conn:

@@ -187,7 +187,7 @@ def convert_split(dataset, split_file: str, out_file: str) -> str:
     Accepts the builder's ``train_idx/val_idx/test_idx`` (0-based source rows, mapped through the
     dataset's row filter) or TorchMD-Net's own keys (dataset indices, copied).
     """
-    with np.load(split_file, allow_pickle=True) as z:
+    with np.load(split_file, allow_pickle=False) as z:  # a split file is data: never unpickled
         keys = set(z.files)
         if {"idx_train", "idx_val", "idx_test"} <= keys:
             parts = [np.asarray(z[k], dtype=np.int64) for k in ("idx_train", "idx_val", "idx_test")]
