@@ -1,7 +1,7 @@
 """``energyloss-sample``: structures out of a trained checkpoint of any registered adapter, without Python.
 
     energyloss-sample gen.ckpt -n 1000 -o samples.db                 # generation: N new molecules
-    energyloss-sample best_model --inputs mmff.xyz -o predicted.extxyz # structure: predicted geometries
+    energyloss-sample last.ckpt --inputs mmff.xyz -o predicted.extxyz  # structure: predicted geometries
     energyloss-sample diff.ckpt --inputs mols.xyz -n 5 -o confs.xyz    # diffusion: 5 conformers per molecule
 
 The checkpoint's adapter (SchNetPack, TorchMD-Net) and kind (structure, diffusion, generation) are
