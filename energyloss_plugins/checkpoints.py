@@ -65,16 +65,32 @@ def pickle_globals(path: str | os.PathLike) -> list[str]:
             with open(path, "rb") as f:
                 data = f.read()
         names: list[str] = []
-        strings: list[str] = []  # STACK_GLOBAL takes module and name from the two strings pushed before it
+        # STACK_GLOBAL takes module and name from the two strings pushed before it, maybe through the memo.
+        strings: list[str] = []
+        memo: dict[int, str] = {}
+        n_memoized, last = 0, None  # last: the string on top of the stack, if any
         for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name == "GLOBAL":
-                names.append(str(arg).replace(" ", ".", 1))
-            elif opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(f"{strings[-2]}.{strings[-1]}")
-            elif opcode.name == "STOP":
-                break
+            name = opcode.name
+            if name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                last = str(arg)
+                strings.append(last)
+            elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):  # the top stays where it is
+                index = n_memoized if name == "MEMOIZE" else int(arg)
+                n_memoized += 1
+                if last is not None:
+                    memo[index] = last
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                last = memo.get(int(arg))
+                if last is not None:
+                    strings.append(last)
+            else:
+                last = None
+                if name == "GLOBAL":
+                    names.append(str(arg).replace(" ", ".", 1))
+                elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif name == "STOP":
+                    break
     except CorruptCheckpointError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -207,6 +223,11 @@ def _resolve(name: str) -> Any:
         obj = getattr(obj, part, None)
     if not isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
         raise UntrustedCheckpointError(f"the checkpoint names {module}.{qualname}, which is not a class or function.")
+    home = getattr(obj, "__module__", None) or ""
+    if not _allowed(home) or getattr(obj, "__qualname__", None) != qualname:  # e.g. schnetpack.utils:os.system
+        raise UntrustedCheckpointError(f"the checkpoint names {module}.{qualname}, which is {home}."
+                                       f"{getattr(obj, '__qualname__', '?')}, not under the allowed modules; load it "
+                                       f"with {OPT_IN} only if you trust it.")
     return obj
 
 

@@ -193,6 +193,8 @@ def test_plain_description_naming_a_class_outside_the_allow_list_is_refused(trai
             StructureTask.load_from_checkpoint(str(path))
     with pytest.raises(UntrustedCheckpointError, match="not a class"):  # an allowed function is never called
         from_plain({"__object__": "schnetpack.utils:load_model", "id": 0, "state": None})
+    with pytest.raises(UntrustedCheckpointError, match="not under the allowed"):  # no way out through an import
+        from_plain({"__global__": "energyloss_plugins.checkpoints:os.system"})
 
 
 def test_plain_description_round_trip_keeps_the_model(trained):
