@@ -298,3 +298,17 @@ def test_split_file_with_pickled_arrays_is_refused(trained, tmp_path):
     assert proc.returncode != 0
     assert "holds pickled Python objects" in proc.stderr, proc.stderr[-2000:]
     assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("option", ["--load-weights", "--load-model"])
+def test_energyloss_torchmd_train_refuses_a_malicious_starting_checkpoint(tmp_path, capsys, option):
+    pytest.importorskip("torchmdnet")
+    from torchmdnet_ext.cli import main
+
+    path, marker = _evil(tmp_path)
+    (tmp_path / "hparams.yaml").write_text("{}\n")  # upstream's --load-model reads the hparams.yaml beside it
+    with pytest.raises(SystemExit) as info:
+        main([option, path, "--log-dir", str(tmp_path / "log")])
+    assert info.value.code == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not os.path.exists(marker)
