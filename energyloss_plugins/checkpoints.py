@@ -10,7 +10,8 @@ trust.
 Frameworks that keep modules among a checkpoint's hyperparameters (SchNetPack's tasks store the model
 and outputs) save them as a *plain description* (:func:`to_plain`): each object as its class name and
 its state, each function or class as its name. :func:`from_plain` rebuilds them as pickle would
-(``cls.__new__`` then ``__setstate__``), but only for names under :data:`ALLOWED_PREFIXES`, and it
+(``cls.__new__`` then ``__setstate__``), but only for names under :data:`ALLOWED_PREFIXES` (adapters
+add their framework's packages with :func:`allow_modules`), and it
 never calls a constructor or a function named in the file.
 """
 
@@ -24,14 +25,14 @@ import pickletools
 import types
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-#: Modules whose classes and functions a plain description may name (the packages our checkpoints use).
-ALLOWED_PREFIXES = ("schnetpack.", "schnetpack_ext.", "energyloss_plugins.", "torchmdnet_ext.", "torch.nn.",
-                    "torch.optim.", "torchmetrics.")
+#: Modules whose classes and functions a plain description may name; adapters add their framework's
+#: packages with :func:`allow_modules` (the core names no adapter).
+ALLOWED_PREFIXES: list[str] = ["energyloss_plugins.", "torch.nn.", "torch.optim.", "torchmetrics."]
 #: What the opt-in is called, for messages.
 OPT_IN = "--trust-checkpoint (command line) or trusted=True (Python)"
 
@@ -104,19 +105,22 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _untrusted_names(path: str) -> list[str]:
-    """The globals of ``path`` that ``weights_only`` loading refuses (torch's own are allowed)."""
-    from torch._weights_only_unpickler import _get_allowed_globals
+#: Globals every ``torch.save`` file may name (containers, torch's tensor rebuilders): not worth reporting.
+_ROUTINE = ("collections.OrderedDict", "collections.Counter", "builtins.set", "builtins.frozenset",
+            "builtins.bytearray", "builtins.slice", "builtins.complex", "_codecs.encode")
 
-    allowed = set(_get_allowed_globals()) | {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}"
-                                             for g in torch.serialization.get_safe_globals()
-                                             if not isinstance(g, tuple)}
-    seen: list[str] = []
-    for name in pickle_globals(path):
-        name = name.replace("__builtin__.", "builtins.", 1)
-        if name not in allowed and name not in seen and not name.startswith("torch._utils."):
-            seen.append(name)
-    return seen
+
+def _untrusted_names(path: str) -> list[str]:
+    """The globals of ``path`` worth naming in a refusal: torch's tensor machinery and containers come last."""
+    names = list(dict.fromkeys(n.replace("__builtin__.", "builtins.", 1) for n in pickle_globals(path)))
+
+    def routine(name: str) -> bool:
+        module, _, attr = name.rpartition(".")
+        if module == "torch":  # dtypes, Size, device, storage classes
+            return isinstance(getattr(torch, attr, None), (type, torch.dtype))
+        return name in _ROUTINE or name.startswith(("torch._utils.", "torch._tensor."))
+
+    return sorted(names, key=routine)  # stable: the file's order within each group
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, trusted: bool = False) -> Any:
@@ -139,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, trust
             raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated: "
                                          f"{_first_line(err)}).") from None
         names = _untrusted_names(path)  # raises CorruptCheckpointError for a truncated pickle
-        if not names:  # refused, but not for a foreign global: a malformed pickle
+        if not names:  # refused, but names no global: a malformed pickle
             raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}).") from None
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise UntrustedCheckpointError(
@@ -198,6 +202,16 @@ class NotPlainError(TypeError):
     """An object with no plain description (a lambda, a class outside the allow-list, ...)."""
 
 
+def allow_modules(*prefixes: str) -> None:
+    """Let plain descriptions name classes and functions of modules starting with ``prefixes`` (e.g. ``"pkg."``)."""
+    for prefix in prefixes:
+        if not prefix.endswith(".") or prefix in ("torch.", "builtins.", "os.", "."):
+            raise ValueError(f"allow_modules: {prefix!r} must be a package prefix ending in '.' "
+                             "(not torch. or builtins.).")
+        if prefix not in ALLOWED_PREFIXES:
+            ALLOWED_PREFIXES.append(prefix)
+
+
 def _allowed(module: str) -> bool:
     return any(f"{module}.".startswith(prefix) for prefix in ALLOWED_PREFIXES)
 
@@ -205,7 +219,8 @@ def _allowed(module: str) -> bool:
 def _name_of(obj: Any) -> str:
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not qualname or "<" in qualname or not _allowed(module):
-        raise NotPlainError(f"{obj!r} ({module}.{qualname}) is not under the allowed modules {ALLOWED_PREFIXES}.")
+        raise NotPlainError(f"{obj!r} ({module}.{qualname}) is not under the allowed modules "
+                            f"{tuple(ALLOWED_PREFIXES)}.")
     if _resolve(f"{module}:{qualname}") is not obj:
         raise NotPlainError(f"{module}.{qualname} does not name {obj!r}.")
     return f"{module}:{qualname}"
@@ -255,10 +270,8 @@ def to_plain(value: Any) -> Any:
         if isinstance(v, dict) and type(v) in (dict, OrderedDict) or type(v).__name__ == "AttributeDict":
             key = _ODICT if type(v) is OrderedDict else _DICT
             return {key: [[encode(k), encode(x)] for k, x in v.items()]}
-        if type(v).__module__.startswith("omegaconf"):
-            from omegaconf import OmegaConf
-
-            return encode(OmegaConf.to_container(v, resolve=True))
+        if type(v).__module__.startswith("omegaconf"):  # Hydra's DictConfig/ListConfig: values resolve on access
+            return encode(dict(v.items()) if isinstance(v, Mapping) else list(v))
         if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType)):
             return {_GLOBAL: _name_of(v)}
         if id(v) in memo:

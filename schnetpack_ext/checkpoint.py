@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from energyloss_plugins.checkpoints import NotPlainError, from_plain, load_checkpoint, to_plain
+from energyloss_plugins.checkpoints import NotPlainError, allow_modules, from_plain, load_checkpoint, to_plain
+
+# The tasks' hyperparameters hold SchNetPack modules and this package's outputs and losses.
+allow_modules("schnetpack.", "schnetpack_ext.")
 
 #: Checkpoint key marking hyperparameters saved as a plain description (value: format version).
 PLAIN_HPARAMS_KEY = "energyloss_plain_hparams"
