@@ -55,13 +55,11 @@ class ContextTask(AtomisticTask):
             UntrustedCheckpointError: the file needs a full unpickle and ``trusted`` is False.
             CorruptCheckpointError: the file is truncated or not a checkpoint.
         """
-        if trusted or weights_only is False:
-            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                                strict=strict, weights_only=False, **kwargs)
-        checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
-        kwargs = {**plain_hparams(checkpoint), **kwargs}
+        trusted = trusted or weights_only is False
+        checkpoint = load_checkpoint(checkpoint_path, map_location="cpu", trusted=trusted)
+        kwargs = {**plain_hparams(checkpoint), **kwargs}  # {} for a checkpoint with pickled hyperparameters
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=True, **kwargs)
+                                            strict=strict, weights_only=not trusted, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -225,9 +225,28 @@ def test_our_checkpoint_loads_with_weights_only_and_predicts_as_in_memory(traine
     images = [molecule("CH3OH"), molecule("NH3")]
     expected = predict_structures(trained["task"], images)
     for model in (StructureTask.load_from_checkpoint(trained["ckpt"]), resolve(trained["ckpt"]).model,
-                  trained["ckpt"]):
+                  StructureTask.load_from_checkpoint(trained["ckpt"], trusted=True), trained["ckpt"]):
         for a, b in zip(predict_structures(model, images), expected, strict=True):
             np.testing.assert_allclose(a.positions, b.positions, atol=1e-5)
+
+
+def test_checkpoint_with_pickled_hyperparameters_needs_the_opt_in(trained, tmp_path):
+    """A checkpoint written before plain hyperparameters: identified by its output class, loaded only if trusted."""
+    from energyloss_plugins.adapters import resolve
+    from energyloss_plugins.ase import predict_structures
+    from schnetpack_ext.checkpoint import PLAIN_HPARAMS_KEY
+
+    checkpoint = torch.load(trained["ckpt"], weights_only=True)
+    checkpoint["hyper_parameters"] = from_plain(checkpoint.pop(PLAIN_HPARAMS_KEY) and checkpoint["hyper_parameters"])
+    del checkpoint["energyloss_task_class"]
+    old = str(tmp_path / "old.ckpt")
+    torch.save(checkpoint, old)
+    assert resolve(old, load=False).kind == "structure"
+    with pytest.raises(UntrustedCheckpointError, match="schnetpack"):
+        resolve(old)
+    images = [molecule("NH3")]
+    np.testing.assert_allclose(predict_structures(old, images, trusted=True)[0].positions,
+                               predict_structures(trained["task"], images)[0].positions, atol=1e-5)
 
 
 def test_best_model_needs_the_opt_in_and_then_predicts(trained, tmp_path, capsys):
