@@ -105,7 +105,7 @@ def half_split(out: str) -> str:
     path = os.path.join(out, "half", "split.npz")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        split = np.load(split_path(out))
+        split = np.load(split_path(out), allow_pickle=False)
         train = np.random.default_rng(0).permutation(split["train_idx"])[: len(split["train_idx"]) // 2]
         np.savez(path, train_idx=np.sort(train), val_idx=split["val_idx"], test_idx=split["test_idx"])
     return path
@@ -117,7 +117,7 @@ def training_atoms(db: str, split_file: str, subset: str = "train"):
     from ase import Atoms
     from ase.db import connect
 
-    idx = set(int(i) + 1 for i in np.load(split_file)[f"{subset}_idx"])
+    idx = set(int(i) + 1 for i in np.load(split_file, allow_pickle=False)[f"{subset}_idx"])
     with connect(db) as conn:
         return [Atoms(numbers=row.numbers, positions=row.data["target_positions"])
                 for row in conn.select() if row.id in idx]
@@ -276,7 +276,8 @@ def run_torchmd(args, name, spec, db, smiles) -> dict:
     # TorchMD-Net trains whole epochs: the epoch count whose steps come closest to --steps (reported as run)
     import numpy as np
 
-    batches_per_epoch = math.ceil(len(np.load(split_path(args.out))["train_idx"]) / 64)
+    with np.load(split_path(args.out), allow_pickle=False) as split:
+        batches_per_epoch = math.ceil(len(split["train_idx"]) / 64)
     epochs = max(1, round(args.steps / batches_per_epoch))
     cmd = [os.path.join(BIN, "energyloss-torchmd-train"), "--task", "generation", "--dataset", "EnergyLossDB",
            "--dataset-root", db, "--elements", ELEMENTS.strip("[]"), "--model", "equivariant-transformer",

@@ -145,7 +145,7 @@ def main():
         from torchmdnet_ext.datasets import EnergyLossDB
 
         ds = EnergyLossDB(db)
-        test_rows = np.load(split_file)["test_idx"]
+        test_rows = np.load(split_file, allow_pickle=False)["test_idx"]
         from torch_geometric.loader import DataLoader
 
         b = next(iter(DataLoader([ds[int(i)] for i in ds.dataset_indices(test_rows)], batch_size=10**6)))

@@ -7,7 +7,9 @@ is the framework's name). It implements this protocol (ASE ``Atoms`` in and out,
 - ``identify(source) -> str | None``: the kind of a model object or checkpoint path this adapter
   handles (``"structure"``, ``"diffusion"`` or ``"generation"``), else None. Must not raise for
   foreign objects or files.
-- ``load(path, device="cpu")``: the model of a checkpoint ``identify`` accepted.
+- ``load(path, device="cpu", *, trusted=False)``: the model of a checkpoint ``identify`` accepted, read
+  with ``weights_only=True``; a file that needs a full unpickle raises
+  :class:`~energyloss_plugins.checkpoints.UntrustedCheckpointError` unless ``trusted``.
 - ``predict(model, images, *, batch_size, device, progress) -> list[np.ndarray]``: a structure
   model's predicted positions ``(n_i, 3)``, one array per input, in the model's frame.
 - ``sample_conformers(model, templates, *, steps, method, seed, batch_size, device, progress, **options)
@@ -16,7 +18,9 @@ is the framework's name). It implements this protocol (ASE ``Atoms`` in and out,
   new molecules from a generation model. Both adapters use :func:`generate` here, which calls the
   model's ``sample_molecules`` (the method every generation model has).
 
-Only load checkpoints you trust: they are full pickles (:func:`read_checkpoint`).
+Identifying a path runs no code from the file: adapters read it with :func:`read_checkpoint`
+(``weights_only=True``) or :func:`~energyloss_plugins.checkpoints.peek_checkpoint` (the names a
+pickle refers to, without unpickling it). A full unpickle happens only in ``load`` with ``trusted=True``.
 
 Discovery reads the installed distribution's entry points; a source checkout whose installed
 metadata predates an adapter (an editable install not re-run after ``pyproject.toml`` changed)
@@ -99,16 +103,21 @@ class Resolved:
     model: Any
 
 
-def resolve(source: Any, framework: str | None = None, *, device: str = "cpu", load: bool = True) -> Resolved:
+def resolve(source: Any, framework: str | None = None, *, device: str = "cpu", load: bool = True,
+            trusted: bool = False) -> Resolved:
     """Find the adapter that handles ``source`` (a model object or a checkpoint path) and load it.
 
     Args:
         source: a model object of an adapter, or a path to one of its checkpoints.
         framework: an adapter name, to skip detection (and to get its error for a foreign ``source``).
         device: where a checkpoint is loaded.
-        load: load a checkpoint path (False: ``model`` is the path itself).
+        load: load a checkpoint path (False: ``model`` is the path itself; nothing is unpickled).
+        trusted: allow a full unpickle of the checkpoint (SchNetPack's ``best_model``, old checkpoints):
+            it can run code from the file, so only for files you made or trust.
 
     Raises:
+        UntrustedCheckpointError: the checkpoint needs a full unpickle and ``trusted`` is False.
+        CorruptCheckpointError: the path is not a readable checkpoint (truncated, corrupt, other format).
         ValueError: no registered adapter recognises ``source`` (the message lists the adapters,
             the kinds they handle and the ones that are not installed).
         FileNotFoundError: ``source`` is a path that does not exist.
@@ -129,8 +138,19 @@ def resolve(source: Any, framework: str | None = None, *, device: str = "cpu", l
             continue
         kind = adapter.identify(source)
         if kind is not None:
-            model = adapter.load(source, device=device) if load and isinstance(source, str) else source
+            if not (load and isinstance(source, str)):
+                return Resolved(name, adapter, kind, source)
+            # Only the opt-in is passed on, so adapters written before it keep working.
+            model = adapter.load(source, device=device, **({"trusted": True} if trusted else {}))
             return Resolved(name, adapter, kind, model)
+    if isinstance(source, str):
+        from energyloss_plugins.checkpoints import UntrustedCheckpointError, load_checkpoint
+
+        try:  # a corrupt file or a foreign pickle is named as such, not as "not recognised"
+            load_checkpoint(source)
+        except UntrustedCheckpointError:
+            if not trusted:
+                raise
     what = f"checkpoint {source!r}" if isinstance(source, str) else f"a {type(source).__name__}"
     lines = [f"No adapter recognises {what}."]
     if framework is not None:
@@ -144,17 +164,15 @@ def resolve(source: Any, framework: str | None = None, *, device: str = "cpu", l
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """The unpickled content of a checkpoint file (``torch.load``, full pickle), or None if unreadable.
+    """The content of a checkpoint file read with ``weights_only=True``, or None if unreadable or if it
+    needs a full unpickle (nothing from the file is executed).
 
     For adapters' ``identify``: a file another framework wrote, or one whose classes are not
     importable, is simply not theirs.
     """
-    import torch
+    from energyloss_plugins.checkpoints import peek_checkpoint
 
-    try:
-        return torch.load(os.fspath(path), map_location="cpu", weights_only=False)
-    except Exception:  # any unreadable file is "not recognised", never an error of identify
-        return None
+    return peek_checkpoint(path)[0]
 
 
 def generate(model: Any, n: int, *, steps: int = 500, method: str | None = None, seed: int | None = None,

@@ -1,7 +1,7 @@
 """``energyloss-sample``: structures out of a trained checkpoint of any registered adapter, without Python.
 
     energyloss-sample gen.ckpt -n 1000 -o samples.db                 # generation: N new molecules
-    energyloss-sample best_model --inputs mmff.xyz -o predicted.extxyz # structure: predicted geometries
+    energyloss-sample last.ckpt --inputs mmff.xyz -o predicted.extxyz  # structure: predicted geometries
     energyloss-sample diff.ckpt --inputs mols.xyz -n 5 -o confs.xyz    # diffusion: 5 conformers per molecule
 
 The checkpoint's adapter (SchNetPack, TorchMD-Net) and kind (structure, diffusion, generation) are
@@ -10,6 +10,12 @@ found through :mod:`energyloss_plugins.adapters`. The output format follows the 
 temporary file beside it and renamed, so an interrupted run leaves no partial file, and an existing
 file is only replaced with ``--overwrite``. Exit status 2 for usage errors (missing file, unknown
 checkpoint, framework not installed), with a one-line message.
+
+Safe to open: checkpoints are read with ``weights_only=True`` (tensors, numbers, strings; the
+SchNetPack tasks' model description is rebuilt from an allow-list of classes), so a file cannot run
+code. A file that needs a full unpickle (SchNetPack's ``best_model``, a checkpoint from elsewhere)
+is refused unless you pass ``--trust-checkpoint``: that unpickles it, which can run any code in it,
+so use it only for files you made or trust.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"adapter name, to skip detection (registered: {', '.join(adapter_names())})")
     p.add_argument("--no-align", action="store_true", help="structure model: keep predictions in the model's frame")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a full unpickle of the checkpoint (best_model, old or foreign files): it can run "
+                   "code from the file; only for files you made or trust")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace) -> list:
     if args.num is not None and args.num < 1:
         raise UsageError(f"-n must be a positive count, got {args.num}.")
     try:
-        resolved = resolve(args.checkpoint, args.framework, device=args.device)
+        resolved = resolve(args.checkpoint, args.framework, device=args.device, trusted=args.trust_checkpoint)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
     except ValueError as err:

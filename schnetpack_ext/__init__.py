@@ -24,7 +24,7 @@ require("schnetpack", "schnetpack_ext (the SchNetPack adapter)", "schnetpack")
 
 from energyloss_plugins.ase import predict_structures  # noqa: E402  (the one implementation; finds this adapter)
 from schnetpack_ext.adapter import load_structure_model  # noqa: E402
-from schnetpack_ext.checkpoint import TrustedCheckpointIO  # noqa: E402
+from schnetpack_ext.checkpoint import SafeCheckpointIO, TrustedCheckpointIO  # noqa: E402
 from schnetpack_ext.generation import (  # noqa: E402
     GenerationOutput,
     GenerationTask,
@@ -46,7 +46,8 @@ CONFIG_PACKAGE = "schnetpack_ext.configs"
 
 __all__ = [
     "CONFIG_PACKAGE", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "GenerationOutput", "GenerationTask",
-    "PositionHead", "RotateTarget", "TypeFeatureEmbedding", "TypeNoiseHead", "load_generation_model",
+    "PositionHead", "RotateTarget", "SafeCheckpointIO", "TypeFeatureEmbedding", "TypeNoiseHead",
+    "load_generation_model",
     "StructureOutput", "StructureTask", "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list",
     "load_structure_model", "predict_structures", "register_resolvers",
 ]

@@ -23,14 +23,15 @@ from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask
 from tqdm.auto import tqdm
 
-from energyloss_plugins.adapters import generate, read_checkpoint
-from schnetpack_ext.generation import GenerationOutput, GenerationTask
-from schnetpack_ext.outputs import DiffusionOutput, StructureOutput
+from energyloss_plugins.adapters import generate
+from energyloss_plugins.checkpoints import load_checkpoint, peek_checkpoint, pickle_globals
+from schnetpack_ext.generation import GenerationTask
 from schnetpack_ext.tasks import TASK_CLASS_KEY, DiffusionTask, StructureTask
 
-#: Task classes of checkpoints written before they recorded their class, by output type.
-# Checkpoints written before the task class was recorded (TASK_CLASS_KEY) are recognised by their outputs.
-_TASK_OF_OUTPUT = {StructureOutput: StructureTask, DiffusionOutput: DiffusionTask, GenerationOutput: GenerationTask}
+#: Kinds of pickled Lightning checkpoints (written before plain hyperparameters), by the output class they name.
+_KIND_OF_OUTPUT = {"schnetpack_ext.outputs.StructureOutput": "structure",
+                   "schnetpack_ext.outputs.DiffusionOutput": "diffusion",
+                   "schnetpack_ext.generation.GenerationOutput": "generation"}
 
 
 def _kind_of_task(cls: type) -> str:
@@ -48,20 +49,34 @@ def _task_class(checkpoint: dict) -> type | None:
         module, _, qualname = name.rpartition(".")
         cls = getattr(importlib.import_module(module), qualname, None)
         return cls if isinstance(cls, type) and issubclass(cls, AtomisticTask) else None
-    outputs = (checkpoint.get("hyper_parameters") or {}).get("outputs") or []
-    for output in outputs:
-        for output_cls, task_cls in _TASK_OF_OUTPUT.items():
-            if isinstance(output, output_cls):
-                return task_cls
     return None
 
 
-def identify(source: Any) -> str | None:
-    """``structure``/``diffusion``/``generation`` for a SchNetPack task, model or checkpoint path; else None."""
-    if isinstance(source, (str, os.PathLike)):
-        content = read_checkpoint(source)
-        if isinstance(content, AtomisticModel):
+def _pickled_kind(names: list[str]) -> str | None:
+    """The kind of a file that needs a full unpickle, from the globals its pickle names (nothing is unpickled):
+    a ``best_model`` (its first global, the top-level object, is an ``AtomisticModel``) or an old task checkpoint."""
+    if names and names[0].startswith("schnetpack."):
+        module, _, qualname = names[0].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), qualname, None)
+        except ImportError:
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, AtomisticModel):
             return "structure"
+    kinds = {_KIND_OF_OUTPUT[n] for n in names if n in _KIND_OF_OUTPUT}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def identify(source: Any) -> str | None:
+    """``structure``/``diffusion``/``generation`` for a SchNetPack task, model or checkpoint path; else None.
+
+    A path is read with ``weights_only=True`` or, for a file that needs a full unpickle, only by the
+    names its pickle refers to: identifying runs no code from the file.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        content, names = peek_checkpoint(source)
+        if content is None:
+            return _pickled_kind(names)
         if isinstance(content, dict) and "state_dict" in content:
             cls = _task_class(content)
             return None if cls is None else _kind_of_task(cls)
@@ -73,20 +88,30 @@ def identify(source: Any) -> str | None:
     return None
 
 
-def load(path: str, device: str | torch.device = "cpu") -> Any:
-    """The task of a Lightning checkpoint, or the model of a ``best_model`` file."""
-    content = read_checkpoint(path)
+def load(path: str, device: str | torch.device = "cpu", *, trusted: bool = False) -> Any:
+    """The task of a Lightning checkpoint, or the model of a ``best_model`` file.
+
+    Read with ``weights_only=True``; a ``best_model`` (``torch.save`` of the whole model) or an old
+    checkpoint needs ``trusted=True`` (a full unpickle: only for files you made or trust).
+
+    Raises:
+        UntrustedCheckpointError: the file needs a full unpickle and ``trusted`` is False.
+    """
+    content = load_checkpoint(path, map_location="cpu", trusted=trusted)
     if isinstance(content, AtomisticModel):
         return content.to(device)
     cls = _task_class(content) if isinstance(content, dict) else None
+    if cls is None and trusted and isinstance(content, dict):
+        kinds = {"structure": StructureTask, "diffusion": DiffusionTask, "generation": GenerationTask}
+        cls = kinds.get(_pickled_kind(pickle_globals(path)))
     if cls is None:
         raise ValueError(f"{path} is not a schnetpack_ext checkpoint or best_model file.")
-    return cls.load_from_checkpoint(os.fspath(path), map_location=device)
+    return cls.load_from_checkpoint(os.fspath(path), map_location=device, trusted=trusted)
 
 
-def load_structure_model(path: str, device: str = "cpu") -> AtomisticModel:
-    """The network of a structure ``best_model`` file or ``StructureTask`` checkpoint (``*.ckpt``)."""
-    model = load(path, device)
+def load_structure_model(path: str, device: str = "cpu", *, trusted: bool = False) -> AtomisticModel:
+    """The network of a structure ``best_model`` file (needs ``trusted=True``) or ``StructureTask`` checkpoint."""
+    model = load(path, device, trusted=trusted)
     return getattr(model, "model", model)
 
 

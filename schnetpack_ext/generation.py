@@ -197,6 +197,7 @@ class GenerationTask(ContextTask):
             log.info("atom counts of %d training molecules: %s", len(counts), self.atom_counts)
 
     def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
         if self.atom_counts is not None:
             self.atom_counts.save_to(checkpoint)
 
@@ -278,10 +279,15 @@ class GenerationTask(ContextTask):
             self.model.do_postprocessing = pp
 
 
-def load_generation_model(checkpoint: str, map_location: str = "cpu", use_ema: bool = True) -> GenerationTask:
+def load_generation_model(checkpoint: str, map_location: str = "cpu", use_ema: bool = True, *,
+                          trusted: bool = False) -> GenerationTask:
     """A :class:`GenerationTask` from a Lightning checkpoint, in eval mode, with the EMA weights when it holds them
-    (see :func:`schnetpack_ext.checkpoint.apply_ema_weights`). Only load checkpoints you trust (full pickle)."""
-    task = GenerationTask.load_from_checkpoint(checkpoint, map_location=map_location)
+    (see :func:`schnetpack_ext.checkpoint.apply_ema_weights`).
+
+    The file is read with ``weights_only=True``; ``trusted=True`` allows a full unpickle (a checkpoint
+    written before plain hyperparameters): only for files you made or trust.
+    """
+    task = GenerationTask.load_from_checkpoint(checkpoint, map_location=map_location, trusted=trusted)
     if use_ema:
-        apply_ema_weights(task, checkpoint)
+        apply_ema_weights(task, checkpoint, trusted=trusted)
     return task.eval()

@@ -26,8 +26,10 @@ from schnetpack.model.base import AtomisticModel
 from schnetpack.task import AtomisticTask, ModelOutput
 from torch import nn
 
+from energyloss_plugins.checkpoints import load_checkpoint
 from energyloss_plugins.layouts import flat_numbers
 from energyloss_plugins.metrics.epoch import StructureMetrics
+from schnetpack_ext.checkpoint import plain_hparams, save_plain_hparams
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.outputs import BATCH_CONTEXT, DiffusionOutput, StructureOutput
 
@@ -41,16 +43,28 @@ class ContextTask(AtomisticTask):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: bool | None = None, **kwargs):
-        """As Lightning's, but a full pickle by default (SchNetPack tasks store modules as hyperparameters;
-        see :mod:`schnetpack_ext.checkpoint`). Only load checkpoints you trust."""
+                             weights_only: bool | None = None, *, trusted: bool = False, **kwargs):
+        """As Lightning's, reading the file with ``weights_only=True``: the model and outputs are rebuilt from
+        the plain description the task saved (see :mod:`schnetpack_ext.checkpoint`).
+
+        Args:
+            trusted: allow a full unpickle (checkpoints from before that format, or holding classes outside
+                the allow-list): only for files you made or trust; it can run code from the file.
+
+        Raises:
+            UntrustedCheckpointError: the file needs a full unpickle and ``trusted`` is False.
+            CorruptCheckpointError: the file is truncated or not a checkpoint.
+        """
+        trusted = trusted or weights_only is False
+        checkpoint = load_checkpoint(checkpoint_path, map_location="cpu", trusted=trusted)
+        kwargs = {**plain_hparams(checkpoint), **kwargs}  # {} for a checkpoint with pickled hyperparameters
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=False if weights_only is None else weights_only,
-                                            **kwargs)
+                                            strict=strict, weights_only=not trusted, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        save_plain_hparams(checkpoint)  # so the file loads with weights_only=True
 
     _batch: dict[str, torch.Tensor] | None = None
     _extra_targets: dict[str, Any] | None = None

@@ -55,7 +55,8 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("which", ["ckpt", "best_model"])
 def test_structure_checkpoint_predictions_match_the_model_in_memory(trained, tmp_path, which):
     out = str(tmp_path / "pred.extxyz")
-    assert main([trained[which], "--inputs", trained["inputs"], "-o", out, "--quiet"]) == 0
+    trust = ["--trust-checkpoint"] if which == "best_model" else []  # a whole pickled model: the opt-in
+    assert main([trained[which], "--inputs", trained["inputs"], "-o", out, "--quiet", *trust]) == 0
     written = read(out, index=":")
     expected = predict_structures(trained["task"], trained["images"])
     assert len(written) == len(expected) == 5
@@ -154,6 +155,7 @@ def test_console_script_entry_point_runs(trained, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "energyloss_plugins.sample_cli", trained["best_model"], "--inputs",
-                           trained["inputs"], "-o", out, "--quiet"], capture_output=True, text=True, env=env)
+                           trained["inputs"], "-o", out, "--quiet", "--trust-checkpoint"], capture_output=True,
+                          text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 5 structures" in proc.stdout and len(read(out, index=":")) == 5

@@ -71,7 +71,7 @@ def test_spktrain_one_epoch_with_plugin_experiment(db, tmp_path, loss):
     assert task.outputs[0].loss_fn.loss_name == loss
     with connect(db) as conn:
         atoms = [row.toatoms() for row in conn.select(limit=4)]
-    for model in (task, str(run_dir / "best_model")):
-        predicted = predict_structures(model, atoms)
+    for model, trusted in ((task, False), (str(run_dir / "best_model"), True)):  # best_model: a whole-model pickle
+        predicted = predict_structures(model, atoms, trusted=trusted)
         assert [len(a) for a in predicted] == [len(a) for a in atoms]
         assert all(torch.isfinite(torch.as_tensor(a.positions)).all() for a in predicted)

@@ -317,12 +317,12 @@ def test_ddp_two_processes_agree_with_one(db_path, tmp_path):
     two = _train(
         tmp_path, db_path, "two", batch_size=n_train // 2, epochs=2, precision=64, extra=[*extra, "--ngpus", "2"]
     )
-    sd1 = torch.load(_ckpt(one, 1), map_location="cpu", weights_only=False)["state_dict"]
-    sd2 = torch.load(_ckpt(two, 1), map_location="cpu", weights_only=False)["state_dict"]
+    sd1 = torch.load(_ckpt(one, 1), map_location="cpu", weights_only=True)["state_dict"]
+    sd2 = torch.load(_ckpt(two, 1), map_location="cpu", weights_only=True)["state_dict"]
     assert sd1.keys() == sd2.keys()
     for key in sd1:
         assert torch.allclose(sd1[key], sd2[key], rtol=1e-7, atol=1e-9), key
-    init = torch.load(_ckpt(one, 0), map_location="cpu", weights_only=False)["state_dict"]
+    init = torch.load(_ckpt(one, 0), map_location="cpu", weights_only=True)["state_dict"]
     moved = sum(not torch.equal(init[k], sd1[k]) for k in sd1)
     assert moved > 0
     train1 = [float(r["train_total_energy_loss"]) for r in _metrics(one) if r.get("train_total_energy_loss")]

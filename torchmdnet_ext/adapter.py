@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from energyloss_plugins.adapters import generate, read_checkpoint
 from energyloss_plugins.ase import atoms_to_batch, batch_to_atoms
+from energyloss_plugins.checkpoints import load_checkpoint, weights_only_loads
 from energyloss_plugins.layouts import flat_numbers
 from energyloss_plugins.tasks import DiffusionObjective
 from torchmdnet_ext import heads
@@ -50,18 +51,21 @@ def identify(source: Any) -> str | None:
     return _KIND_OF_HEAD.get(type(getattr(source, "output_model", None)))
 
 
-def load_position_model(path: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The TorchMD-Net network (``PositionOutput``/``NoiseOutput`` head) of a ``torchmdnet_ext`` checkpoint."""
+def load_position_model(path: str, device: str | torch.device = "cpu", *, trusted: bool = False) -> torch.nn.Module:
+    """The TorchMD-Net network (``PositionOutput``/``NoiseOutput`` head) of a ``torchmdnet_ext`` checkpoint,
+    read with ``weights_only=True`` (``trusted=True``: a full unpickle, only for files you trust)."""
     from torchmdnet.models.model import load_model
 
-    hparams = prepare_hparams(torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"])
-    return load_model(path, args=hparams, device=device)
+    hparams = prepare_hparams(load_checkpoint(path, trusted=trusted)["hyper_parameters"])
+    with weights_only_loads(not trusted):  # upstream's load_model asks torch.load for a full unpickle
+        return load_model(os.fspath(path), args=hparams, device=device)
 
 
-def load(path: str, device: str | torch.device = "cpu") -> PositionLNNP:
+def load(path: str, device: str | torch.device = "cpu", *, trusted: bool = False) -> PositionLNNP:
     """The :class:`~torchmdnet_ext.PositionLNNP` of a checkpoint (``hyper_parameters`` + ``state_dict``, as
-    Lightning writes them), with its objective: structure, diffusion or generation task."""
-    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+    Lightning writes them), with its objective: structure, diffusion or generation task. Read with
+    ``weights_only=True`` (``trusted=True``: a full unpickle, only for files you trust)."""
+    checkpoint = load_checkpoint(path, trusted=trusted)
     module = PositionLNNP(checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)  # what Lightning's loader also restores (generation: atom counts)

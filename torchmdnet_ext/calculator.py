@@ -11,12 +11,16 @@ converted to eV, molecules without a charge entry, and :meth:`~TorchMDNetCalcula
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from torch import Tensor
 from torchmdnet.calculators import TMDNETCalculator
+
+from energyloss_plugins.checkpoints import load_checkpoint, weights_only_loads
 
 
 def energy_unit_factor(unit: str | float) -> float:
@@ -43,11 +47,14 @@ class TorchMDNetCalculator(TMDNETCalculator):
 
     Args:
         model: a ``torchmdnet.models.model.TorchMD_Net`` module or a checkpoint path (loaded by
-            upstream's ``TMDNETCalculator``, i.e. ``load_model(path, derivative=False, ...)``).
+            upstream's ``TMDNETCalculator``, i.e. ``load_model(path, derivative=False, ...)``, with
+            ``weights_only=True``).
             The model maps ``(z, pos, batch, q=...)`` to ``(energy (1, 1), forces or None)``.
         energy_unit: the model's energy unit (``eV``, ``kcal/mol``, ``kJ/mol``, ``Hartree`` or a
             factor to eV); positions are assumed in Å.
         dtype, device: evaluation precision and device.
+        trusted: allow a full unpickle of a checkpoint path (it can run code from the file: only for
+            files you made or trust).
         **kwargs: passed to upstream's checkpoint loading (paths only).
 
     Implemented properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å); ``get_hessian(atoms)``
@@ -59,9 +66,11 @@ class TorchMDNetCalculator(TMDNETCalculator):
     name = "torchmdnet"
 
     def __init__(self, model, energy_unit: str | float = "eV", dtype: torch.dtype = torch.float64,
-                 device: str | torch.device = "cpu", **kwargs):
-        if isinstance(model, str):
-            super().__init__(model, device=device, dtype=dtype, **kwargs)
+                 device: str | torch.device = "cpu", *, trusted: bool = False, **kwargs):
+        if isinstance(model, (str, os.PathLike)):
+            load_checkpoint(model, trusted=trusted)  # a refused or corrupt file is named as such
+            with weights_only_loads(not trusted):  # upstream's load_model asks torch.load for a full unpickle
+                super().__init__(os.fspath(model), device=device, dtype=dtype, **kwargs)
         elif isinstance(model, torch.nn.Module):
             Calculator.__init__(self)
             self.model = model

@@ -128,6 +128,9 @@ def get_argparse() -> argparse.ArgumentParser:
                        help="task generation: weight of the positional loss term against the type term.")
     group.add_argument("--sampling-steps", default=PLUGIN_DEFAULTS["sampling_steps"], type=int,
                        help="Denoising steps used by predict_step (diffusion).")
+    group.add_argument("--trust-checkpoint", action="store_true",
+                       help="allow --load-model/--load-weights files that need a full unpickle (it can run code from "
+                            "the file; only for files you made or trust). Default: read with weights_only=True.")
     group.add_argument("--log-structure-metrics", default=PLUGIN_DEFAULTS["log_structure_metrics"], type=_bool,
                        help="Log aligned RMSD, bond-length MAE and stability in validation/test (structure task).")
     return parser
@@ -145,6 +148,14 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
         args = argparse.Namespace(**prepare_hparams(args))
     args.checkpoint_monitor = args.checkpoint_monitor or f"val_total_{args.train_loss}"
     args.early_stopping_monitor = args.early_stopping_monitor or args.checkpoint_monitor
+    from energyloss_plugins.checkpoints import load_checkpoint
+
+    for option, path in (("--load-model", args.load_model), ("--load-weights", args.load_weights)):
+        if path:  # refused (needs a full unpickle) or corrupt files are named here, before any work
+            try:
+                load_checkpoint(path, trusted=args.trust_checkpoint)
+            except FileNotFoundError as err:
+                raise ValueError(f"{option}: {err}") from None
     if args.num_epochs < args.save_interval:
         raise ValueError(f"num_epochs ({args.num_epochs}) < save_interval ({args.save_interval}): no checkpoint would "
                          "be written, and the test run after training loads the best one; lower save_interval.")
@@ -194,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from torchmdnet_ext.module import PositionLNNP
 
         hooks.update(LNNP=PositionLNNP, DataModule=PositionDataModule)
+    if args.trust_checkpoint:  # upstream's loads default to weights_only=True; the opt-in lifts that for this run
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     with _substituted(upstream, **hooks):
         upstream.main()
     return 0

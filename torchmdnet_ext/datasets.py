@@ -181,21 +181,33 @@ def write_position_hdf5(db_path: str, h5_path: str, input_kinds: Sequence[str] |
 DATASETS = {"EnergyLossDB": EnergyLossDB, "PositionHDF5": PositionHDF5}
 
 
+def _indices(z, key: str, split_file: str) -> np.ndarray:
+    """Array ``key`` of an opened split npz; object arrays (pickles) are refused, never loaded."""
+    try:
+        return z[key]
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise ValueError(f"{split_file}: {key} holds pickled Python objects (loading them could run code); a split "
+                         "file holds integer index arrays, as energyloss-data writes them.") from None
+
+
 def convert_split(dataset, split_file: str, out_file: str) -> str:
     """Write TorchMD-Net's ``idx_train/idx_val/idx_test`` npz for ``dataset`` from a split file.
 
     Accepts the builder's ``train_idx/val_idx/test_idx`` (0-based source rows, mapped through the
     dataset's row filter) or TorchMD-Net's own keys (dataset indices, copied).
     """
-    with np.load(split_file, allow_pickle=True) as z:
+    with np.load(split_file, allow_pickle=False) as z:  # a split file is data: never unpickled
         keys = set(z.files)
         if {"idx_train", "idx_val", "idx_test"} <= keys:
-            parts = [np.asarray(z[k], dtype=np.int64) for k in ("idx_train", "idx_val", "idx_test")]
+            parts = [np.asarray(_indices(z, k, split_file), dtype=np.int64)
+                     for k in ("idx_train", "idx_val", "idx_test")]
         elif {"train_idx", "val_idx", "test_idx"} <= keys:
             if not hasattr(dataset, "dataset_indices"):
                 raise ValueError(f"{split_file} holds source row indices (train_idx, ...); the dataset "
                                  f"{type(dataset).__name__} cannot map them; give idx_train/idx_val/idx_test.")
-            parts = [dataset.dataset_indices(z[k]) for k in ("train_idx", "val_idx", "test_idx")]
+            parts = [dataset.dataset_indices(_indices(z, k, split_file)) for k in ("train_idx", "val_idx", "test_idx")]
         else:
             raise ValueError(f"{split_file} has keys {sorted(keys)}; expected train_idx/val_idx/test_idx "
                              "(energyloss-data) or idx_train/idx_val/idx_test (TorchMD-Net).")

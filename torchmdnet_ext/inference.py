@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from energyloss_plugins.checkpoints import load_checkpoint
 from energyloss_plugins.tasks import DiffusionObjective
 from torchmdnet_ext.heads import denoiser
 from torchmdnet_ext.module import PositionLNNP, make_objective, prepare_hparams
 
 
-def objective_from_checkpoint(path: str) -> DiffusionObjective:
-    """The diffusion objective (parameterisation, schedule) a checkpoint was trained with."""
-    hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+def objective_from_checkpoint(path: str, *, trusted: bool = False) -> DiffusionObjective:
+    """The diffusion objective (parameterisation, schedule) a checkpoint was trained with (read with
+    ``weights_only=True``; ``trusted=True``: a full unpickle, only for files you trust)."""
+    hparams = load_checkpoint(path, trusted=trusted)["hyper_parameters"]
     h = prepare_hparams(hparams)
     if h["task"] != "diffusion":
         raise ValueError(f"{path} was trained on task {h['task']!r}, not diffusion.")
@@ -49,14 +51,15 @@ def predict_positions(model, z: Tensor, pos: Tensor, batch: Tensor | None = None
     return y
 
 
-def load_generation_model(checkpoint: str, map_location: str = "cpu"):
+def load_generation_model(checkpoint: str, map_location: str = "cpu", *, trusted: bool = False):
     """A trained ``task: generation`` :class:`~torchmdnet_ext.PositionLNNP` from its checkpoint, in eval mode.
 
     The checkpoint holds everything sampling needs (elements, schedule, atom-count histogram):
-    ``load_generation_model(path).sample_molecules(1000, steps=500, seed=0)``. Only load checkpoints
-    you trust (Lightning unpickles the hyper-parameters).
+    ``load_generation_model(path).sample_molecules(1000, steps=500, seed=0)``. The file is read with
+    ``weights_only=True``; ``trusted=True`` allows a full unpickle (only for files you made or trust).
     """
-    module = PositionLNNP.load_from_checkpoint(checkpoint, map_location=map_location)
+    load_checkpoint(checkpoint, trusted=trusted)  # a refused file is named with the opt-in
+    module = PositionLNNP.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=not trusted)
     if module.hparams.task != "generation":
         raise ValueError(f"{checkpoint} was trained on task {module.hparams.task!r}, not generation.")
     return module.eval()

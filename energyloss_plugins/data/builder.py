@@ -494,7 +494,7 @@ def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
 
 def _is_split_file(path: str) -> bool:
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return {"train_idx", "val_idx", "test_idx"} <= set(z.files)
     except Exception:
         return False
@@ -886,7 +886,7 @@ def _ensure_split(out: str, split_path: str, s: BuildSettings) -> None:
     mol_ids = np.array([r.key_value_pairs["mol_id"] for r in db.select(sort="id", include_data=False)], dtype=np.int64)
     split = split_molecules(mol_ids, s.split, s.seed)
     if _is_split_file(split_path):
-        with np.load(split_path) as z:
+        with np.load(split_path, allow_pickle=False) as z:
             if all(np.array_equal(z[k], split[k]) for k in split):
                 return
     _atomic_savez(split_path, **split)
@@ -901,7 +901,7 @@ def _fill_report_from_meta(report: BuildReport, meta: dict[str, Any]) -> None:
     report.skipped = meta.get("skipped", {})
     report.input_failures = meta.get("input_failures", {})
     try:
-        with np.load(report.split_file) as z:
+        with np.load(report.split_file, allow_pickle=False) as z:
             report.n_train, report.n_val, report.n_test = (len(z[k]) for k in ("train_idx", "val_idx", "test_idx"))
     except Exception:
         pass

@@ -173,7 +173,7 @@ def read_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """``train_idx``, ``val_idx``, ``test_idx`` (0-based row indices) from a split file (``<name>.split.npz``)."""
     keys = ("train_idx", "val_idx", "test_idx")
     try:
-        with np.load(os.fspath(path)) as z:
+        with np.load(os.fspath(path), allow_pickle=False) as z:
             if not set(keys) <= set(z.files):
                 raise ValueError(f"split file {path} has keys {sorted(z.files)}; expected {', '.join(keys)}.")
             return {k: np.asarray(z[k], dtype=np.int64) for k in keys}

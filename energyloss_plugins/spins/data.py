@@ -73,7 +73,7 @@ def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
 
 def _load(path: Path, L: int, n: int, seed: int, boundary: str) -> SpinGlassDataset | None:
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             meta = tuple(int(v) for v in z["meta"])
             if meta != (_FORMAT_VERSION, L, n, seed) or str(z["boundary"]) != boundary:
                 return None

@@ -66,7 +66,7 @@ def main(argv=None):
                "input geometry (no model)": evaluate(flat["positions"], flat)}
     inputs = [Atoms(numbers=r.numbers.numpy(), positions=r.positions.numpy()) for r in records]
     for loss, run_dir in runs.items():
-        predicted = predict_structures(os.path.join(run_dir, "best_model"), inputs)
+        predicted = predict_structures(os.path.join(run_dir, "best_model"), inputs, trusted=True)  # trained above
         results[f"PaiNN + {loss}"] = evaluate(torch.as_tensor(np.concatenate([a.positions for a in predicted])), flat)
     text = table(results)
     print("\n" + text)
