@@ -72,7 +72,7 @@ def checkpoint(args, name: str, step: int) -> str:
 
 def train(args, name, loss, lr, n_rbf, steps, db, resume_from=None, wait=True):
     """Start (or resume) one spktrain run; returns the Popen (wait=False) or None when already done."""
-    _wait_for_earlier(name)
+    _wait_for_earlier(args, name)
     if os.path.exists(checkpoint(args, name, steps)):
         return None
     run_dir = os.path.join(args.out, "runs", name)
@@ -93,9 +93,9 @@ def train(args, name, loss, lr, n_rbf, steps, db, resume_from=None, wait=True):
     return proc
 
 
-def _wait_for_earlier(name: str) -> None:
+def _wait_for_earlier(args, name: str) -> None:
     """Wait for a training of this run that an interrupted instance of this script left running."""
-    pattern = f"run.id={name} "
+    pattern = f"run.path={os.path.join(args.out, 'runs')} run.id={name} "
     while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
         time.sleep(30)
 
