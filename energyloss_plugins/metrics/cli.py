@@ -180,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="molecules to compare distributions with (default: the --train set): Wasserstein-1 "
                         "distances of bond lengths per bond type (Å), bond angles and dihedrals (degrees), radii "
                         "of gyration (Å), and FCD; an energyloss-data database gives its train split's targets")
-    p.add_argument("--no-fcd", action="store_true", help="skip the Fréchet ChemNet distance (~20 molecules/s per core)")
+    p.add_argument("--no-fcd", action="store_true",
+                   help="skip the Fréchet ChemNet distance (ChemNet runs on every valid SMILES of both sets)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N molecules")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON ('-': stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

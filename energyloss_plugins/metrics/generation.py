@@ -139,8 +139,8 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         reference: the molecules to compare distributions with (usually the training molecules), or
             their :func:`~energyloss_plugins.metrics.distributions.profile` (made once, reused for
             several sample sets); None: the distances and ``fcd`` are None.
-        fcd: compute the Fréchet ChemNet distance (needs the ``fcd`` package, ``[metrics]`` extra; about
-            20 molecules per second on one CPU core).
+        fcd: compute the Fréchet ChemNet distance (needs the ``fcd`` package, ``[metrics]`` extra; ChemNet
+            takes about 3 ms of CPU per SMILES).
         chunk_size: molecules evaluated together (memory of the all-pairs distances).
         progress: show a progress bar.
 
