@@ -25,7 +25,7 @@ def nci_conformers(n: int = 120, max_heavy: int = 9, seed: int = 0) -> tuple:
             with chem.rdkit_quiet():
                 mol = Chem.MolFromSmiles(smiles)
             if (mol is None or "." in smiles or mol.GetNumHeavyAtoms() > max_heavy or Chem.GetFormalCharge(mol)
-                    or any(a.GetSymbol() not in "CNOF" or a.GetFormalCharge() for a in mol.GetAtoms())):
+                    or any(a.GetSymbol() not in {"C", "N", "O", "F"} or a.GetFormalCharge() for a in mol.GetAtoms())):
                 continue
             mol = Chem.AddHs(mol)
             try:
