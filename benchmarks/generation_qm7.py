@@ -11,7 +11,8 @@
    parallel with one torch thread each;
 3. samples ``--samples`` molecules per run from the EMA weights at the last step (saved as
    ``runs/<run>/samples.extxyz``) and evaluates them (atom/molecule stability, validity,
-   uniqueness, novelty against the training split);
+   uniqueness, novelty against the training split; connectivity; Wasserstein-1 distances of bond
+   lengths, angles, dihedrals and radii of gyration to the training molecules, and FCD);
 4. learning curves (molecule and atom stability against step) from the checkpoints every
    ``steps/4`` of the seed-0 energy and mse runs; the conformer-diffusion (atoms given) MSE vs
    energy at the same steps (benchmarks/schnetpack_diffusion_qm7.py); TorchMD-Net runs when
@@ -155,13 +156,22 @@ def _flat(atoms_list):
     return numbers, positions, batch
 
 
-def evaluate(atoms_list, smiles=None) -> dict:
-    """EDM's metrics of the samples (:func:`energyloss_plugins.metrics.generation_metrics`; molecules
-    with non-finite positions from a diverged sampler count as unstable and invalid, ``non_finite``)."""
+def reference_profile(db: str, split_file: str):
+    """Geometry and SMILES profile of the training molecules, the reference of the distribution distances."""
+    from energyloss_plugins.metrics import profile
+
+    return profile(training_atoms(db, split_file))
+
+
+def evaluate(atoms_list, smiles=None, reference=None) -> dict:
+    """The metrics of the samples (:func:`energyloss_plugins.metrics.generation_metrics`: EDM's four and
+    novelty, connectivity, and with ``reference`` the Wasserstein-1 geometry distances and FCD to it;
+    molecules with non-finite positions from a diverged sampler count as unstable and invalid)."""
     from energyloss_plugins.metrics import generation_metrics
 
-    values = generation_metrics(atoms_list, train_smiles=set(smiles) if smiles is not None else None)
-    return {k: (float(v) if v is not None else None) for k, v in values.items()}
+    values = generation_metrics(atoms_list, train_smiles=set(smiles) if smiles is not None else None,
+                                reference=reference)
+    return {k: float(v) if isinstance(v, int | float) else v for k, v in values.items()}
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -225,7 +235,7 @@ def sample_run(args, name: str, checkpoint: str, n: int, path: str, seed: int = 
     return round(time.time() - start, 1)
 
 
-def run_generation(args, name, spec, db, smiles) -> dict:
+def run_generation(args, name, spec, db, smiles, reference=None) -> dict:
     kind, loss, seed, extra, fraction = spec
     result = {"run": name, "loss": loss, "seed": seed, "fraction": fraction, "overrides": MODEL + list(extra),
               "steps": args.steps, **train(args, name, loss, seed, extra, fraction, db)}
@@ -233,11 +243,11 @@ def run_generation(args, name, spec, db, smiles) -> dict:
     samples = os.path.join(run_dir, "samples.extxyz")
     if not os.path.exists(samples):
         result["sampling_wall_s"] = sample_run(args, name, final_checkpoint(run_dir, args.steps), args.samples, samples)
-    result.update(sampler=f"{args.method}, {args.sample_steps} steps", **evaluate(_read(samples), smiles))
+    result.update(sampler=f"{args.method}, {args.sample_steps} steps", **evaluate(_read(samples), smiles, reference))
     return result
 
 
-def run_curve(args, name, spec, db, smiles) -> dict:
+def run_curve(args, name, spec, db, smiles, reference=None) -> dict:
     """Stability against step from the every-steps/4 checkpoints of an already trained run."""
     base = name.removeprefix("curve-")
     run_dir = os.path.join(args.out, "runs", base)
@@ -262,7 +272,7 @@ def torchmd_available() -> bool:
     return "generation" in text
 
 
-def run_torchmd(args, name, spec, db, smiles) -> dict:
+def run_torchmd(args, name, spec, db, smiles, reference=None) -> dict:
     kind, loss, seed, extra, fraction = spec
     if not torchmd_available():
         return {"run": name, "status": "skipped", "reason": "energyloss-torchmd-train has no '--task generation' yet "
@@ -307,10 +317,11 @@ def run_torchmd(args, name, spec, db, smiles) -> dict:
               "train_wall_s": timing["segments"][0], "checkpoint": checkpoint}
     if not os.path.exists(samples):
         result["sampling_wall_s"] = sample_run(args, name, checkpoint, args.samples, samples, adapter="torchmdnet_ext")
-    return {**result, "sampler": f"{args.method}, {args.sample_steps} steps", **evaluate(_read(samples), smiles)}
+    return {**result, "sampler": f"{args.method}, {args.sample_steps} steps",
+            **evaluate(_read(samples), smiles, reference)}
 
 
-def run_diffusion(args, name, spec, db, smiles) -> dict:
+def run_diffusion(args, name, spec, db, smiles, reference=None) -> dict:
     """Conformer diffusion (atoms given) at the same optimiser steps (benchmarks/schnetpack_diffusion_qm7.py)."""
     kind, loss, seed, extra, fraction = spec
     out = os.path.join(args.out, "runs", name)
@@ -331,7 +342,7 @@ def _read(path):
     return ase.io.read(path, index=":")
 
 
-def do_run(args, name, db, smiles):
+def do_run(args, name, db, smiles, reference=None):
     path = os.path.join(args.out, "runs", name, "result.json")
     done = _read_json(path)
     if done is not None and done.get("status") == "done":
@@ -339,7 +350,7 @@ def do_run(args, name, db, smiles):
         return done
     spec = RUNS[name]
     try:
-        result = KINDS[spec[0]](args, name, spec, db, smiles)
+        result = KINDS[spec[0]](args, name, spec, db, smiles, reference)
     except Exception as exc:  # one failed run must not stop the others
         print(f"[{name}] FAILED: {exc}", flush=True)
         return {"run": name, "status": "failed", "reason": str(exc)}
@@ -352,36 +363,47 @@ def do_run(args, name, db, smiles):
 
 
 # --- report ---------------------------------------------------------------------------------------
-COLUMNS = ("atom_stability", "mol_stability", "validity", "uniqueness", "novelty")
+#: Table columns: (metrics key, header, scale, decimals): EDM's four and novelty in %, then whether the
+#: samples are molecules at all (validity judges the largest fragment only) and how far their geometry
+#: and chemistry are from the training molecules (Wasserstein-1 in Å / degrees; FCD unitless).
+COLUMNS = (
+    ("atom_stability", "atom stab. %", 100, 1), ("mol_stability", "mol stab. %", 100, 1),
+    ("validity", "valid %", 100, 1), ("uniqueness", "unique %", 100, 1), ("novelty", "novel %", 100, 1),
+    ("valid_and_connected", "valid & connected %", 100, 1), ("mean_fragments", "fragments", 1, 1),
+    ("bond_length_distance", "bond W1 Å", 1, 3), ("bond_angle_distance", "angle W1 °", 1, 1),
+    ("dihedral_distance", "dihedral W1 °", 1, 1), ("rg_distance", "Rg W1 Å", 1, 2), ("fcd", "FCD", 1, 1),
+)  # fmt: skip
 
 
-def _mean_spread(values):
-    values = [v for v in values if v is not None and v == v]
+def _mean_spread(values, scale: float = 100, decimals: int = 1):
+    values = [v for v in values if isinstance(v, int | float) and v == v]
     if not values:
         return "—"
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * (max(values) - min(values)) / 2:.1f}"
+        return f"{scale * mean:.{decimals}f}"
+    return f"{scale * mean:.{decimals}f} ± {scale * (max(values) - min(values)) / 2:.{decimals}f}"
+
+
+def _cells(rows: list[dict]) -> str:
+    return " | ".join(_mean_spread([r.get(key) for r in rows], scale, dec) for key, _, scale, dec in COLUMNS)
 
 
 def table(results: dict, data_row: dict | None) -> str:
+    """Markdown table of the runs (mean ± half-range over seeds); distances are to the training molecules."""
     groups: dict[str, list] = {}
     for name, res in results.items():
         if res.get("status") != "done" or "points" in res or res.get("conformer_diffusion"):
             continue
         groups.setdefault(name.rsplit("-s", 1)[0], []).append(res)
-    head = ["run", "seeds", "atom stab. %", "mol stab. %", "valid %", "unique %", "novel %", "steps",
-            "train wall (min)"]
+    head = ["run", "seeds", *(header for _, header, _, _ in COLUMNS), "steps", "train wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if data_row:
-        lines.append("| QM7 training molecules | — | " + " | ".join(_mean_spread([data_row.get(c)]) for c in COLUMNS)
-                     + " | — | — |")
+        lines.append("| QM7 held-out molecules (val + test) | — | " + _cells([data_row]) + " | — | — |")
     for group, runs in groups.items():
         walls = [r.get("train_wall_s") for r in runs if r.get("train_wall_s")]
         wall = f"{sum(walls) / len(walls) / 60:.1f}" if walls else "—"
-        lines.append(f"| {group} | {len(runs)} | " + " | ".join(_mean_spread([r.get(c) for r in runs]) for c in COLUMNS)
-                     + f" | {runs[0].get('steps')} | {wall} |")
+        lines.append(f"| {group} | {len(runs)} | " + _cells(runs) + f" | {runs[0].get('steps')} | {wall} |")
     diff = {n: r for n, r in results.items() if r.get("conformer_diffusion") and r.get("status") == "done"}
     if diff:
         lines += ["", "Conformer diffusion (atoms given, test compositions):", "",
@@ -422,20 +444,21 @@ def plot_curves(args, results: dict) -> str | None:
     return path
 
 
-def report(args, db, smiles, results):
-    data_path = os.path.join(args.out, "data_metrics.json")
+def report(args, db, smiles, results, reference=None):
+    data_path = os.path.join(args.out, "data_metrics_heldout.json")
     data_row = _read_json(data_path)
-    if data_row is None:
-        import random
-
-        mols = training_atoms(db, split_path(args.out))
-        data_row = evaluate(random.Random(0).sample(mols, min(1000, len(mols))), None)
+    if data_row is None:  # what the data itself scores: molecules the model did not train on, against the training set
+        split = split_path(args.out)
+        heldout = training_atoms(db, split, "val") + training_atoms(db, split, "test")
+        data_row = evaluate(heldout, None, reference)
         _write_json(data_path, data_row)
     text = table(results, data_row)
     png = plot_curves(args, results)
     header = (f"QM7 de novo generation, PaiNN 64x3, batch 64, {args.steps} optimiser steps per run, "
               f"{args.samples} samples per run ({args.method}, {args.sample_steps} steps); "
-              "mean ± half-range over seeds.\n"
+              "mean ± half-range over seeds; W1: Wasserstein-1 distance of the samples' distribution to the "
+              "training molecules' (bond lengths per bond type, angles, |dihedrals|, radii of gyration), FCD: "
+              "Fréchet ChemNet distance of the valid samples' SMILES to the training molecules'.\n"
               f"Command: PYTHONPATH=$PWD python benchmarks/generation_qm7.py --out {args.out} --workers {args.workers} "
               f"--steps {args.steps} --samples {args.samples} --sample-steps {args.sample_steps}\n\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -467,6 +490,7 @@ def main(argv=None):
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     db = build_database(args.out, os.path.abspath(args.source))
     smiles = train_smiles(args.out, db)
+    reference = reference_profile(db, os.path.join(args.out, "split.npz"))
 
     if args.evaluate_only:
         results = {}
@@ -474,11 +498,11 @@ def main(argv=None):
             res = _read_json(os.path.join(args.out, "runs", name, "result.json"))
             samples = os.path.join(args.out, "runs", name, "samples.extxyz")
             if res and os.path.exists(samples):
-                res.update(evaluate(_read(samples), smiles))
+                res.update(evaluate(_read(samples), smiles, reference))
                 _write_json(os.path.join(args.out, "runs", name, "result.json"), res)
             if res:
                 results[name] = res
-        report(args, db, smiles, results)
+        report(args, db, smiles, results, reference)
         return
 
     # curve jobs need their base run: run them after it, in the same worker order
@@ -490,14 +514,14 @@ def main(argv=None):
             if RUNS[name][0] == "curve" and base in futures:
                 def after_base(n=name, b=futures[base]):  # a curve run starts when its base run is done
                     b.result()
-                    return do_run(args, n, db, smiles)
+                    return do_run(args, n, db, smiles, reference)
 
                 futures[name] = pool.submit(after_base)
             else:
-                futures[name] = pool.submit(do_run, args, name, db, smiles)
+                futures[name] = pool.submit(do_run, args, name, db, smiles, reference)
         for name, future in futures.items():
             results[name] = future.result()
-    report(args, db, smiles, results)
+    report(args, db, smiles, results, reference)
 
 
 if __name__ == "__main__":

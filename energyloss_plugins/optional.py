@@ -26,6 +26,7 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "rdkit": ("rdkit", "data"),
     "ase": ("ase", "data"),
     "tblite": ("tblite", "xtb"),
+    "fcd": ("fcd", "metrics"),
     "schnetpack": ("schnetpack", "schnetpack"),
     "hydra": ("hydra-core", "schnetpack"),
     "omegaconf": ("omegaconf", "schnetpack"),

@@ -9,7 +9,9 @@ RDKit / force-field metrics for evaluation: :func:`symmetric_rmsd`, :func:`valid
 :func:`connectivity`, :func:`uniqueness`, :func:`excess_energy`.
 
 Generated molecules (EDM's protocol): :func:`generation_metrics` (atom and molecule stability,
-validity, uniqueness, novelty of a list of ``ase.Atoms``); console script ``energyloss-evaluate``.
+validity, uniqueness, novelty of a list of ``ase.Atoms``; connectivity, :func:`fragment_counts`; with a
+reference set, Wasserstein-1 distances of bond lengths, angles, dihedrals and radii of gyration,
+:func:`profile`, and the Fréchet ChemNet distance, :func:`fcd_score`); console script ``energyloss-evaluate``.
 
 Importing this package needs torch and numpy only.
 """
@@ -24,6 +26,7 @@ from energyloss_plugins.metrics.bonds import (
     atom_valences,
     covalent_bonds,
     distance_bond_orders,
+    fragment_counts,
     molecule_stability,
     stable_atoms,
 )
@@ -37,9 +40,12 @@ from energyloss_plugins.metrics.chemistry import (
     uniqueness,
     validity,
 )
+from energyloss_plugins.metrics.distributions import GEOMETRY_DISTANCES, SetProfile, profile
 from energyloss_plugins.metrics.energy import ENERGY_METHODS, excess_energy
+from energyloss_plugins.metrics.frechet import fcd_score
 from energyloss_plugins.metrics.generation import (
     GENERATION_METRICS,
+    REFERENCE_METRICS,
     edm_smiles,
     flat_molecules,
     generation_metrics,
@@ -57,6 +63,9 @@ __all__ = [
     "COVALENT_TOLERANCE",
     "ENERGY_METHODS",
     "GENERATION_METRICS",
+    "GEOMETRY_DISTANCES",
+    "REFERENCE_METRICS",
+    "SetProfile",
     "aligned_rmsd",
     "angle_mae",
     "atom_stability",
@@ -68,11 +77,14 @@ __all__ = [
     "distance_bond_orders",
     "edm_smiles",
     "excess_energy",
+    "fcd_score",
     "flat_molecules",
+    "fragment_counts",
     "generation_metrics",
     "molecule_smiles",
     "molecule_smiles_set",
     "molecule_stability",
+    "profile",
     "split_structures",
     "stable_atoms",
     "structure_metrics",

@@ -214,3 +214,22 @@ def atom_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = No
 def molecule_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> Tensor:
     """``(B,)`` bool: every atom of the structure is stable (EDM's molecule stability)."""
     return atom_stability(numbers, positions, batch) == 1.0
+
+
+def fragment_counts(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> Tensor:
+    """``(B,)`` long number of connected fragments per structure under EDM's bonds.
+
+    The graph has every atom as a node and an edge for every pair with an EDM bond order >= 1
+    (:func:`distance_bond_orders`); its connected components (networkx) are the fragments, so an
+    isolated atom is a fragment of its own and a structure is one molecule when its count is 1.
+    """
+    import networkx as nx
+
+    numbers_l, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
+    edges, _ = distance_bond_orders(numbers_l, positions, batch_l)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(numbers_l.shape[0]))
+    graph.add_edges_from(edges.t().tolist())
+    first_atoms = [min(component) for component in nx.connected_components(graph)]
+    owner = batch_l.cpu()[torch.tensor(first_atoms, dtype=torch.long)]
+    return torch.bincount(owner, minlength=n_structures)

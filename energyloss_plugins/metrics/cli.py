@@ -1,6 +1,8 @@
-"""Console script ``energyloss-evaluate``: EDM's metrics of a file of molecules (samples or a dataset).
+"""Console script ``energyloss-evaluate``: EDM's metrics of a file of molecules (samples or a dataset),
+connectivity, and distances to a reference set.
 
 energyloss-evaluate samples.extxyz --train qm7/data.db --json metrics.json
+energyloss-evaluate samples.extxyz --reference qm7/data.db --json metrics.json   # distances, no novelty
 energyloss-evaluate qm7/data.db --positions target          # the dataset's own equilibrium geometries
 energyloss-evaluate ../shared/data/qm7/qm7_pbe0.extxyz.gz
 
@@ -9,7 +11,9 @@ Reads any ``ase.io`` format (extxyz, xyz, sdf, ASE db, ...). For an ASE database
 row's data (``target_positions``) instead of the input geometries, once per molecule (``mol_id``).
 ``--train DB`` gives novelty: the training molecules (the ``train_idx`` rows of the database's split file
 beside the database when it exists, else all rows; targets when stored) go through the same
-bond/SMILES pipeline as the samples.
+bond/SMILES pipeline as the samples. ``--reference FILE|DB`` (default: the ``--train`` set, read the
+same way) gives Wasserstein-1 distances of bond lengths (Å), bond angles and dihedrals (degrees) and
+radii of gyration (Å), and the Fréchet ChemNet distance (the ``[metrics]`` extra).
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ _LABELS = {
     "valid_unique": "valid and unique",
     "novelty": "novelty (of valid unique)",
     "non_finite": "non-finite (diverged)",
+    "connected": "connected (one fragment)",
+    "valid_and_connected": "valid and connected",
+    "mean_fragments": "fragments per molecule",
+}
+
+#: Distances to the reference set: key -> (label, unit).
+_DISTANCES = {
+    "bond_length_distance": ("bond lengths W1", "Å"),
+    "bond_angle_distance": ("bond angles W1", "°"),
+    "dihedral_distance": ("dihedrals W1", "°"),
+    "rg_distance": ("radius of gyration W1", "Å"),
+    "fcd": ("FCD", ""),
 }
 
 
@@ -123,6 +139,8 @@ def format_table(metrics: dict) -> str:
         value = metrics.get(key)
         if key in ("n", "non_finite"):
             text = str(value)
+        elif key == "mean_fragments":
+            text = "-" if value is None else f"{value:6.2f}"
         elif value is None:
             text = "- (no --train)" if key == "novelty" else "-"
         elif isinstance(value, float) and math.isnan(value):
@@ -130,13 +148,26 @@ def format_table(metrics: dict) -> str:
         else:
             text = f"{100 * value:6.2f} %"
         lines.append(f"{label:<28s}{text}")
+    notes = metrics.get("notes") or {}
+    if "reference" in notes:
+        return "\n".join([*lines, f"(distances: {notes['reference']}; pass --reference or --train)"])
+    for key, (label, unit) in _DISTANCES.items():
+        value = metrics.get(key)
+        text = "n/a" if value is None else f"{value:9.4f} {unit}".rstrip()
+        lines.append(f"{label:<28s}{text}" + (f"   ({notes[key]})" if key in notes else ""))
+    per_type = metrics.get("bond_length_distance_per_type") or {}
+    if per_type:
+        shown = [f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in list(per_type.items())[:8]]
+        lines.append(f"{'  per bond type (Å)':<28s}" + ", ".join(shown) + (", ..." if len(per_type) > 8 else ""))
     return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="energyloss-evaluate",
-        description="EDM's metrics of molecules (atom/molecule stability, validity, uniqueness, novelty).",
+        description="EDM's metrics of molecules (atom/molecule stability, validity, uniqueness, novelty), "
+                    "connectivity (one fragment under EDM's bonds), and against a reference set Wasserstein-1 "
+                    "distances of bond lengths (Å), bond angles, dihedrals (degrees), radii of gyration (Å) and FCD.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("file", help="molecules: an ASE database (.db) or any ase.io file (extxyz, xyz, sdf, ...)")
@@ -145,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default=None, metavar="DB",
                    help="training set for novelty (energyloss-data database: its train split; or any structure file)")
     p.add_argument("--train-split-file", default=None, help="split of --train (default: split.npz beside it)")
+    p.add_argument("--reference", default=None, metavar="FILE|DB",
+                   help="molecules to compare distributions with (default: the --train set): Wasserstein-1 "
+                        "distances of bond lengths per bond type (Å), bond angles and dihedrals (degrees), radii "
+                        "of gyration (Å), and FCD; an energyloss-data database gives its train split's targets")
+    p.add_argument("--no-fcd", action="store_true",
+                   help="skip the Fréchet ChemNet distance (ChemNet runs on every valid SMILES of both sets)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N molecules")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON ('-': stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -157,16 +194,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     require("ase", "energyloss-evaluate", "data")
     require("rdkit", "energyloss-evaluate", "data")
+    from energyloss_plugins.metrics.distributions import profile
     from energyloss_plugins.metrics.generation import generation_metrics, molecule_smiles_set
 
     progress = not args.no_progress
+    reference_path = args.reference or args.train
     try:
         molecules = read_molecules(args.file, args.positions, limit=args.limit)
-        train_smiles = None
-        if args.train is not None:
+        train_smiles = reference = None
+        if reference_path is not None:
+            same = args.train is not None and os.path.abspath(reference_path) == os.path.abspath(args.train)
+            reference = profile(training_molecules(reference_path, args.train_split_file if same else None),
+                                progress=progress)
+            if same:  # the reference's valid SMILES are the training SMILES: read the set once
+                train_smiles = set(reference.smiles)
+        if args.train is not None and train_smiles is None:
             train = training_molecules(args.train, args.train_split_file)
             train_smiles = molecule_smiles_set(train, progress=progress, total=len(train))
-        metrics = generation_metrics(molecules, train_smiles, progress=progress)
+        metrics = generation_metrics(molecules, train_smiles, reference=reference, fcd=not args.no_fcd,
+                                     progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"energyloss-evaluate: {exc}", file=sys.stderr)
         return 2
@@ -175,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
         record = {"file": os.path.abspath(args.file), "positions": args.positions,
                   "train": None if args.train is None else os.path.abspath(args.train),
-                  "n_train_smiles": None if train_smiles is None else len(train_smiles), **clean}
+                  "n_train_smiles": None if train_smiles is None else len(train_smiles),
+                  "reference": None if reference_path is None else os.path.abspath(reference_path),
+                  "n_reference": None if reference is None else reference.n, **clean}
         text = json.dumps(record, indent=2)
         if args.json == "-":
             print(text)
