@@ -490,7 +490,7 @@ def main(argv=None):
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     db = build_database(args.out, os.path.abspath(args.source))
     smiles = train_smiles(args.out, db)
-    reference = reference_profile(db, os.path.join(args.out, "split.npz"))
+    reference = reference_profile(db, split_path(args.out))
 
     if args.evaluate_only:
         results = {}
