@@ -211,7 +211,8 @@ def start_long_pair(args, db, chosen) -> dict:
 
 
 def watch_long_pair(args, db, smiles, chosen, procs) -> dict:
-    """Score every step checkpoint of the long pair as it appears; returns the curves."""
+    """Score every step checkpoint of the long pair as it appears (EDM's metrics and the x̂ error; the
+    distances to the data are added by :func:`rescore`); returns the curves."""
     curves = {loss: [] for loss in LOSSES}
     pending = {loss: list(range(args.every, args.steps + 1, args.every)) for loss in LOSSES}
     while any(pending.values()):
@@ -234,8 +235,30 @@ def watch_long_pair(args, db, smiles, chosen, procs) -> dict:
     return curves
 
 
+def rescore(args, db, smiles, results) -> dict:
+    """Every scored point, with the metrics its saved samples lack computed now against the training molecules."""
+    reference, curves = None, {}
+    for loss in LOSSES:
+        curves[loss] = []
+        for step in range(args.every, args.steps + 1, args.every):
+            source = results["chosen"][loss]["run"] if step <= args.select_steps else f"long-{loss}"
+            path = os.path.join(args.out, "runs", source, f"score_step{step}.json")
+            point = base._read_json(path)
+            if point is None:
+                continue
+            if "bond_length_distance" not in point:
+                if reference is None:
+                    reference = base.reference_profile(db, base.split_path(args.out))
+                samples = os.path.join(args.out, "runs", source, f"samples_step{step}.extxyz")
+                point.update(base.evaluate(base._read(samples), smiles, reference))
+                base._write_json(path, point)
+            curves[loss].append(point)
+    return curves
+
+
 # --- report ---------------------------------------------------------------------------------------
 CURVE_KEYS = (("atom_stability", "atom stability (%)", 100), ("validity", "validity (%)", 100),
+              ("valid_and_connected", "valid & connected (%)", 100),
               ("xhat_rmsd_low_noise", "x̂ RMSD at t ≤ 0.05 (Å)", 1))
 
 
@@ -248,7 +271,8 @@ def plot(args, curves) -> str:
     fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3.5))
     for loss, points in curves.items():
         for ax, (key, label, scale) in zip(axes, CURVE_KEYS, strict=True):
-            ax.plot([p["step"] for p in points], [scale * p[key] for p in points], marker="o", label=loss)
+            shown = [p for p in points if p.get(key) is not None]
+            ax.plot([p["step"] for p in shown], [scale * p[key] for p in shown], marker="o", label=loss)
             ax.set_xlabel("optimiser step")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
@@ -261,17 +285,21 @@ def plot(args, curves) -> str:
     return path
 
 
-TABLE = (("atom_stability", "atom stab. %"), ("mol_stability", "mol stab. %"), ("validity", "valid %"),
-         ("valid_unique", "valid & unique %"), ("valid_and_connected", "valid & connected %"))
+TABLE = (("atom_stability", "atom stab. %", 100), ("mol_stability", "mol stab. %", 100),
+         ("validity", "valid %", 100), ("valid_unique", "valid & unique %", 100),
+         ("valid_and_connected", "valid & connected %", 100), ("mean_fragments", "fragments", 1),
+         ("bond_length_distance", "W1 bonds (Å)", 1), ("bond_angle_distance", "W1 angles (°)", 1),
+         ("rg_distance", "W1 Rg (Å)", 1), ("fcd", "FCD", 1), ("xhat_rmsd_low_noise", "x̂ RMSD t≤0.05 (Å)", 1))
 
 
 def markdown(args, results) -> str:
-    head = ["loss", "step"] + [label for _, label in TABLE] + ["x̂ RMSD t≤0.05 (Å)"]
+    head = ["loss", "step"] + [label for _, label, _ in TABLE]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for loss, points in results.get("curves", {}).items():
         for p in points:
-            cells = [f"{100 * p[k]:.1f}" if p.get(k) is not None else "—" for k, _ in TABLE]
-            lines.append(f"| {loss} | {p['step']} | " + " | ".join(cells) + f" | {p['xhat_rmsd_low_noise']:.3f} |")
+            cells = [("—" if p.get(k) is None else f"{scale * p[k]:.1f}" if scale == 100 else f"{p[k]:.3g}")
+                     for k, _, scale in TABLE]
+            lines.append(f"| {loss} | {p['step']} | " + " | ".join(cells) + " |")
     chosen = results.get("chosen", {})
     sel = "\n".join(f"- {run}: atom stability {100 * s['atom_stability']:.1f} %, validity {100 * s['validity']:.1f} %"
                     for run, s in results.get("selection_scores", {}).items())
@@ -313,19 +341,9 @@ def main(argv=None):
         if "fine_rbf_helps_both" not in results:
             results.update(radial_basis_trial(args, db, smiles, results["chosen"]))
             base._write_json(results_path, results)
-        results["curves"] = watch_long_pair(args, db, smiles, results["chosen"], procs)
-        base._write_json(results_path, results)
-    else:  # the curve points scored so far
-        results["curves"] = {}
-        for loss in LOSSES:
-            points = []
-            for step in range(args.every, args.steps + 1, args.every):
-                source = results["chosen"][loss]["run"] if step <= args.select_steps else f"long-{loss}"
-                done = base._read_json(os.path.join(args.out, "runs", source, f"score_step{step}.json"))
-                if done:
-                    points.append(done)
-            results["curves"][loss] = points
-        base._write_json(results_path, results)
+        watch_long_pair(args, db, smiles, results["chosen"], procs)
+    results["curves"] = rescore(args, db, smiles, results)
+    base._write_json(results_path, results)
     text = markdown(args, results)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
