@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from energyloss_plugins.optional import console_script, require
+from energyloss_plugins.optional import add_version_option, console_script, require
 
 #: Which geometry of a row to evaluate: the atoms' positions, or the builder's ``target_positions``.
 POSITIONS = ("atoms", "target")
@@ -139,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         description="EDM's metrics of molecules (atom/molecule stability, validity, uniqueness, novelty).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_version_option(p)
     p.add_argument("file", help="molecules: an ASE database (.db) or any ase.io file (extxyz, xyz, sdf, ...)")
     p.add_argument("--positions", default="atoms", choices=POSITIONS,
                    help="atoms: the stored positions; target: the equilibrium targets of an energyloss-data database")
