@@ -82,7 +82,7 @@ def main(argv=None):
             overrides = [*common, f"globals.rotate_targets={'true' if setting == 'rotated' else 'false'}", *args.extra]
             start = time.time()
             run_dir = run_spktrain(datapath, loss, os.path.join(args.out, "runs"), run_id, round(3600 * args.max_hours),
-                                   overrides=[f"+trainer.max_steps={args.num_steps}", *overrides],
+                                   overrides=[f"++trainer.max_steps={args.num_steps}", *overrides],
                                    log_file=os.path.join(args.out, f"{run_id}.log"))
             res = evaluate_run(run_dir, datapath)
             res.update(seconds=round(time.time() - start), overrides=" ".join(overrides[len(common):]))
