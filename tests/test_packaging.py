@@ -42,7 +42,7 @@ NAME = "energyloss-plugins"
 # README sections a pip user follows; each must state one install line (matched by heading word)
 SECTIONS = ("SchNetPack", "TorchMD-Net", "ASE", "data", "Spin")
 # a section's line: from a clone (`pip install ".[extra]"`, `pip install .`) or by name once published
-INSTALL = re.compile(r'pip install "?(?:energyloss-plugins|\.)(?:\[([\w,-]+)\])?"?(?=\s|$)')
+INSTALL = re.compile(r'pip install "?(?:energyloss-plugins|\.)(?:\[([\w,-]+)\])?"?(?=[\s`)]|$)')
 
 
 # ----------------------------------------------------------------------------------- the wheel
