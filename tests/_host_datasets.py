@@ -6,7 +6,7 @@
   with a ``target_positions`` property (unit Å) for structure prediction.
 - :func:`md17_style_db`: as ``schnetpack.datasets.MD17`` writes it: one molecule (ethanol), many
   frames with ``energy`` (kcal/mol) and ``forces`` (kcal/mol/Å), ``molecule`` in the metadata.
-- :func:`torchmdnet_hdf5`: TorchMD-Net's ``HDF5`` layout (one group per atom count with ``types``,
+- :func:`torchmdnet_hdf5`: TorchMD-Net's ``HDF5`` layout (groups of equal-size structures with ``types``,
   ``pos``, ``energy``, ``forces``), optionally with ``pos_target`` (read by ``PositionHDF5``).
 - :func:`torchmdnet_custom`: TorchMD-Net's ``Custom`` layout (per molecule: ``*coords.npy``
   ``(frames, N, 3)``, ``*embed.npy`` ``(N,)``, ``*energy.npy`` ``(frames, 1)``, ``*forces.npy``).
@@ -91,7 +91,7 @@ def md17_style_db(path: str, n_frames: int = 24, seed: int = 0) -> str:
 def torchmdnet_hdf5(path: str, n: int = 12, with_targets: bool = False, seed: int = 0) -> str:
     """An HDF5 file in the layout ``torchmdnet.datasets.HDF5`` reads (several frames per molecule).
 
-    Each molecule is one group (``types`` ``(N,)``, ``pos`` ``(S, N, 3)``, ``energy`` ``(S,)``,
+    Each molecule is one group (``types`` ``(S, N)``, ``pos`` ``(S, N, 3)``, ``energy`` ``(S,)``,
     ``forces`` ``(S, N, 3)``: S = 2 rattled frames); ``with_targets`` adds ``pos_target``
     ``(S, N, 3)`` (the molecule's own geometry) for :class:`torchmdnet_ext.PositionHDF5`.
     """
@@ -102,7 +102,8 @@ def torchmdnet_hdf5(path: str, n: int = 12, with_targets: bool = False, seed: in
         for i, mol in enumerate(qm9_like_molecules(n)):
             frames = mol.positions[None] + rng.normal(scale=0.05, size=(2, len(mol), 3))
             g = f.create_group(f"mol{i}")
-            g["types"] = mol.numbers.astype(np.int64)
+            # (S, N): TorchMD-Net reads a 1-D types array of length S as one type per structure
+            g["types"] = np.broadcast_to(mol.numbers, frames.shape[:2]).astype(np.int64)
             g["pos"] = frames.astype(np.float32)
             g["energy"] = rng.normal(size=2).astype(np.float32)
             g["forces"] = rng.normal(size=frames.shape).astype(np.float32)
