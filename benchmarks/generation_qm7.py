@@ -458,6 +458,8 @@ def main(argv=None):
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    if not os.path.isfile(args.source):
+        p.error(f"--source {args.source} not found: give the QM7 file (qm7_pbe0.extxyz.gz, made as docs/data.md says)")
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     db = build_database(args.out, os.path.abspath(args.source))
     smiles = train_smiles(args.out, db)

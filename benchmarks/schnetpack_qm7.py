@@ -62,6 +62,9 @@ def main(argv=None):
     if find_split_file(datapath) is None:
         from energyloss_plugins.data import build_dataset
 
+        if not os.path.isfile(args.source):
+            raise SystemExit(f"schnetpack_qm7.py: --source {args.source} not found: give the QM7 file "
+                             "(qm7_pbe0.extxyz.gz, made as docs/data.md says), or --db PATH to a built database")
         source = args.source
         if args.first:
             source = _head(args.source, args.first, os.path.join(args.out, "source_head.extxyz"))
