@@ -99,11 +99,12 @@ def test_two_structure_runs_with_different_losses_keep_two_intact_folders(files,
         assert all(math.isfinite(v) for v in _losses(run))
 
 
-def test_run_folder_rules(tmp_path):
+def test_run_folder_rules(tmp_path, monkeypatch):
     import argparse
 
-    from torchmdnet_ext.cli import run_folder
+    from torchmdnet_ext.cli import RUN_FOLDER_ENV, run_folder
 
+    monkeypatch.setenv(RUN_FOLDER_ENV, "")  # restored after the test (run_folder sets it)
     args = argparse.Namespace(log_dir=str(tmp_path / "logs"), task="structure", train_loss="energy_loss")
     assert run_folder(args, ["--log-dir", "mine"]) == "mine"  # given: the run folder itself, untouched
     assert run_folder(args, ["-l", "mine2"]) == "mine2"
@@ -111,7 +112,12 @@ def test_run_folder_rules(tmp_path):
     second = run_folder(args, ["--conf", "some/dir/my_conf.yaml"])
     assert os.path.basename(first).startswith("my_conf-energy_loss-") and first != second
     assert os.path.isdir(first) and not os.listdir(first) and os.path.dirname(first) == args.log_dir
-    assert os.path.basename(run_folder(args, [])).startswith("structure-energy_loss-")
+    own = run_folder(args, [])
+    assert os.path.basename(own).startswith("structure-energy_loss-")
+    # a DDP process Lightning starts (same argv, LOCAL_RANK > 0) joins rank 0's folder instead of making one
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert run_folder(args, []) == own
+    assert len(os.listdir(args.log_dir)) == 3
 
 
 def test_stock_lnnp_refuses_a_position_task_naming_the_wrapper():

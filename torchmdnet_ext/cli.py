@@ -55,6 +55,8 @@ from types import ModuleType
 from energyloss_plugins.optional import add_version_option, console_script, require
 
 PROG = "energyloss-torchmd-train"
+#: Environment variable carrying rank 0's run folder to the DDP processes Lightning launches.
+RUN_FOLDER_ENV = "ENERGYLOSS_TORCHMD_RUN_FOLDER"
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
 
 
@@ -176,17 +178,21 @@ def run_folder(args: argparse.Namespace, argv: Sequence[str]) -> str:
     files there are kept, TorchMD-Net's ``check_logs`` renames its ``metrics.csv``). Otherwise the run
     gets ``<log_dir>/<conf>-<train_loss>-<YYYYmmdd-HHMMSS>`` under the conf's ``log_dir`` (upstream's
     default ``/tmp/logs`` without one); ``<conf>`` is the conf file's name, else the task. A folder of
-    that name (two runs in the same second) gets a ``-2``, ``-3``, ... suffix.
+    that name (two runs in the same second) gets a ``-2``, ``-3``, ... suffix. The DDP processes that
+    Lightning starts with the same command line (``LOCAL_RANK`` > 0) use rank 0's folder.
     """
     given = _given(argv)
     if given.log_dir is not None:
         return given.log_dir
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 and os.environ.get(RUN_FOLDER_ENV):
+        return os.environ[RUN_FOLDER_ENV]  # a DDP process Lightning started: rank 0's folder
     conf = os.path.basename(given.conf).removesuffix(".yaml").removesuffix(".yml") if given.conf else args.task
     base = os.path.join(args.log_dir, f"{conf}-{args.train_loss}-{time.strftime('%Y%m%d-%H%M%S')}")
     folder, n = base, 1
     while True:
         try:
             os.makedirs(folder)
+            os.environ[RUN_FOLDER_ENV] = folder  # inherited by the DDP processes Lightning starts (same argv)
             return folder
         except FileExistsError:
             n += 1
