@@ -120,6 +120,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     skip = set(args.skip.split(","))
+    if "qm7" not in skip and not os.path.isfile(args.qm7):
+        ap.error(f"--qm7 {args.qm7} not found: give the QM7 file (qm7_pbe0.extxyz.gz, made as docs/data.md "
+                 "says), or --skip qm7")
     os.makedirs(args.out_dir, exist_ok=True)
     lines = [f"# energyloss-data benchmark ({args.workers} worker processes, {os.cpu_count()} CPUs)", ""]
     common = dict(workers=args.workers, resume=False, progress=True, seed=0)

@@ -181,7 +181,7 @@ def spktrain_command(args, name: str, loss: str, seed: int, extra, fraction: flo
            f"globals.elements={ELEMENTS}", "globals.clean_positions=target_positions",
            "data.load_properties=[target_positions]", f"globals.loss={loss}", f"+seed={seed}",
            f"run.path={os.path.join(args.out, 'runs')}", f"run.id={name}", "trainer.accelerator=cpu",
-           f"+trainer.max_steps={args.steps}", "data.num_workers=0", "print_config=false",
+           f"++trainer.max_steps={args.steps}", "data.num_workers=0", "print_config=false",
            "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false",
            "+callbacks.every_steps._target_=pytorch_lightning.callbacks.ModelCheckpoint",
            "+callbacks.every_steps.dirpath=steps", "+callbacks.every_steps.filename='{step}'",
@@ -487,6 +487,8 @@ def main(argv=None):
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    if not os.path.isfile(args.source):
+        p.error(f"--source {args.source} not found: give the QM7 file (qm7_pbe0.extxyz.gz, made as docs/data.md says)")
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     db = build_database(args.out, os.path.abspath(args.source))
     smiles = train_smiles(args.out, db)

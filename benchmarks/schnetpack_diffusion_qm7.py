@@ -35,7 +35,7 @@ def train(datapath: str, out: str, loss: str, max_steps: int, seed: int,
     run_id = f"diffusion_{loss}"
     if budget is None:
         checkpoint = os.path.join(runs, run_id, "steps", f"step={max_steps}.ckpt")
-        stop = [f"+trainer.max_steps={max_steps}",
+        stop = [f"++trainer.max_steps={max_steps}",
                 "+callbacks.every_steps._target_=pytorch_lightning.callbacks.ModelCheckpoint",
                 "+callbacks.every_steps.dirpath=steps", "+callbacks.every_steps.filename='{step}'",
                 f"+callbacks.every_steps.every_n_train_steps={max_steps}"]

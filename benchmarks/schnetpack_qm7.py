@@ -62,6 +62,9 @@ def main(argv=None):
     if find_split_file(datapath) is None:
         from energyloss_plugins.data import build_dataset
 
+        if not os.path.isfile(args.source):
+            raise SystemExit(f"schnetpack_qm7.py: --source {args.source} not found: give the QM7 file "
+                             "(qm7_pbe0.extxyz.gz, made as docs/data.md says), or --db PATH to a built database")
         source = args.source
         if args.first:
             source = _head(args.source, args.first, os.path.join(args.out, "source_head.extxyz"))
@@ -82,7 +85,7 @@ def main(argv=None):
             overrides = [*common, f"globals.rotate_targets={'true' if setting == 'rotated' else 'false'}", *args.extra]
             start = time.time()
             run_dir = run_spktrain(datapath, loss, os.path.join(args.out, "runs"), run_id, round(3600 * args.max_hours),
-                                   overrides=[f"+trainer.max_steps={args.num_steps}", *overrides],
+                                   overrides=[f"++trainer.max_steps={args.num_steps}", *overrides],
                                    log_file=os.path.join(args.out, f"{run_id}.log"))
             res = evaluate_run(run_dir, datapath)
             res.update(seconds=round(time.time() - start), overrides=" ".join(overrides[len(common):]))

@@ -38,6 +38,19 @@ PROVIDERS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The package's version (its one source: ``energyloss_plugins.__version__``)."""
+    from energyloss_plugins import __version__
+
+    return __version__
+
+
+def add_version_option(parser) -> None:
+    """Give an ``argparse`` parser ``--version`` (prints ``<prog> <version>`` and exits 0)."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the version of energyloss-plugins and exit")
+
+
 def install_line(extra: str) -> str:
     """The pip command that installs ``extra``, e.g. ``pip install "energyloss-plugins[data]"``."""
     return f'pip install "{DISTRIBUTION}[{extra}]"'
@@ -121,6 +134,9 @@ def run_script() -> int | None:
     one-line message and exit status 2, as for :func:`console_script`.
     """
     prog = os.path.basename(sys.argv[0]).removesuffix(".exe")
+    if sys.argv[1:] == ["--version"]:  # answered without importing the framework (works without it)
+        print(f"{prog} {version()}")
+        return 0
     found = metadata.entry_points(group=SCRIPTS_GROUP, name=prog)
     if not found:
         raise SystemExit(f"{prog}: no entry point {prog!r} in group {SCRIPTS_GROUP!r}; reinstall {DISTRIBUTION}.")

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from energyloss_plugins.adapters import AdapterUnavailableError, adapter_names, resolve
-from energyloss_plugins.optional import MissingOptionalDependency, install_line
+from energyloss_plugins.optional import MissingOptionalDependency, add_version_option, install_line
 
 
 class UsageError(Exception):
@@ -37,6 +37,7 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energyloss-sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(p)
     p.add_argument("checkpoint", help="trained model: Lightning .ckpt, SchNetPack best_model, ...")
     p.add_argument("-o", "--output", required=True, help="output file (.db, .extxyz, .xyz, ...)")
     p.add_argument("-n", "--num", type=int, default=None,

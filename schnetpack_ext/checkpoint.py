@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning import Callback
 
 from energyloss_plugins.checkpoints import NotPlainError, allow_modules, from_plain, load_checkpoint, to_plain
 
@@ -99,3 +100,17 @@ def apply_ema_weights(task, checkpoint_path: str, *, trusted: bool = False) -> b
                 p.copy_(s.to(p.device, p.dtype))
         return True
     return False
+
+
+class ValidateAtMaxSteps(Callback):
+    """Validate (and so write the best checkpoint) when ``trainer.max_steps`` ends a run mid-epoch.
+
+    ``spktrain`` ends with ``trainer.test(ckpt_path="best")``, which fails when no validation has run;
+    a run bounded by ``trainer.max_steps=N`` with N below one epoch (QM9: about 1,700 steps of 64)
+    would train, then crash. Setting ``trainer.should_stop`` at the last step makes Lightning run the
+    validation loop before it stops (its rule for early stopping), and ``ModelCheckpoint`` saves there.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True

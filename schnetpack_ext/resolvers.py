@@ -7,31 +7,44 @@ import os
 
 #: SchNetPack's default split file, created in the run directory from num_train/num_val.
 RUN_SPLIT = "split.npz"
+#: What ``${el.split_file:path}`` (one argument) requires of the rows: the structure task's targets.
+STRUCTURE_TARGET = "target_positions"
 
 
-def split_file_beside(datapath: str) -> str:
+def split_file_beside(datapath: str, required: str | None = STRUCTURE_TARGET) -> str:
     """The database's split file (``energyloss-data build`` writes ``<name>.split.npz``; an older
-    ``split.npz`` beside it when unambiguous), else ``split.npz`` in the run directory.
+    ``split.npz`` beside it when unambiguous), else ``split.npz`` in the run directory (SchNetPack
+    then splits by ``num_train``/``num_val``, as for its own QM9 and MD17).
 
     Also checks ``datapath`` first (SchNetPack's data module would otherwise create an empty
-    database at a missing path and fail later with a ``KeyError``): see :func:`check_structure_db`.
-    """
-    check_structure_db(datapath)
-    from energyloss_plugins.data.paths import find_split_file
+    database at a missing path and fail later with a ``KeyError``): see :func:`check_atoms_db`.
 
-    return find_split_file(datapath) or RUN_SPLIT
+    Args:
+        datapath: the database.
+        required: a property the rows must hold (the structure task's target); None for diffusion and
+            generation, which need atoms and positions only (``${el.split_file:${data.datapath},null}``
+            or the experiment's ``globals.clean_positions``).
+    """
+    check_atoms_db(datapath, required)
+    return _found_split(datapath) or RUN_SPLIT
 
 
 def size_unless_split(datapath: str, size):
     """``size`` (num_train/num_val) unless the database has a split file (then None: the file decides)."""
-    return None if split_file_beside(datapath) != RUN_SPLIT else size
+    return None if _found_split(datapath) else size
 
 
-def check_structure_db(datapath: str) -> None:
-    """Raise a ValueError unless ``datapath`` is an ASE database with ``target_positions`` (read-only)."""
-    from energyloss_plugins.data.reader import check_structure_db as check
+def _found_split(datapath: str) -> str | None:
+    from energyloss_plugins.data.paths import find_split_file
 
-    check(os.path.expanduser(str(datapath)), what="data.datapath")
+    return find_split_file(os.path.expanduser(str(datapath)))
+
+
+def check_atoms_db(datapath: str, required: str | None = STRUCTURE_TARGET) -> None:
+    """Raise a ValueError unless ``datapath`` is an ASE database SchNetPack reads, with ``required`` (read-only)."""
+    from energyloss_plugins.data.reader import check_atoms_db as check
+
+    check(os.path.expanduser(str(datapath)), what="data.datapath", required=required)
 
 
 def register_resolvers() -> None:

@@ -41,7 +41,8 @@ ADAPTERS = ("schnetpack_ext", "torchmdnet_ext")
 NAME = "energyloss-plugins"
 # README sections a pip user follows; each must state one install line (matched by heading word)
 SECTIONS = ("SchNetPack", "TorchMD-Net", "ASE", "data", "Spin")
-INSTALL = re.compile(r'pip install "?energyloss-plugins(?:\[([\w,-]+)\])?"?')
+# a section's line: from a clone (`pip install ".[extra]"`, `pip install .`) or by name once published
+INSTALL = re.compile(r'pip install "?(?:energyloss-plugins|\.)(?:\[([\w,-]+)\])?"?(?=[\s`)]|$)')
 
 
 # ----------------------------------------------------------------------------------- the wheel
@@ -111,6 +112,35 @@ def test_wheel_holds_exactly_the_package_sources_and_its_core_imports_from_an_in
     n_core = sum(n.startswith("energyloss_plugins/") and n.endswith(".py") for n in shipped)
     assert int(count) == n_core - 1  # every module but the package's own __init__
     assert roots.strip() == repr([str(target) + os.sep]), roots
+
+
+def test_sdist_ships_what_the_readme_and_docs_link_to(tmp_path):
+    """Relative links of README.md and docs/*.md resolve inside the source distribution (no public URL
+    exists, so the package index page's readers get the files with the sdist); the wheel names them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    for folder in (*PACKAGES, "docs", "examples", "requirements"):
+        shutil.copytree(os.path.join(ROOT, folder), src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"from setuptools import build_meta as b; print(b.build_sdist({str(tmp_path / 'dist')!r}))"
+    res = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import tarfile
+
+    with tarfile.open(tmp_path / "dist" / res.stdout.split()[-1]) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"docs/install.md", "examples/schnetpack/README.md", "requirements/ci.txt"} <= names
+    for page in ["README.md", *(f"docs/{n}" for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md"))]:
+        text = open(os.path.join(ROOT, page)).read()
+        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            target = os.path.normpath(os.path.join(os.path.dirname(page), link))
+            assert target in names or any(n.startswith(target + "/") for n in names), f"{page} links {link}"
+    with open(src / "pyproject.toml", "rb") as f:
+        import tomllib
+
+        urls = tomllib.load(f)["project"]["urls"]
+    assert urls and all(u in names or u.startswith("https://") for u in urls.values())
 
 
 def test_console_scripts_point_at_existing_functions(wheel):

@@ -7,10 +7,13 @@
 - per-atom vector heads ``PositionOutput``/``NoiseOutput`` (and ``Equivariant*`` for the equivariant
   transformer) in ``torchmdnet.models.output_modules`` (so ``create_model``/``load_model`` build them);
 - datasets ``EnergyLossDB`` (the offline builder's ASE database) and ``PositionHDF5`` in
-  ``torchmdnet.datasets``.
+  ``torchmdnet.datasets``;
+- a check in TorchMD-Net's stock ``LNNP``: given a position task, loss or head it raises a
+  ``ValueError`` naming ``energyloss-torchmd-train`` (it would otherwise train nothing).
 
-Train with ``energyloss-torchmd-train --conf conf.yaml`` (every ``torchmd-train`` option plus
-``task``, ``parameterization``, ``noise_schedule``, ...); see docs/torchmdnet.md. De novo generation
+Train with ``energyloss-torchmd-train --conf conf.yaml`` or ``python -m torchmdnet_ext.train --conf conf.yaml``
+(every ``torchmd-train`` option plus ``task``, ``parameterization``, ``noise_schedule``, ...); see
+docs/torchmdnet.md. De novo generation
 (``task: generation``): :func:`load_generation_model` then ``.sample_molecules(n)``.
 """
 
@@ -45,6 +48,10 @@ def register() -> None:
             setattr(output_modules, "Equivariant" + alias, eq_cls)
         if name not in output_modules.__all__:
             output_modules.__all__.append(name)
+
+    from torchmdnet_ext.module import guard_stock_lnnp
+
+    guard_stock_lnnp()  # upstream's LNNP given the plugin's names fails naming the wrapper, not mid-training
 
     for name, cls in DATASETS.items():
         setattr(tmd_datasets, name, cls)

@@ -13,6 +13,12 @@ Every ``torchmd-train`` option and conf file works; on top of them:
 --position-weight      generation: weight of the positional term against the type term
 --sampling-steps       denoising steps of predict_step
 --log-structure-metrics  log aligned RMSD, bond-length MAE, stability in val/test (structure task)
+--version              the package's version
+
+One run, one folder: without ``--log-dir`` on the command line each run writes to a new folder
+``<log_dir>/<conf>-<train_loss>-<time>`` (:func:`run_folder`), so two runs never share checkpoints,
+``hparams.yaml`` or ``input.yaml``; ``--log-dir DIR`` names the run folder itself.
+``python -m torchmdnet_ext.train`` is the same command (same parser, same ``main``).
 
 ``--train-loss-arg`` and ``--dataset-arg`` also accept YAML/JSON strings on the command line.
 ``--checkpoint-monitor``/``--early-stopping-monitor`` accept any logged metric; by default they
@@ -40,12 +46,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
+import time
+import warnings
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from energyloss_plugins.optional import console_script, require
+from energyloss_plugins.optional import add_version_option, console_script, require
 
 PROG = "energyloss-torchmd-train"
+#: Environment variable carrying rank 0's run folder to the DDP processes Lightning launches.
+RUN_FOLDER_ENV = "ENERGYLOSS_TORCHMD_RUN_FOLDER"
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
 
 
@@ -100,6 +111,7 @@ def get_argparse() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="TorchMD-Net training with the energy loss (energyloss-plugins)",
                                      parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
+    add_version_option(parser)
     parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,
                         help=f"Configuration yaml file, or the name of a shipped one ({', '.join(config_names())})")
     parser.add_argument("--checkpoint-monitor", type=str, default=None,
@@ -162,6 +174,42 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _given(argv: Sequence[str]) -> argparse.Namespace:
+    """``--conf`` and ``--log-dir`` as written on the command line (None where absent)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--conf", "-c")
+    parser.add_argument("--log-dir", "-l")
+    return parser.parse_known_args(list(argv))[0]
+
+
+def run_folder(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The run's own log folder, created empty: one run, one folder (as ``spktrain``'s ``run.id``).
+
+    ``--log-dir`` on the command line is the run folder itself (upstream's meaning; an earlier run's
+    files there are kept, TorchMD-Net's ``check_logs`` renames its ``metrics.csv``). Otherwise the run
+    gets ``<log_dir>/<conf>-<train_loss>-<YYYYmmdd-HHMMSS>`` under the conf's ``log_dir`` (upstream's
+    default ``/tmp/logs`` without one); ``<conf>`` is the conf file's name, else the task. A folder of
+    that name (two runs in the same second) gets a ``-2``, ``-3``, ... suffix. The DDP processes that
+    Lightning starts with the same command line (``LOCAL_RANK`` > 0) use rank 0's folder.
+    """
+    given = _given(argv)
+    if given.log_dir is not None:
+        return given.log_dir
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 and os.environ.get(RUN_FOLDER_ENV):
+        return os.environ[RUN_FOLDER_ENV]  # a DDP process Lightning started: rank 0's folder
+    conf = os.path.basename(given.conf).removesuffix(".yaml").removesuffix(".yml") if given.conf else args.task
+    base = os.path.join(args.log_dir, f"{conf}-{args.train_loss}-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder, n = base, 1
+    while True:
+        try:
+            os.makedirs(folder)
+            os.environ[RUN_FOLDER_ENV] = folder  # inherited by the DDP processes Lightning starts (same argv)
+            return folder
+        except FileExistsError:
+            n += 1
+            folder = f"{base}-{n}"
+
+
 class _Parsed:
     """Stands in for upstream's parser inside upstream's ``get_args``: returns arguments already parsed."""
 
@@ -178,7 +226,9 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     Raises ValueError for options that do not fit together (e.g. a position task with ``derivative: true``).
     """
     upstream = _upstream()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _complete(get_argparse().parse_args(argv))
+    args.log_dir = run_folder(args, argv)
     with _substituted(upstream, get_argparse=lambda: _Parsed(args)):
         args = upstream.get_args()
     if args.ngpus == -1:
@@ -207,7 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hooks.update(LNNP=PositionLNNP, DataModule=PositionDataModule)
     if args.trust_checkpoint:  # upstream's loads default to weights_only=True; the opt-in lifts that for this run
         os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    with _substituted(upstream, **hooks):
+    fresh = not any(name.endswith(".ckpt") for name in os.listdir(args.log_dir))
+    with _substituted(upstream, **hooks), warnings.catch_warnings():
+        if fresh:  # only this run's input.yaml and splits are there; Lightning would call that "not empty"
+            for what in ("Checkpoint directory", "Experiment logs directory"):  # ModelCheckpoint, CSVLogger
+                warnings.filterwarnings("ignore", message=rf"{what} .* exists and is not empty")
         upstream.main()
     return 0
 

@@ -27,6 +27,7 @@ pairs, ``y_weight``, ``ema_alpha_y``), and replaces what the step computes:
 from __future__ import annotations
 
 import argparse
+import functools
 import warnings
 from collections.abc import Mapping
 
@@ -361,3 +362,49 @@ class PositionLNNP(LNNP):
                                     batch_size=batch_size, progress=progress, device=self.device, dtype=self.dtype)
         finally:
             self.train(was_training)
+
+
+#: What the console script is called, for messages that send users to it.
+WRAPPER = "energyloss-torchmd-train (or python -m torchmdnet_ext.train)"
+
+
+def stock_lnnp_problem(hparams) -> str | None:
+    """Why TorchMD-Net's stock ``LNNP`` cannot train ``hparams`` (a position task), or None if it can."""
+    h = vars(hparams) if hasattr(hparams, "__dict__") and not isinstance(hparams, Mapping) else dict(hparams)
+    output = heads.base_name(str(h.get("output_model") or "")).removeprefix("Equivariant")
+    if h.get("task") in TASKS:
+        return f"task {h['task']!r}"
+    if h.get("train_loss") in ("energy_loss", "kabsch_loss"):
+        return f"train_loss {h['train_loss']!r}"
+    if output in heads.HEADS:
+        return f"output_model {h['output_model']!r}"
+    if h.get("dataset") in ("EnergyLossDB", "PositionHDF5"):
+        return f"dataset {h['dataset']!r} (position targets, no energies)"
+    return None
+
+
+def guard_stock_lnnp() -> None:
+    """Make TorchMD-Net's ``LNNP`` refuse a position task at construction, naming the wrapper (idempotent).
+
+    After ``import torchmdnet_ext``, upstream's ``torchmd-train`` code would otherwise accept the
+    plugin's names and train nothing: the position datasets hold no ``y``, so the stock loss is a
+    constant and Lightning stops with "element 0 of tensors does not require grad". Subclasses
+    (:class:`PositionLNNP`) are not affected; neither are energy/force runs.
+    """
+    if getattr(LNNP.__init__, "_energyloss_guard", False):
+        return
+    init = LNNP.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        hparams = args[0] if args else kwargs.get("hparams")
+        if type(self) is LNNP and hparams is not None:
+            problem = stock_lnnp_problem(hparams)
+            if problem is not None:
+                raise ValueError(f"TorchMD-Net's stock LNNP (torchmd-train) cannot train {problem}: it trains "
+                                 "energies and forces and passes no structure index to a loss. Train with "
+                                 f"{WRAPPER}, which takes every torchmd-train option and conf key.")
+        init(self, *args, **kwargs)
+
+    __init__._energyloss_guard = True
+    LNNP.__init__ = __init__

@@ -31,6 +31,7 @@ from energyloss_plugins.data.builder import (
 from energyloss_plugins.data.paths import find_split_file, split_file_for
 from energyloss_plugins.data.reader import (
     DatasetRecord,
+    check_atoms_db,
     check_structure_db,
     collate_records,
     read_dataset,
@@ -56,6 +57,7 @@ __all__ = [
     "SourceEntry",
     "Structures",
     "build_dataset",
+    "check_atoms_db",
     "check_structure_db",
     "collate_records",
     "find_split_file",

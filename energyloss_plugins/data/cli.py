@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from energyloss_plugins.optional import console_script
+from energyloss_plugins.optional import add_version_option, console_script
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="energyloss-data", description="Offline molecular datasets for structure tasks (ASE db)."
     )
+    add_version_option(p)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser(
         "build", help="build (or resume building) a dataset", formatter_class=argparse.ArgumentDefaultsHelpFormatter

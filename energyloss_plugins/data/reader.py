@@ -79,6 +79,14 @@ _DB_CONTRACT = (
 )
 
 
+#: What any molecule database must hold (diffusion, generation), and where such databases come from.
+_ATOMS_DB_CONTRACT = (
+    "It must be an ASE SQLite database of molecules with SchNetPack's metadata (_distance_unit, "
+    "_property_unit_dict): one written by schnetpack.datasets.QM9/MD17, by ASEAtomsData.create + add_systems, "
+    "or by `energyloss-data build` (see docs/data.md)."
+)
+
+
 def check_structure_db(path: str | os.PathLike, what: str = "path") -> None:
     """Check, without changing the file, that ``path`` is a structure database with targets.
 
@@ -90,25 +98,51 @@ def check_structure_db(path: str | os.PathLike, what: str = "path") -> None:
         ValueError: missing file, not an ASE database, no rows, or rows without ``target_positions``;
             the message says what the database must contain and how to build one.
     """
+    check_atoms_db(path, what, required="target_positions")
+
+
+def check_atoms_db(path: str | os.PathLike, what: str = "path", required: str | None = None) -> None:
+    """Check, without changing the file, that ``path`` is an ASE database SchNetPack can train from.
+
+    Args:
+        path: the ``.db`` file.
+        what: the argument's name in messages (e.g. ``"data.datapath"``).
+        required: a property every row must hold in ``row.data`` (e.g. ``"target_positions"`` for
+            structure prediction); None for tasks that need atoms and positions only (diffusion,
+            generation: a database written by ``schnetpack.datasets.QM9`` or ``MD17`` as it is).
+
+    Raises:
+        ValueError: missing file, not an ASE database, no rows, no SchNetPack units in the metadata,
+            or rows without ``required``; the message says what the database must contain.
+    """
     from energyloss_plugins.data.paths import ase_db_metadata
 
     path = os.path.abspath(os.fspath(path))
-    contract = _DB_CONTRACT.format(path=path)
+    contract = (_DB_CONTRACT if required == "target_positions" else _ATOMS_DB_CONTRACT).format(path=path)
     if not os.path.exists(path):
         raise ValueError(f"{what}={path} does not exist. {contract}")
-    if ase_db_metadata(path) is None:
+    meta = ase_db_metadata(path)
+    if meta is None:
         raise ValueError(f"{what}={path} is not an ASE database. {contract}")
     from ase.db import connect
 
     db = connect(path, type="db", use_lock_file=False)
     if db.count() == 0:
         raise ValueError(f"{what}={path} holds no rows. {contract}")
-    row = db.get(id=next(db.select(limit=1, include_data=False)).id)
-    if "target_positions" not in row.data:
-        raise ValueError(
-            f"{what}={path}: its rows have no data['target_positions'] "
-            f"(found: {sorted(row.data) or 'none'}). {contract}"
-        )
+    if required is not None:
+        row = db.get(id=next(db.select(limit=1, include_data=False)).id)
+        if required not in row.data:
+            raise ValueError(
+                f"{what}={path}: its rows have no data[{required!r}] "
+                f"(found: {sorted(row.data) or 'none'}). {contract} A database without targets (SchNetPack's "
+                "QM9 or MD17 as written) trains diffusion and generation: experiment=energyloss_diffusion or "
+                "energyloss_generation; or add the targets as a property (ASEAtomsData.create(..., "
+                f"property_unit_dict={{{required!r}: 'Ang', ...}}), see docs/data.md)."
+            )
+    missing_units = [key for key in ("_distance_unit", "_property_unit_dict") if key not in meta]
+    if missing_units:
+        raise ValueError(f"{what}={path}: its metadata has no {' or '.join(missing_units)}, which SchNetPack needs "
+                         f"(found: {sorted(meta) or 'none'}). {contract}")
 
 
 def read_dataset(

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from energyloss_plugins.optional import console_script, require
+from energyloss_plugins.optional import add_version_option, console_script, require
 
 #: Which geometry of a row to evaluate: the atoms' positions, or the builder's ``target_positions``.
 POSITIONS = ("atoms", "target")
@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
                     "distances of bond lengths (Å), bond angles, dihedrals (degrees), radii of gyration (Å) and FCD.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_version_option(p)
     p.add_argument("file", help="molecules: an ASE database (.db) or any ase.io file (extxyz, xyz, sdf, ...)")
     p.add_argument("--positions", default="atoms", choices=POSITIONS,
                    help="atoms: the stored positions; target: the equilibrium targets of an energyloss-data database")

@@ -83,7 +83,7 @@ def train(datapath: str, loss: str, run_path: str, steps: int) -> str:
     run_id = f"painn_{loss}"
     cmd = [spktrain, "experiment=energyloss_structure", f"data.datapath={datapath}", f"globals.loss={loss}",
            f"run.path={os.path.abspath(run_path)}", f"run.id={run_id}", "trainer.accelerator=cpu",
-           f"+trainer.max_steps={steps}",
+           f"++trainer.max_steps={steps}",
            "data.num_workers=0",
            "print_config=false", "data.batch_size=8", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
            "model.representation.n_interactions=2", "globals.displacement_scale=0.1",
