@@ -90,7 +90,9 @@ class TypeEncoding:
     def encode(self, numbers: Tensor, dtype: torch.dtype = torch.float32, *, validate_args: bool = True) -> Tensor:
         """``(N,)`` long atomic numbers → ``(N, F)`` features (``validate_args``: as :meth:`index`)."""
         idx = self.index(numbers, validate_args=validate_args)
-        one_hot = torch.nn.functional.one_hot(idx, len(self.elements)).to(dtype) * self.one_hot_scale
+        # A comparison, not F.one_hot, which reads the indices' range back to the host.
+        one_hot = (idx.unsqueeze(-1) == torch.arange(len(self.elements), device=idx.device)).to(dtype)
+        one_hot = one_hot * self.one_hot_scale
         charge = numbers.to(dtype).unsqueeze(-1) * self.number_scale
         return torch.cat([one_hot, charge], dim=-1)
 

@@ -9,7 +9,7 @@ from torchmdnet.data import DataModule
 
 from torchmdnet_ext.datasets import convert_split
 from torchmdnet_ext.module import TASKS, loss_config
-from torchmdnet_ext.springs import PairSpringsTransform
+from torchmdnet_ext.springs import pipeline_transform
 
 
 class PositionDataModule(DataModule):
@@ -22,7 +22,8 @@ class PositionDataModule(DataModule):
     random ``train_size/val_size/test_size`` split.
 
     With ``data_springs: true`` (a position task), the dataset gets a
-    :class:`~torchmdnet_ext.springs.PairSpringsTransform`: the energy loss's springs per molecule.
+    :func:`~torchmdnet_ext.springs.pipeline_transform`: the energy loss's springs and the heads' pairs
+    per molecule.
     """
 
     def setup(self, stage):
@@ -40,5 +41,5 @@ class PositionDataModule(DataModule):
         if self.hparams.get("data_springs") and self.hparams.get("task") in TASKS:
             # The energy's springs per molecule, in the loaders' workers (PyG applies dataset.transform).
             config = loss_config(self.hparams["train_loss"], self.hparams["train_loss_arg"])
-            self.dataset.transform = PairSpringsTransform(config, self.hparams["task"])
+            self.dataset.transform = pipeline_transform(config, self.hparams["task"])
         super().setup(stage)

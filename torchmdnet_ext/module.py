@@ -42,7 +42,7 @@ from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
 from torchmdnet_ext import heads
 from torchmdnet_ext.generation import attach_generation_modules, denoise
 from torchmdnet_ext.losses import CORE_NAMES, core_name
-from torchmdnet_ext.springs import batch_springs
+from torchmdnet_ext.springs import COMPLETE_PAIRS, batch_springs
 
 TASKS = ("structure", "diffusion", "generation")
 
@@ -250,7 +250,8 @@ class PositionLNNP(LNNP):
             springs = (batch.spring_index, batch.spring_k)
         n_structures = batch.num_graphs  # a Python int from PyG's collate: no host synchronisation
         box, q, s = self._conditioning(batch)
-        with torch.set_grad_enabled(stage == "train"):
+        head_pairs = batch[COMPLETE_PAIRS] if COMPLETE_PAIRS in batch else None
+        with torch.set_grad_enabled(stage == "train"), heads.given_pairs(self.model, head_pairs, n_structures):
             if self.hparams.task == "structure":
                 pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
                 compared = (pred, target)

@@ -17,10 +17,40 @@ from __future__ import annotations
 
 import zlib
 
+import torch
+
 from energyloss_plugins.config import LossConfig
+from energyloss_plugins.graphs import complete_pairs
 from energyloss_plugins.losses import PairSprings
 
 PAIRS, DISTANCES, SPRINGS = "loss_pair_index", "loss_pair_distance", "loss_pair_k"
+#: All pairs i < j of a molecule ``(2, n(n-1)/2)``, for the position heads' pair term
+#: (:func:`torchmdnet_ext.heads.given_pairs`).
+COMPLETE_PAIRS = "complete_pair_index"
+
+
+class CompletePairs:
+    """A PyG transform adding all atom pairs i < j of each molecule (``complete_pair_index``).
+
+    The position heads (:mod:`torchmdnet_ext.heads`) sum over all pairs of each structure; listed
+    here, per molecule (PyG's collate offsets them), the step need not list them (which reads the
+    pair counts back to the host).
+    """
+
+    def __call__(self, data):
+        setattr(data, COMPLETE_PAIRS, complete_pairs(torch.zeros(data.num_nodes, dtype=torch.long), 1))
+        return data
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def pipeline_transform(config: LossConfig, task: str = "structure"):
+    """What ``data_springs: true`` sets as the dataset's transform: :class:`CompletePairs`, then
+    :class:`PairSpringsTransform` of the training loss."""
+    from torch_geometric.transforms import Compose
+
+    return Compose([CompletePairs(), PairSpringsTransform(config, task)])
 
 
 def reference_key(task: str, data) -> str:
@@ -74,4 +104,5 @@ def batch_springs(batch) -> PairSprings | None:
                        batch.num_graphs)
 
 
-__all__ = ["DISTANCES", "PAIRS", "SPRINGS", "PairSpringsTransform", "batch_springs", "reference_key"]
+__all__ = ["COMPLETE_PAIRS", "DISTANCES", "PAIRS", "SPRINGS", "CompletePairs", "PairSpringsTransform", "batch_springs",
+           "pipeline_transform", "reference_key"]
