@@ -28,6 +28,12 @@ from torch import Tensor, nn
 from energyloss_plugins.config import LossConfig
 from energyloss_plugins.tasks import BatchSprings, StructureObjective
 
+#: Why and how to replace ``coefficients: hessian`` in SchNetPack (the rest of the error message).
+HESSIAN_FIX = ("the SchNetPack adapter cannot read (its loader does not carry per-structure pair lists). Train with "
+               "the TorchMD-Net adapter (dataset: EnergyLossDB reads the springs of "
+               "energyloss_plugins.ase.add_springs_to_db), or choose a scheme computed from the reference, "
+               "e.g. coefficients: exp.")
+
 
 def plain_config(value):
     """OmegaConf containers (what Hydra passes) → plain Python, so the loss pickles into checkpoints cleanly."""
@@ -67,10 +73,7 @@ class EnergyLoss(nn.Module):
         # Validated now: a typo fails here, not at the first batch.
         self.config = LossConfig(loss, plain_config(coefficients), plain_config(coefficient_kwargs), graph,
                                  plain_config(graph_kwargs), reduction, normalize)
-        self.config.require_scheme_springs(
-            "the SchNetPack adapter cannot read (its loader does not carry per-structure pair lists). Train with "
-            "the TorchMD-Net adapter (dataset: EnergyLossDB reads the springs of energyloss_plugins.ase."
-            "add_springs_to_db), or choose a scheme computed from the reference, e.g. coefficients: exp.")
+        self.config.require_scheme_springs(HESSIAN_FIX)
         self.objective = StructureObjective(self.config)
 
     @property

@@ -77,13 +77,12 @@ class PairSpringsTransform(Transform):
     def __init__(self, loss: str = "energy", coefficients="exp", coefficient_kwargs=None, graph: str = "complete",
                  graph_kwargs=None, reference: str | None = "target_positions"):
         from energyloss_plugins.config import LossConfig
-        from schnetpack_ext.losses import plain_config
+        from schnetpack_ext.losses import HESSIAN_FIX, plain_config
 
         super().__init__()
         self.config = LossConfig(loss, plain_config(coefficients), plain_config(coefficient_kwargs), graph,
                                  plain_config(graph_kwargs))
-        self.config.require_scheme_springs(
-            "PairSpringsTransform cannot read (SchNetPack's loader does not carry per-structure pair lists).")
+        self.config.require_scheme_springs(HESSIAN_FIX)
         self.reference = reference or properties.R
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
