@@ -114,7 +114,7 @@ def torchmd_batch(task: str, loss: str, springs: bool = True, **energy):
     return Batch.from_data_list(torchmd_data(task, loss, springs, **energy))
 
 
-def torchmd_module(task: str, loss: str, **energy):
+def torchmd_module(task: str, loss: str, model: str = "tensornet", **energy):
     from _torchmdnet_args import tiny_model_args
     from torchmdnet_ext import PositionLNNP
 
@@ -122,7 +122,8 @@ def torchmd_module(task: str, loss: str, **energy):
     extra = {"output_model": "NoiseOutput", "cutoff_upper": 10.0} if task != "structure" else {}
     if task == "generation":
         extra["elements"] = ELEMENTS
-    return PositionLNNP(tiny_model_args(task=task, train_loss=TORCHMD_LOSS[loss], train_loss_arg=energy, **extra))
+    return PositionLNNP(tiny_model_args(model=model, task=task, train_loss=TORCHMD_LOSS[loss], train_loss_arg=energy,
+                                        **extra))
 
 
 def training_step(adapter: str, module, batch) -> torch.Tensor:
