@@ -186,7 +186,7 @@ def bond_aware(ctx: PairContext, k_bond: float = 1.0, k0: float = 1.0) -> Tensor
 @register_coefficients("hessian")
 def hessian(ctx: PairContext, **unused) -> Tensor:
     # A name, not a formula: the springs fitted per structure (energyloss_plugins.ase) are stored
-    # with the data and substituted by the task objectives (energyloss_plugins.tasks.with_batch_data).
+    # with the data and substituted by the task objectives (energyloss_plugins.config.LossConfig.evaluate).
     raise ValueError(
         "coefficients 'hessian' means the springs stored with each structure: pass them as "
         "pair_energy_loss(..., edge_index=pairs, coefficients=k), or train through a task objective, "

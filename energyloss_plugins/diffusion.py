@@ -29,16 +29,20 @@ SCHEDULES = ("cosine", "polynomial")
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def remove_com(x: Tensor, batch: Tensor, n_structures: int | None = None) -> Tensor:
-    """Project ``(N, d)`` positions onto zero centre of mass (unweighted mean) per structure."""
-    batch, n_structures = structure_index(batch, n_structures)
+def remove_com(x: Tensor, batch: Tensor, n_structures: int | None = None, *, validate_args: bool = True) -> Tensor:
+    """Project ``(N, d)`` positions onto zero centre of mass (unweighted mean) per structure.
+
+    With ``n_structures`` and ``validate_args=False`` nothing is read back to the host.
+    """
+    batch, n_structures = structure_index(batch, n_structures, validate_args=validate_args)
     return x - segment_mean(x, batch, n_structures)[batch]
 
 
-def com_free_noise(like: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def com_free_noise(like: Tensor, batch: Tensor, generator: torch.Generator | None = None, *,
+                   n_structures: int | None = None, validate_args: bool = True) -> Tensor:
     """Gaussian noise ``(N, d)`` projected onto the zero-centre-of-mass subspace of each structure."""
     eps = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
-    return remove_com(eps, batch)
+    return remove_com(eps, batch, n_structures, validate_args=validate_args)
 
 
 @dataclass
@@ -71,7 +75,7 @@ class NoiseSchedule:
 
 def noise_batch(x0: Tensor, batch: Tensor, schedule: NoiseSchedule | None = None, t: Tensor | None = None,
                 n_structures: int | None = None, generator: torch.Generator | None = None,
-                flow_matching: bool = False) -> dict[str, Tensor]:
+                flow_matching: bool = False, validate_args: bool = True) -> dict[str, Tensor]:
     """Noise a clean flat batch for training.
 
     Args:
@@ -79,20 +83,23 @@ def noise_batch(x0: Tensor, batch: Tensor, schedule: NoiseSchedule | None = None
         batch: ``(N,)`` structure index.
         t: ``(B,)`` times in [0, 1]; default uniform.
         flow_matching: use the linear path x_t = (1 − t) x + t ε instead of the VP schedule.
+        validate_args: value checks (finite positions, ids and times in range). Off, with
+            ``n_structures``, nothing is read back to the host (a training step).
 
     Returns:
         dict with ``x0`` (centred), ``x_t``, ``eps`` ``(N, d)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``.
     """
-    _checks.check_positions("x0", x0, 2)
-    _checks.check_batch(batch, x0.shape[0])
-    if t is not None:
-        _check_times("t", t)
+    if validate_args:
+        _checks.check_positions("x0", x0, 2)
+        _checks.check_batch(batch, x0.shape[0])
+        if t is not None:
+            _check_times("t", t)
     # Structures are the distinct ids (renumbered 0..B-1 if there are gaps): nothing is allocated by the largest id.
-    batch, n_structures = structure_index(batch, n_structures)
-    x0 = remove_com(x0, batch, n_structures)
+    batch, n_structures = structure_index(batch, n_structures, validate_args=validate_args)
+    x0 = remove_com(x0, batch, n_structures, validate_args=False)
     if t is None:
         t = torch.rand(n_structures, dtype=x0.dtype, device=x0.device, generator=generator)
-    eps = com_free_noise(x0, batch, generator)
+    eps = com_free_noise(x0, batch, generator, n_structures=n_structures, validate_args=False)
     if flow_matching:
         alpha, sigma = 1 - t, t
     else:
@@ -147,36 +154,49 @@ def network_target(noised: Mapping[str, Tensor], batch: Tensor, parameterization
     return x0
 
 
-def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *, loss: str = "energy",
-                   parameterization: str = "eps", max_weight: float | None = 1e3,
-                   loss_kwargs: Mapping | None = None) -> Tensor:
+#: A per-structure loss ``fn(x_hat (N, d), x0 (N, d), batch (N,), n_structures) -> (B,)``.
+PerStructureLoss = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+
+
+def diffusion_loss(output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *,
+                   loss: str | PerStructureLoss = "energy", parameterization: str = "eps",
+                   max_weight: float | None = 1e3, loss_kwargs: Mapping | None = None,
+                   n_structures: int | None = None, validate_args: bool = True) -> Tensor:
     """One-call diffusion/flow-matching loss on a noised batch: mean_b w_t(b) · L(x̂_b, x_b).
 
     Args:
         output: ``(N, d)`` model output for ``noised["x_t"]``.
         noised: the dict of :func:`noise_batch`.
-        loss: ``energy`` (the pair energy) or a baseline name (``mse``, ``mae``, ``kabsch``).
+        loss: ``energy`` (the pair energy) or a baseline name (``mse``, ``mae``, ``kabsch``), or a
+            per-structure loss (what :class:`energyloss_plugins.tasks.DiffusionObjective` passes).
         max_weight: clip w_t (at t → 0 the weight of an ε-model diverges; EDM-style training clips
             or uses L_simple). None disables.
-        loss_kwargs: passed to the loss (coefficients, graph, numbers, ...).
+        loss_kwargs: passed to a loss by name (coefficients, graph, numbers, ...).
+        n_structures, validate_args: as in :func:`noise_batch` (a training step: B and False).
     """
-    # Check what the caller passed before the loss sees the derived x̂ (it would blame ``pred``).
-    _checks.check_positions("output", output, 2)
-    for key in ("x_t", "x0"):
-        _checks.check_positions(f"noised[{key!r}]", noised[key], 2)
     if max_weight is not None:
         _checks.check_number("max_weight", max_weight, low=0.0)
-    elif parameterization in ("eps", "v", "velocity") and bool((noised["sigma"] == 0).any()):
-        raise ValueError(
-            "max_weight=None with noise level sigma = 0 (t = 0 in flow matching) gives an infinite weight "
-            "w_t (NaN loss); pass a max_weight (e.g. 1e3) or draw t in (0, 1]."
-        )
-    batch, _ = structure_index(batch)  # the same renumbering as noise_batch's
+    if validate_args:
+        # Check what the caller passed before the loss sees the derived x̂ (it would blame ``pred``).
+        _checks.check_positions("output", output, 2)
+        for key in ("x_t", "x0"):
+            _checks.check_positions(f"noised[{key!r}]", noised[key], 2)
+        if max_weight is None and parameterization in ("eps", "v", "velocity") and bool((noised["sigma"] == 0).any()):
+            raise ValueError(
+                "max_weight=None with noise level sigma = 0 (t = 0 in flow matching) gives an infinite weight "
+                "w_t (NaN loss); pass a max_weight (e.g. 1e3) or draw t in (0, 1]."
+            )
+    # The same renumbering as noise_batch's.
+    batch, n_structures = structure_index(batch, n_structures, validate_args=validate_args)
     x_hat, weight = predicted_x0(output, noised["x_t"], batch, noised["alpha"], noised["sigma"], parameterization)
     if max_weight is not None:
         weight = weight.clamp(max=max_weight)
-    options = {**dict(loss_kwargs or {}), "reduction": "none"}
-    per_structure = call_loss(loss, x_hat, noised["x0"], batch, **options)
+    if callable(loss):
+        per_structure = loss(x_hat, noised["x0"], batch, n_structures)
+    else:
+        options = {**dict(loss_kwargs or {}), "reduction": "none"}
+        per_structure = call_loss(loss, x_hat, noised["x0"], batch, n_structures=n_structures,
+                                  validate_args=validate_args, **options)
     if per_structure.numel() == 0:
         return output.sum() * 0.0
     return (weight.detach().to(per_structure.dtype) * per_structure).mean()

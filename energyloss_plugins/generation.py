@@ -34,8 +34,10 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
+from energyloss_plugins.config import LossConfig
 from energyloss_plugins.diffusion import com_free_noise, remove_com, reverse_step
-from energyloss_plugins.layouts import structure_index
+from energyloss_plugins.layouts import structure_counts, structure_index
+from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.tasks import DiffusionObjective
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,11 +72,14 @@ class TypeEncoding:
         self._index = lookup
         self._numbers = torch.tensor(elements, dtype=torch.long)
 
-    def index(self, numbers: Tensor) -> Tensor:
-        """Position of each atomic number ``(N,)`` in :attr:`elements`; ValueError for unknown elements."""
+    def index(self, numbers: Tensor, *, validate_args: bool = True) -> Tensor:
+        """Position of each atomic number ``(N,)`` in :attr:`elements`; ValueError for unknown elements
+        (checked with ``validate_args``, which reads back to the host; unchecked, an unknown element is -1)."""
         numbers = torch.as_tensor(numbers, dtype=torch.long)
         inside = (numbers >= 0) & (numbers < self._index.shape[0])
         idx = self._index.to(numbers.device)[numbers.clamp(0, self._index.shape[0] - 1)]
+        if not validate_args:
+            return idx
         bad = ~inside | (idx < 0)
         if bool(bad.any()):
             unknown = sorted({int(z) for z in numbers[bad].tolist()})
@@ -82,10 +87,12 @@ class TypeEncoding:
                              "add them to `elements` (the element list is fixed when the model is built).")
         return idx
 
-    def encode(self, numbers: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``(N,)`` long atomic numbers → ``(N, F)`` features."""
-        idx = self.index(numbers)
-        one_hot = torch.nn.functional.one_hot(idx, len(self.elements)).to(dtype) * self.one_hot_scale
+    def encode(self, numbers: Tensor, dtype: torch.dtype = torch.float32, *, validate_args: bool = True) -> Tensor:
+        """``(N,)`` long atomic numbers → ``(N, F)`` features (``validate_args``: as :meth:`index`)."""
+        idx = self.index(numbers, validate_args=validate_args)
+        # A comparison, not F.one_hot, which reads the indices' range back to the host.
+        one_hot = (idx.unsqueeze(-1) == torch.arange(len(self.elements), device=idx.device)).to(dtype)
+        one_hot = one_hot * self.one_hot_scale
         charge = numbers.to(dtype).unsqueeze(-1) * self.number_scale
         return torch.cat([one_hot, charge], dim=-1)
 
@@ -159,7 +166,8 @@ class GenerationObjective:
 
     Args:
         elements: atomic numbers of the training set (fixes the type features).
-        loss: positional loss: ``energy`` (w_t · E(x̂, x)), ``mse`` (= ε-MSE), ``kabsch`` or ``mae``.
+        loss: positional loss: ``energy`` (w_t · E(x̂, x)), ``mse`` (= ε-MSE), ``kabsch`` or ``mae``, with
+            its ``loss_kwargs``; or a :class:`~energyloss_plugins.config.LossConfig`.
         position_weight: multiplies the positional term (the paper sweeps it in [0.05, 1.5]).
         loss_kwargs: options of the positional loss (coefficients, coefficient_kwargs, graph, ...).
         schedule, precision: the VP schedule of both x and h (EDM: polynomial, 1e-5).
@@ -168,7 +176,7 @@ class GenerationObjective:
             term stays bounded at t → 0 because x̂ − x shrinks with σ_t).
     """
 
-    def __init__(self, elements: Sequence[int], loss: str = "energy", position_weight: float = 1.0,
+    def __init__(self, elements: Sequence[int], loss: str | LossConfig = "energy", position_weight: float = 1.0,
                  loss_kwargs: Mapping | None = None, schedule: str = "polynomial", precision: float = 1e-5,
                  parameterization: str = "eps", max_weight: float | None = 1e3):
         _checks.check_choice("parameterization", parameterization, GENERATION_PARAMETERIZATIONS)
@@ -190,16 +198,20 @@ class GenerationObjective:
         return self.encoding.n_features
 
     def noise(self, positions: Tensor, numbers: Tensor, batch: Tensor,
-              generator: torch.Generator | None = None) -> dict[str, Tensor]:
+              generator: torch.Generator | None = None, *, n_structures: int | None = None,
+              validate_args: bool = True) -> dict[str, Tensor]:
         """Noise a clean flat batch: positions ``(N, 3)`` Å, numbers ``(N,)``, batch ``(N,)``.
 
         Returns keys ``x0`` (centred), ``h0``, ``x_t``, ``h_t``, ``eps`` ``(N, 3)``, ``eps_h`` ``(N, F)``,
-        ``t``, ``alpha``, ``sigma`` ``(B,)`` and ``numbers`` ``(N,)`` (for the loss only).
+        ``t``, ``alpha``, ``sigma`` ``(B,)`` and ``numbers`` ``(N,)`` (for the loss only). A training
+        step passes ``n_structures`` and ``validate_args=False`` (no host synchronisation).
         """
-        _checks.check_positions("positions", positions, 2)
-        _checks.check_batch(batch, positions.shape[0])
-        noised = self.positions.noise(positions, batch, generator)
-        h0 = self.encoding.encode(numbers, positions.dtype)
+        if validate_args:
+            _checks.check_positions("positions", positions, 2)
+            _checks.check_batch(batch, positions.shape[0])
+        noised = self.positions.noise(positions, batch, generator, n_structures=n_structures,
+                                      validate_args=validate_args)
+        h0 = self.encoding.encode(numbers, positions.dtype, validate_args=validate_args)
         eps_h = torch.randn(h0.shape, dtype=h0.dtype, device=h0.device, generator=generator)
         a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
         return {**noised, "h0": h0, "eps_h": eps_h, "h_t": a * h0 + s * eps_h, "numbers": numbers}
@@ -208,24 +220,30 @@ class GenerationObjective:
         """What a perfect network outputs for the types: ε_h, or ε_h − h for flow matching."""
         return noised["eps_h"] - noised["h0"] if self.flow_matching else noised["eps_h"]
 
-    def loss_terms(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor],
-                   batch: Tensor) -> dict[str, Tensor]:
-        """The two weighted, normalised terms: ``positions`` and ``types``; their sum is :meth:`loss`."""
+    def loss_terms(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *,
+                   springs: PairSprings | None = None, validate_args: bool = True) -> dict[str, Tensor]:
+        """The two weighted, normalised terms: ``positions`` and ``types``; their sum is :meth:`loss`.
+
+        ``springs``: of the clean molecules, resolved by a data pipeline (the energy's kernel alone).
+        ``validate_args=False`` in a training step (nothing is read back to the host).
+        """
         if out_h.shape != noised["h0"].shape:
             raise ValueError(f"out_h must have shape {tuple(noised['h0'].shape)} (atoms x type features), "
                              f"got {tuple(out_h.shape)}.")
         scale = 1.0 / (3 + self.n_features)
-        positions = self.positions.loss(out_x, noised, batch, numbers=noised.get("numbers"))
-        n_structures = noised["t"].shape[0]
+        n_structures = noised["t"].shape[0]  # B from a shape: no host synchronisation
+        positions = self.positions.loss(out_x, noised, batch, numbers=noised.get("numbers"), springs=springs,
+                                        n_structures=n_structures, validate_args=validate_args)
         squared = ((out_h - self.type_target(noised)) ** 2).sum(-1)
         per_structure = squared.new_zeros(n_structures).index_add_(0, batch, squared)
-        counts = torch.bincount(batch, minlength=n_structures).clamp_min(1).to(squared.dtype)
+        counts = structure_counts(batch, n_structures).clamp_min(1).to(squared.dtype)
         types = (per_structure / counts).mean() if n_structures else out_h.sum() * 0.0
         return {"positions": self.position_weight * scale * positions, "types": scale * types}
 
-    def loss(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor) -> Tensor:
-        """Scalar training loss (see the module docstring)."""
-        terms = self.loss_terms(out_x, out_h, noised, batch)
+    def loss(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *,
+             springs: PairSprings | None = None, validate_args: bool = True) -> Tensor:
+        """Scalar training loss (see the module docstring; arguments as :meth:`loss_terms`)."""
+        terms = self.loss_terms(out_x, out_h, noised, batch, springs=springs, validate_args=validate_args)
         return terms["positions"] + terms["types"]
 
     @torch.no_grad()

@@ -7,14 +7,13 @@ per-batch data (``batch``/``mask``, ``numbers``, ``bonds``, ``edge_index``, ``ce
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 from torch import Tensor, nn
 
 from energyloss_plugins import _checks
-from energyloss_plugins.coefficients import CoefficientFn, coefficient_names, scheme_function
-from energyloss_plugins.graphs import GRAPH_NAMES
+from energyloss_plugins.coefficients import CoefficientFn
+from energyloss_plugins.config import LossConfig
 from energyloss_plugins.losses import (
     REDUCTIONS,
     PairSprings,
@@ -24,65 +23,6 @@ from energyloss_plugins.losses import (
     mse_loss,
     pair_energy_loss,
 )
-
-#: Coefficient name for springs stored per structure with the data (fitted to a Hessian); only a
-#: task objective (energyloss_plugins.tasks), which reads them from each batch, can supply them.
-DATA_SPRINGS = "hessian"
-# Options of graphs.build_pairs a user sets through graph_kwargs (the others come with each batch).
-_GRAPH_OPTIONS = ("cutoff", "seed", "pool_size", "symmetrize")
-
-
-def check_energy_options(coefficients: str | CoefficientFn = "exp", coefficient_kwargs: Mapping | None = None,
-                         graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean", *,
-                         data_springs: bool = False) -> None:
-    """Raise now, not at the first batch, for a pair-energy configuration that cannot work.
-
-    Checks the names (scheme, graph, reduction), the parameter names of the scheme and of the
-    graph, a ``radius`` graph's cutoff, and that ``coefficients="hessian"`` (springs stored with
-    the data) is only used where the data supplies them (``data_springs``: a task objective).
-    """
-    if isinstance(coefficients, str):
-        _checks.check_choice("coefficient scheme", coefficients, coefficient_names())
-        if coefficients == DATA_SPRINGS and not data_springs:
-            raise ValueError(
-                "coefficients='hessian' means the springs stored with each structure, which this loss cannot read: "
-                "pass them per call, loss_fn(pred, target, batch, edge_index=pairs, coefficients=k) (any scheme "
-                "here), or train through a task objective (energyloss_plugins.tasks, used by the SchNetPack and "
-                "TorchMD-Net adapters), which reads them from the batch (fit them with "
-                "energyloss_plugins.ase.add_springs_to_db).")
-    elif not callable(coefficients):
-        # A ValueError naming the argument, the team's convention for bad arguments.
-        raise ValueError(  # noqa: TRY004
-            f"coefficients must be a scheme name or a callable, got {type(coefficients).__name__}; "
-            f"per-pair springs are passed per call with edge_index=. Valid names: {', '.join(coefficient_names())}.")
-    _checks.check_choice("graph", graph, GRAPH_NAMES)
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
-    if coefficient_kwargs and not (isinstance(coefficients, str) and coefficients == DATA_SPRINGS):
-        _check_parameters(f"coefficient_kwargs of scheme {getattr(coefficients, '__name__', coefficients)!r}",
-                          scheme_function(coefficients), coefficient_kwargs, skip=1)
-    graph_kwargs = dict(graph_kwargs or {})
-    unknown = sorted(set(graph_kwargs) - set(_GRAPH_OPTIONS))
-    if unknown:
-        raise ValueError(f"graph_kwargs: unknown option(s) {', '.join(unknown)}. Valid: {', '.join(_GRAPH_OPTIONS)} "
-                         f"(see energyloss_plugins.graphs.build_pairs; numbers/bonds come with each batch).")
-    cutoff = graph_kwargs.get("cutoff")
-    if graph == "radius" and not (isinstance(cutoff, (int, float)) and cutoff > 0 and cutoff < float("inf")):
-        raise ValueError(f"graph='radius' needs a positive finite cutoff in Å, graph_kwargs={{'cutoff': 5.0}}; "
-                         f"got {cutoff!r}.")
-
-
-def _check_parameters(what: str, fn, kwargs: Mapping, skip: int) -> None:
-    try:
-        params = list(inspect.signature(fn).parameters.values())[skip:]
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    valid = [p.name for p in params if p.kind in named]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"{what}: unknown parameter(s) {', '.join(unknown)}. Valid: {', '.join(valid) or 'none'}.")
 
 
 class PairEnergyLoss(nn.Module):
@@ -104,11 +44,18 @@ class PairEnergyLoss(nn.Module):
                  reduction: str = "mean", normalize: bool = True, chunk_size: int = 2**22,
                  validate_args: bool = True):
         super().__init__()
-        check_energy_options(coefficients, coefficient_kwargs, graph, graph_kwargs, reduction)
+        # Configuration errors now, not at the first batch (energyloss_plugins.config).
+        self.config = LossConfig("energy", coefficients, coefficient_kwargs, graph, graph_kwargs, reduction, normalize,
+                                 chunk_size)
+        self.config.require_scheme_springs(
+            "this loss cannot read: pass them per call, loss_fn(pred, target, batch, edge_index=pairs, coefficients=k) "
+            "(any scheme here), or train through a task objective (energyloss_plugins.tasks, used by the SchNetPack "
+            "and TorchMD-Net adapters), which reads them from the batch (fit them with "
+            "energyloss_plugins.ase.add_springs_to_db).")
         self.coefficients = coefficients
-        self.coefficient_kwargs = dict(coefficient_kwargs or {})
+        self.coefficient_kwargs = self.config.coefficient_kwargs
         self.graph = graph
-        self.graph_kwargs = dict(graph_kwargs or {})
+        self.graph_kwargs = self.config.graph_kwargs
         self.reduction = reduction
         self.normalize = normalize
         self.chunk_size = chunk_size

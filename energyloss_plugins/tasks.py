@@ -11,59 +11,50 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from energyloss_plugins import _checks
+from energyloss_plugins.config import LossConfig
 from energyloss_plugins.diffusion import Denoiser, NoiseSchedule, diffusion_loss, noise_batch, sample
-from energyloss_plugins.losses import LOSSES, REDUCTIONS, call_loss
-from energyloss_plugins.modules import DATA_SPRINGS, check_energy_options
+from energyloss_plugins.losses import PairSprings
 
-
-def with_batch_data(options: Mapping, numbers: Tensor | None = None, bonds: Tensor | None = None,
-                    springs: tuple[Tensor, Tensor] | None = None) -> dict:
-    """Loss options completed with a batch's atomic numbers, bonds and stored springs.
-
-    ``springs`` is ``(edge_index (2, E) flat atom indices, k (E,) eV/Å²)``. With
-    ``coefficients: hessian`` the springs are required; with any other scheme they are ignored.
-    """
-    options = dict(options)
-    if numbers is not None:
-        options.setdefault("numbers", numbers)
-    if bonds is not None:
-        options.setdefault("bonds", bonds)
-    if options.get("coefficients") == DATA_SPRINGS:
-        if springs is None:
-            raise ValueError(
-                "coefficients: hessian uses the springs stored with each structure, but this batch has none. "
-                "Store them with energyloss_plugins.ase.add_springs_to_db (row.data spring_pairs/spring_k)."
-            )
-        options["edge_index"], options["coefficients"] = springs[0], springs[1]
-        options.pop("graph", None)
-    return options
+#: Springs a batch brings: stored with the data, ``(pairs (2, E) flat atom indices, k (E,) eV/Å²)``
+#: (``coefficients: hessian``), or resolved by a data pipeline (:class:`PairSprings`, the kernel alone).
+BatchSprings = tuple[Tensor, Tensor] | PairSprings
 
 
 class _Objective:
-    """A loss by name with its options, completed per batch with the batch's data."""
+    """A loss configuration (:class:`~energyloss_plugins.config.LossConfig`), completed per batch with its data.
 
-    def __init__(self, loss: str = "energy", loss_kwargs: Mapping | None = None):
-        _checks.check_choice("loss", loss, LOSSES)
-        self.loss_name = loss
-        self.loss_kwargs = dict(loss_kwargs or {})
-        # Configuration errors now, not at the first batch; springs stored with the data are read per batch.
-        names = ("coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction")
-        if loss == "energy":
-            check_energy_options(**{k: v for k, v in self.loss_kwargs.items() if k in names}, data_springs=True)
-        elif "reduction" in self.loss_kwargs:
-            _checks.check_choice("reduction", self.loss_kwargs["reduction"], REDUCTIONS)
+    Args:
+        loss: a loss name with its ``loss_kwargs`` options, or a :class:`LossConfig`.
+    """
+
+    def __init__(self, loss: str | LossConfig = "energy", loss_kwargs: Mapping | None = None):
+        # Validated now, not at the first batch; springs stored with the data are read per batch.
+        self.config = loss if isinstance(loss, LossConfig) else LossConfig.from_options(loss, loss_kwargs)
+
+    def __setstate__(self, state: dict) -> None:
+        # Objectives pickled (in checkpoints) before LossConfig held a name and an options dict.
+        if "config" not in state and "loss_name" in state:
+            state = dict(state)
+            state["config"] = LossConfig.from_options(state.pop("loss_name"), state.pop("loss_kwargs", None))
+        self.__dict__.update(state)
+
+    @property
+    def loss_name(self) -> str:
+        return self.config.name
 
     @property
     def needs_springs(self) -> bool:
         """True when the loss reads per-structure springs from the batch (``coefficients: hessian``)."""
-        return self.loss_name == "energy" and self.loss_kwargs.get("coefficients") == DATA_SPRINGS
+        return self.config.uses_data_springs
 
-    def _options(self, numbers: Tensor | None, bonds: Tensor | None,
-                 springs: tuple[Tensor, Tensor] | None) -> dict:
-        if self.loss_name != "energy":  # baselines take no per-batch data
-            return self.loss_kwargs
-        return with_batch_data(self.loss_kwargs, numbers, bonds, springs)
+    def _evaluate(self, pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None,
+                  bonds: Tensor | None, springs: BatchSprings | None, n_structures: int | None,
+                  validate_args: bool, reduction: str | None = None) -> Tensor:
+        resolved = springs if isinstance(springs, PairSprings) else None
+        stored = None if resolved is not None else springs
+        return self.config.evaluate(pred, target, batch, n_structures=n_structures, numbers=numbers, bonds=bonds,
+                                    stored=stored, springs=resolved, reduction=reduction,
+                                    validate_args=validate_args)
 
 
 class StructureObjective(_Objective):
@@ -71,15 +62,20 @@ class StructureObjective(_Objective):
 
     Args:
         loss: ``energy``, ``mse``, ``mae`` or ``kabsch``.
-        loss_kwargs: options of the loss (coefficients, coefficient_kwargs, graph, graph_kwargs,
-            reduction, normalize); energy-only options are ignored by the baselines.
+        loss_kwargs: options of the loss (:data:`energyloss_plugins.config.OPTIONS`); energy-only
+            options are ignored by the baselines. Or ``loss`` is a :class:`LossConfig`.
             ``coefficients: hessian`` takes the springs stored per structure in the data.
     """
 
     def loss(self, pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,
-             bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``."""
-        return call_loss(self.loss_name, pred, target, batch, **self._options(numbers, bonds, springs))
+             bonds: Tensor | None = None, springs: BatchSprings | None = None, *, n_structures: int | None = None,
+             validate_args: bool = True) -> Tensor:
+        """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``.
+
+        A training step passes ``n_structures`` and ``validate_args=False`` (no host synchronisation),
+        and ``springs`` resolved by the data pipeline when it has them.
+        """
+        return self._evaluate(pred, target, batch, numbers, bonds, springs, n_structures, validate_args)
 
 
 class DiffusionObjective(_Objective):
@@ -95,7 +91,7 @@ class DiffusionObjective(_Objective):
         precision: of the schedule (see :class:`energyloss_plugins.diffusion.NoiseSchedule`).
     """
 
-    def __init__(self, loss: str = "energy", parameterization: str = "eps", schedule: str = "polynomial",
+    def __init__(self, loss: str | LossConfig = "energy", parameterization: str = "eps", schedule: str = "polynomial",
                  loss_kwargs: Mapping | None = None, max_weight: float | None = 1e3, precision: float = 1e-4):
         super().__init__(loss, loss_kwargs)
         self.parameterization = parameterization
@@ -103,18 +99,28 @@ class DiffusionObjective(_Objective):
         self.schedule = NoiseSchedule(schedule, precision)
         self.max_weight = max_weight
 
-    def noise(self, x0: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Noised batch: dict with ``x0``, ``x_t``, ``eps`` ``(N, 3)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``."""
-        return noise_batch(x0, batch, self.schedule, generator=generator, flow_matching=self.flow_matching)
+    def noise(self, x0: Tensor, batch: Tensor, generator: torch.Generator | None = None, *,
+              n_structures: int | None = None, validate_args: bool = True) -> dict[str, Tensor]:
+        """Noised batch: dict with ``x0``, ``x_t``, ``eps`` ``(N, 3)`` and ``t``, ``alpha``, ``sigma`` ``(B,)``.
+
+        A training step passes ``n_structures`` and ``validate_args=False`` (no host synchronisation).
+        """
+        return noise_batch(x0, batch, self.schedule, n_structures=n_structures, generator=generator,
+                           flow_matching=self.flow_matching, validate_args=validate_args)
 
     def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None,
-             bonds: Tensor | None = None, springs: tuple[Tensor, Tensor] | None = None) -> Tensor:
+             bonds: Tensor | None = None, springs: BatchSprings | None = None, *, n_structures: int | None = None,
+             validate_args: bool = True) -> Tensor:
         """Diffusion loss of a model output for ``noised["x_t"]``.
 
-        See :func:`~energyloss_plugins.diffusion.diffusion_loss`.
+        See :func:`~energyloss_plugins.diffusion.diffusion_loss`; ``springs`` (of the clean
+        molecules), ``n_structures`` and ``validate_args`` as in :meth:`StructureObjective.loss`.
         """
-        return diffusion_loss(output, noised, batch, loss=self.loss_name, parameterization=self.parameterization,
-                              max_weight=self.max_weight, loss_kwargs=self._options(numbers, bonds, springs))
+        def per_structure(x_hat: Tensor, x0: Tensor, batch: Tensor, n: int | None) -> Tensor:
+            return self._evaluate(x_hat, x0, batch, numbers, bonds, springs, n, validate_args, reduction="none")
+
+        return diffusion_loss(output, noised, batch, loss=per_structure, parameterization=self.parameterization,
+                              max_weight=self.max_weight, n_structures=n_structures, validate_args=validate_args)
 
     def sample(self, denoiser: Denoiser, batch: Tensor, *, steps: int = 100, method: str | None = None,
                progress: bool = False, generator: torch.Generator | None = None) -> Tensor:

@@ -8,6 +8,8 @@ YAML building blocks (``_target_: schnetpack_ext.<name>``):
 - :class:`PositionHead`: equivariant per-atom displacement on PaiNN/SO3net vector features;
 - :class:`TimeEmbedding`: diffusion time as an embedding of PaiNN/SO3net;
 - :class:`RotateTarget`: data transform rotating targets against inputs (arbitrary frames);
+- :class:`PairSpringsTransform`, :class:`CompleteNeighborList`: data transforms resolving the energy
+  loss's springs and the all-pairs neighbour list per molecule (the step then runs the loss kernel alone);
 - :func:`predict_structures`: the core's (``energyloss_plugins.ase``), which runs ``best_model``/tasks/checkpoints
   of this adapter through :mod:`schnetpack_ext.adapter`.
 - :class:`GenerationTask`, :class:`GenerationOutput`, :class:`TypeFeatureEmbedding`, :class:`TypeNoiseHead`:
@@ -37,7 +39,7 @@ from schnetpack_ext.losses import EnergyLoss  # noqa: E402
 from schnetpack_ext.outputs import DiffusionOutput, StructureOutput  # noqa: E402
 from schnetpack_ext.resolvers import register_resolvers  # noqa: E402
 from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list  # noqa: E402
-from schnetpack_ext.transforms import RotateTarget  # noqa: E402
+from schnetpack_ext.transforms import CompleteNeighborList, PairSpringsTransform, RotateTarget  # noqa: E402
 
 register_resolvers()
 
@@ -45,9 +47,9 @@ register_resolvers()
 CONFIG_PACKAGE = "schnetpack_ext.configs"
 
 __all__ = [
-    "CONFIG_PACKAGE", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "GenerationOutput", "GenerationTask",
-    "PositionHead", "RotateTarget", "SafeCheckpointIO", "TypeFeatureEmbedding", "TypeNoiseHead",
-    "load_generation_model",
-    "StructureOutput", "StructureTask", "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list",
-    "load_structure_model", "predict_structures", "register_resolvers",
+    "CONFIG_PACKAGE", "CompleteNeighborList", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "GenerationOutput",
+    "GenerationTask", "PairSpringsTransform", "PositionHead", "RotateTarget", "SafeCheckpointIO",
+    "TypeFeatureEmbedding", "TypeNoiseHead", "load_generation_model", "StructureOutput", "StructureTask",
+    "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list", "load_structure_model", "predict_structures",
+    "register_resolvers",
 ]

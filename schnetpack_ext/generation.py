@@ -34,7 +34,8 @@ from energyloss_plugins.generation import AtomCountDistribution, GenerationObjec
 from schnetpack_ext.checkpoint import apply_ema_weights
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.losses import plain_config
-from schnetpack_ext.tasks import ContextTask, full_neighbor_list
+from schnetpack_ext.outputs import SPRINGS, loss_config
+from schnetpack_ext.tasks import ContextTask, full_neighbor_list, noisy_neighbor_list
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,8 @@ class GenerationOutput(ModelOutput):
                          constraints=constraints, target_property=target_property)
         self.type_name = type_name
         self.objective = GenerationObjective(
-            plain_config(elements), loss=getattr(loss_fn, "loss_name", "energy"), position_weight=position_weight,
-            loss_kwargs=dict(getattr(loss_fn, "options", {})), schedule=schedule, precision=precision,
-            parameterization=parameterization, max_weight=max_weight)
+            plain_config(elements), loss=loss_config(loss_fn), position_weight=position_weight, schedule=schedule,
+            precision=precision, parameterization=parameterization, max_weight=max_weight)
 
     def network_target(self, noised: dict[str, torch.Tensor]) -> torch.Tensor:
         """What a perfect network outputs for the positions (ε_x, or ε_x − x for flow matching)."""
@@ -129,7 +129,8 @@ class GenerationOutput(ModelOutput):
         if "_noised" not in target or properties.idx_m not in target:
             raise KeyError("GenerationOutput needs the noised batch: use it inside schnetpack_ext.GenerationTask.")
         return self.loss_weight * self.objective.loss(pred[self.name], pred[self.type_name], target["_noised"],
-                                                      target[properties.idx_m])
+                                                      target[properties.idx_m], springs=target.get(SPRINGS),
+                                                      validate_args=False)
 
 
 class GenerationTask(ContextTask):
@@ -211,18 +212,18 @@ class GenerationTask(ContextTask):
 
         Nothing here depends on the clean atomic numbers except through h_t.
         """
-        idx_m = batch[properties.idx_m]
         new = dict(batch)
         new[properties.R] = noised["x_t"]
         new[properties.Z] = torch.full_like(batch[properties.Z], DUMMY_NUMBER)
         new[GENERATION_TYPES] = noised["h_t"]
         new[DIFFUSION_TIME] = noised["t"]
-        new.update(full_neighbor_list(idx_m, self.cutoff, noised["x_t"]))
+        new.update(noisy_neighbor_list(batch, self.cutoff, noised["x_t"]))
         return new
 
     def _noised_batch(self, batch, generator=None):
         x0 = batch[self.clean_positions or properties.R].to(batch[properties.R].dtype)
-        noised = self.objective.noise(x0, batch[properties.Z], batch[properties.idx_m], generator=generator)
+        noised = self.objective.noise(x0, batch[properties.Z], batch[properties.idx_m], generator=generator,
+                                      n_structures=len(batch[properties.n_atoms]), validate_args=False)
         new = self.network_inputs(batch, noised)
         output = self.generation_output
         new[output.target_property] = output.network_target(noised)

@@ -13,6 +13,9 @@ options only the energy takes are ignored by the baselines, so one config serves
       coefficient_kwargs: {k0: 1.0, length_scale: 1.0}
       graph: complete         # complete | radius | bonds | rigid_sparse
     loss_weight: 1.0          # on the output, as for every SchNetPack ModelOutput
+
+The options are one :class:`energyloss_plugins.config.LossConfig` (``EnergyLoss.config``), shared
+with the data pipeline's :class:`schnetpack_ext.PairSpringsTransform`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from collections.abc import Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from energyloss_plugins.tasks import StructureObjective
+from energyloss_plugins.config import LossConfig
+from energyloss_plugins.tasks import BatchSprings, StructureObjective
+
+#: Why and how to replace ``coefficients: hessian`` in SchNetPack (the rest of the error message).
+HESSIAN_FIX = ("the SchNetPack adapter cannot read (its loader does not carry per-structure pair lists). Train with "
+               "the TorchMD-Net adapter (dataset: EnergyLossDB reads the springs of "
+               "energyloss_plugins.ase.add_springs_to_db), or choose a scheme computed from the reference, "
+               "e.g. coefficients: exp.")
 
 
 def plain_config(value):
@@ -45,7 +55,12 @@ class EnergyLoss(nn.Module):
         normalize: divide each structure's value by its atom count (default True).
 
     Called as ``loss(pred (N, 3), target (N, 3), batch=(N,), numbers=(N,))``; the adapter's
-    outputs pass ``batch`` and ``numbers`` from the task.
+    outputs pass ``batch`` and ``numbers`` from the task, and in a step also ``n_structures``,
+    ``validate_args=False`` and the springs of :class:`schnetpack_ext.PairSpringsTransform` when the
+    data pipeline has them.
+
+    ``coefficients: hessian`` (springs fitted per structure and stored in the database) is refused
+    here: SchNetPack's loader does not carry the stored per-structure pair lists.
     """
 
     #: Tells :class:`schnetpack_ext.StructureOutput` to pass the structure index and atomic numbers.
@@ -55,23 +70,34 @@ class EnergyLoss(nn.Module):
                  graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean",
                  normalize: bool = True):
         super().__init__()
-        options = {"coefficients": plain_config(coefficients),
-                   "coefficient_kwargs": dict(plain_config(coefficient_kwargs) or {}),
-                   "graph": graph, "graph_kwargs": dict(plain_config(graph_kwargs) or {}), "reduction": reduction,
-                   "normalize": normalize}
-        self.loss_name = loss
-        self.options = options
-        self.objective = StructureObjective(loss, options)  # validates now: a typo fails here, not at the first batch
+        # Validated now: a typo fails here, not at the first batch.
+        self.config = LossConfig(loss, plain_config(coefficients), plain_config(coefficient_kwargs), graph,
+                                 plain_config(graph_kwargs), reduction, normalize)
+        self.config.require_scheme_springs(HESSIAN_FIX)
+        self.objective = StructureObjective(self.config)
+
+    @property
+    def loss_name(self) -> str:
+        return self.config.name
+
+    def __setstate__(self, state: dict) -> None:
+        # Losses pickled (in checkpoints) before LossConfig held a name and an options dict.
+        if "config" not in state and "options" in state:
+            state = dict(state)
+            state["config"] = LossConfig.from_options(state.pop("loss_name"), state.pop("options"))
+        super().__setstate__(state)
 
     def forward(self, pred: Tensor, target: Tensor, batch: Tensor | None = None, numbers: Tensor | None = None,
-                bonds: Tensor | None = None) -> Tensor:
-        return self.objective.loss(pred, target, batch if batch is not None else _single(pred), numbers, bonds)
+                bonds: Tensor | None = None, *, springs: BatchSprings | None = None, n_structures: int | None = None,
+                validate_args: bool = True) -> Tensor:
+        return self.objective.loss(pred, target, batch if batch is not None else _single(pred), numbers, bonds,
+                                   springs, n_structures=n_structures, validate_args=validate_args)
 
     def extra_repr(self) -> str:
         if self.loss_name != "energy":
             return f"loss={self.loss_name!r}"
-        return (f"loss='energy', coefficients={self.options['coefficients']!r}, "
-                f"coefficient_kwargs={self.options['coefficient_kwargs']}, graph={self.options['graph']!r}")
+        return (f"loss='energy', coefficients={self.config.coefficients!r}, "
+                f"coefficient_kwargs={self.config.coefficient_kwargs}, graph={self.config.graph!r}")
 
 
 def _single(pred: Tensor) -> Tensor:

@@ -14,11 +14,25 @@ import torch
 from schnetpack.task import ModelOutput
 from torch import nn
 
+from energyloss_plugins.config import LossConfig
 from energyloss_plugins.diffusion import network_target
 from energyloss_plugins.tasks import DiffusionObjective
 
 #: Batch entries the adapter's tasks copy into ``targets`` for the losses and metrics.
 BATCH_CONTEXT = (properties.idx_m, properties.Z, properties.R, properties.n_atoms)
+#: ``targets`` key of the springs resolved by the data pipeline (a :class:`~energyloss_plugins.PairSprings`).
+SPRINGS = "_springs"
+
+
+def step_loss_arguments(target: dict) -> dict:
+    """What a loss needs in a step besides the positions: the springs of the data pipeline (if any),
+    the number of structures B (from ``_n_atoms``'s shape: no host synchronisation) and no value checks."""
+    return {"springs": target.get(SPRINGS), "n_structures": len(target[properties.n_atoms]), "validate_args": False}
+
+
+def loss_config(loss_fn: nn.Module | None) -> LossConfig:
+    """The :class:`LossConfig` of an output's ``loss_fn`` (a :class:`schnetpack_ext.EnergyLoss`; default: energy)."""
+    return getattr(loss_fn, "config", None) or LossConfig()
 
 
 def _need(targets: dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
@@ -51,7 +65,7 @@ class StructureOutput(ModelOutput):
         if getattr(self.loss_fn, "takes_batch", False):
             value = self.loss_fn(pred[self.name], target[self.target_property],
                                  batch=_need(target, properties.idx_m, type(self).__name__),
-                                 numbers=target.get(properties.Z))
+                                 numbers=target.get(properties.Z), **step_loss_arguments(target))
         else:
             value = self.loss_fn(pred[self.name], target[self.target_property])
         return self.loss_weight * value
@@ -81,10 +95,8 @@ class DiffusionOutput(ModelOutput):
                  parameterization: str = "eps", schedule: str = "polynomial", max_weight: float | None = 1e3):
         super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
                          constraints=constraints, target_property=target_property)
-        loss_name = getattr(loss_fn, "loss_name", "energy")
-        options = dict(getattr(loss_fn, "options", {}))
-        self.objective = DiffusionObjective(loss=loss_name, parameterization=parameterization, schedule=schedule,
-                                            loss_kwargs=options, max_weight=max_weight)
+        self.objective = DiffusionObjective(loss=loss_config(loss_fn), parameterization=parameterization,
+                                            schedule=schedule, max_weight=max_weight)
 
     def network_target(self, noised: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         """What a perfect network outputs for this noised batch ``(N, 3)`` (for metrics); see
@@ -96,4 +108,5 @@ class DiffusionOutput(ModelOutput):
             return 0.0
         noised = _need(target, "_noised", type(self).__name__)
         batch = _need(target, properties.idx_m, type(self).__name__)
-        return self.loss_weight * self.objective.loss(pred[self.name], noised, batch, numbers=target.get(properties.Z))
+        return self.loss_weight * self.objective.loss(pred[self.name], noised, batch, numbers=target.get(properties.Z),
+                                                      **step_loss_arguments(target))

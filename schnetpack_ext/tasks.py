@@ -31,7 +31,8 @@ from energyloss_plugins.layouts import flat_numbers
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.checkpoint import plain_hparams, save_plain_hparams
 from schnetpack_ext.heads import DIFFUSION_TIME
-from schnetpack_ext.outputs import BATCH_CONTEXT, DiffusionOutput, StructureOutput
+from schnetpack_ext.outputs import BATCH_CONTEXT, SPRINGS, DiffusionOutput, StructureOutput
+from schnetpack_ext.transforms import COMPLETE_PAIRS, batch_springs
 
 _SUBSETS = ("train", "val", "test")
 #: Checkpoint key naming the task class (``module.Class``), so a checkpoint can be loaded without knowing it.
@@ -104,6 +105,9 @@ class ContextTask(AtomisticTask):
 
     def _step(self, step, subset, batch, batch_idx):
         batch, extra = self._prepare(batch, batch_idx, subset)
+        springs = batch_springs(batch)  # resolved by the data pipeline (PairSpringsTransform), if listed
+        if springs is not None:
+            extra = {**(extra or {}), SPRINGS: springs}
         with self._context(batch, extra):
             return step(self, batch, batch_idx)
 
@@ -198,6 +202,16 @@ def full_neighbor_list(idx_m: torch.Tensor, cutoff: float | None = None,
             properties.offsets: torch.zeros(idx_i.shape[0], 3, dtype=dtype, device=idx_m.device)}
 
 
+def noisy_neighbor_list(batch: dict[str, torch.Tensor], cutoff: float | None,
+                        positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The neighbour list of noisy ``positions``: the batch's own when the loader listed all pairs
+    (:class:`schnetpack_ext.CompleteNeighborList`, no cutoff: nothing to rebuild, no host
+    synchronisation), else :func:`full_neighbor_list` (which reads the pair count back to the host)."""
+    if cutoff is None and COMPLETE_PAIRS in batch:
+        return {key: batch[key] for key in (properties.idx_i, properties.idx_j, properties.offsets)}
+    return full_neighbor_list(batch[properties.idx_m], cutoff, positions)
+
+
 class DiffusionTask(ContextTask):
     """Denoising diffusion (conformer generation given the atoms) on equilibrium structures.
 
@@ -243,11 +257,12 @@ class DiffusionTask(ContextTask):
         output = self.diffusion_output
         idx_m = batch[properties.idx_m]
         x0 = batch[self.clean_positions or properties.R].to(batch[properties.R].dtype)
-        noised = output.objective.noise(x0, idx_m, generator=generator)
+        noised = output.objective.noise(x0, idx_m, generator=generator, n_structures=len(batch[properties.n_atoms]),
+                                        validate_args=False)
         new = dict(batch)
         new[properties.R] = noised["x_t"]
         new[DIFFUSION_TIME] = noised["t"]
-        new.update(full_neighbor_list(idx_m, self.cutoff, noised["x_t"]))
+        new.update(noisy_neighbor_list(batch, self.cutoff, noised["x_t"]))
         new[output.target_property] = output.network_target(noised, idx_m)
         return new, {"_noised": noised}
 

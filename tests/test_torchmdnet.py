@@ -209,20 +209,24 @@ def test_datasets_db_hdf5_frames_and_splits(db_path, tmp_path):
     assert not (mols[0] & mols[1]) and not (mols[0] & mols[2])  # split by molecule
 
 
-def test_diffusion_training_in_process_et(db_path, tmp_path):
+@pytest.mark.parametrize("data_springs", ["false", "true"])
+def test_diffusion_training_in_process_et(db_path, tmp_path, data_springs):
     import lightning.pytorch as pl
 
     from torchmdnet_ext.cli import get_args
     from torchmdnet_ext.data import PositionDataModule
+    from torchmdnet_ext.springs import COMPLETE_PAIRS, PAIRS
 
     args = get_args(["--dataset", "EnergyLossDB", "--dataset-root", db_path, "--task", "diffusion",
                      "--model", "equivariant-transformer", "--embedding-dimension", "16", "--num-layers", "1",
                      "--num-heads", "2", "--num-rbf", "8", "--batch-size", "8", "--num-workers", "0",
                      "--train-loss", "energy_loss", "--train-loss-arg", "{coefficients: exp, graph: complete}",
-                     "--log-dir", str(tmp_path), "--sampling-steps", "2"])
+                     "--log-dir", str(tmp_path), "--sampling-steps", "2", "--data-springs", data_springs])
     pl.seed_everything(0)
     data = PositionDataModule(args)
     data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert (PAIRS in batch and COMPLETE_PAIRS in batch) == (data_springs == "true")
     model = torchmdnet_ext.PositionLNNP(args)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, inference_mode=False)

@@ -138,6 +138,9 @@ def get_argparse() -> argparse.ArgumentParser:
                        help="task generation: atomic numbers the model generates, e.g. 1,6,7,8,16 (QM7).")
     group.add_argument("--position-weight", default=PLUGIN_DEFAULTS["position_weight"], type=float,
                        help="task generation: weight of the positional loss term against the type term.")
+    group.add_argument("--data-springs", default=PLUGIN_DEFAULTS["data_springs"], type=_bool,
+                       help="Resolve the energy loss's pairs and springs once per molecule in the data pipeline "
+                            "(torchmdnet_ext.springs.PairSpringsTransform); the step then runs the loss kernel alone.")
     group.add_argument("--sampling-steps", default=PLUGIN_DEFAULTS["sampling_steps"], type=int,
                        help="Denoising steps used by predict_step (diffusion).")
     group.add_argument("--trust-checkpoint", action="store_true",

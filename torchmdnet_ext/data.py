@@ -8,6 +8,8 @@ from torchmdnet import datasets
 from torchmdnet.data import DataModule
 
 from torchmdnet_ext.datasets import convert_split
+from torchmdnet_ext.module import TASKS, loss_config
+from torchmdnet_ext.springs import pipeline_transform
 
 
 class PositionDataModule(DataModule):
@@ -18,6 +20,10 @@ class PositionDataModule(DataModule):
     ``input_kinds`` filter). Without ``splits``, an :class:`~torchmdnet_ext.datasets.EnergyLossDB`
     uses its database's split file (``<name>.split.npz``, split by molecule) when it exists, else TorchMD-Net's
     random ``train_size/val_size/test_size`` split.
+
+    With ``data_springs: true`` (a position task), the dataset gets a
+    :func:`~torchmdnet_ext.springs.pipeline_transform`: the energy loss's springs and the heads' pairs
+    per molecule.
     """
 
     def setup(self, stage):
@@ -32,4 +38,8 @@ class PositionDataModule(DataModule):
         if split_file is not None and hasattr(self.dataset, "dataset_indices"):
             out = os.path.join(self.hparams["log_dir"], "source_splits.npz")
             self.hparams["splits"] = convert_split(self.dataset, split_file, out)
+        if self.hparams.get("data_springs") and self.hparams.get("task") in TASKS:
+            # The energy's springs per molecule, in the loaders' workers (PyG applies dataset.transform).
+            config = loss_config(self.hparams["train_loss"], self.hparams["train_loss_arg"])
+            self.dataset.transform = pipeline_transform(config, self.hparams["task"])
         super().setup(stage)

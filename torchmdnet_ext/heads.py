@@ -25,7 +25,9 @@ Two architectures of each (``create_model`` prefixes ``Equivariant`` for the equ
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -73,9 +75,16 @@ class _PairVectorTerm(nn.Module):
         nn.init.zeros_(last.weight)  # Δ = 0 at initialisation
         nn.init.zeros_(last.bias)
 
+    #: ``(pairs (2, E) or None, B)`` set by :func:`given_pairs` for the duration of a step.
+    given: tuple[Tensor | None, int] | None = None
+
     def forward(self, h: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
-        n_structures = int(batch.max()) + 1 if batch.numel() else 0
-        i, j = complete_pairs(batch, n_structures)
+        pairs, n_structures = self.given or (None, None)
+        if pairs is None:
+            if n_structures is None:
+                n_structures = int(batch.max()) + 1 if batch.numel() else 0
+            pairs = complete_pairs(batch, n_structures)  # lists them: reads pair counts back to the host
+        i, j = pairs
         rij = pos[i] - pos[j]
         d = rij.norm(dim=-1, keepdim=True)
         rbf = torch.exp(-(((d - self.centers) / self.width) ** 2))
@@ -86,6 +95,21 @@ class _PairVectorTerm(nn.Module):
         out.index_add_(0, i, w_ij * unit)
         out.index_add_(0, j, -w_ji * unit)
         return out
+
+
+@contextlib.contextmanager
+def given_pairs(model: nn.Module, pairs: Tensor | None, n_structures: int) -> Iterator[None]:
+    """Inside, the position heads' pair term of ``model`` uses ``pairs`` ``(2, E)`` (all pairs i < j of each
+    structure, flat indices: the ``complete_pair_index`` of :class:`torchmdnet_ext.springs.CompletePairs`)
+    and B = ``n_structures`` instead of listing them, which reads back to the host."""
+    terms = [m for m in model.modules() if isinstance(m, _PairVectorTerm)]
+    for term in terms:
+        term.given = (pairs, n_structures)
+    try:
+        yield
+    finally:
+        for term in terms:
+            term.given = None
 
 
 class _VectorHead(OutputModel):

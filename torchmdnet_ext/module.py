@@ -35,12 +35,15 @@ import torch
 import yaml
 from torchmdnet.module import LNNP
 
+from energyloss_plugins.config import ENERGY_OPTIONS, LossConfig
 from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective
+from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
 from torchmdnet_ext import heads
 from torchmdnet_ext.generation import attach_generation_modules, denoise
 from torchmdnet_ext.losses import CORE_NAMES, core_name
+from torchmdnet_ext.springs import COMPLETE_PAIRS, batch_springs
 
 TASKS = ("structure", "diffusion", "generation")
 
@@ -54,6 +57,7 @@ PLUGIN_DEFAULTS = {
     "log_structure_metrics": True,
     "elements": None,  # generation: atomic numbers the model generates (required)
     "position_weight": 1.0,  # generation: weight of the positional term against the type term
+    "data_springs": False,  # resolve the energy's springs per molecule in the data pipeline (torchmdnet_ext.springs)
 }
 #: Default clip of the diffusion time weight w_t for ``task: diffusion``.
 DIFFUSION_MAX_WEIGHT = 1000.0
@@ -97,7 +101,7 @@ def prepare_hparams(hparams) -> dict:
                          f"{sorted(CORE_NAMES)} (energy_loss: pair energy, kabsch_loss: Kabsch-aligned MSE, mse_loss, "
                          "l1_loss).")
     h["train_loss_arg"] = parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
-    _check_loss_options(h["train_loss"], h["train_loss_arg"])
+    loss_config(h["train_loss"], h["train_loss_arg"])  # fails now for a misspelt scheme, graph or option
     if h.get("derivative"):
         raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; "
                          "set derivative: false.")
@@ -138,39 +142,35 @@ def _parse_elements(value) -> list[int]:
     return elements
 
 
-def _check_loss_options(train_loss: str, options: dict):
-    name = core_name(train_loss)
-    if name == "energy":
-        from energyloss_plugins.modules import check_energy_options
+def loss_config(train_loss: str, options: Mapping) -> LossConfig:
+    """The core :class:`LossConfig` of ``train_loss`` with ``train_loss_arg`` (validated: errors list the valid names).
 
-        energy_keys = {"coefficients", "coefficient_kwargs", "graph", "graph_kwargs", "reduction", "normalize",
-                       "chunk_size"}
-        unknown = set(options) - energy_keys
-        if unknown:
-            raise ValueError(f"Unknown train_loss_arg for energy_loss: {sorted(unknown)}; "
-                             f"valid: {sorted(energy_keys)}.")
-        # Fails now for a misspelt scheme, graph or parameter; 'hessian' springs come with each batch.
-        check_energy_options(**{k: v for k, v in options.items() if k not in ("normalize", "chunk_size")},
-                             data_springs=True)
-    else:
-        unknown = set(options) - {"reduction", "normalize"}
-        if unknown:
-            warnings.warn(f"train_loss_arg {sorted(unknown)} ignored by {train_loss} (energy-only options).",
-                          stacklevel=3)
+    Options only the energy takes are kept (and unused) for the baselines, with a warning.
+    """
+    name = core_name(train_loss)
+    if name != "energy":
+        ignored = sorted(set(options) & set(ENERGY_OPTIONS))
+        if ignored:
+            warnings.warn(f"train_loss_arg {ignored} ignored by {train_loss} (energy-only options).", stacklevel=3)
+    return LossConfig.from_options(name, options)
 
 
 def make_objective(h: Mapping, train_loss: str | None = None):
     """The core objective of a position task; ``train_loss`` overrides the configured loss (monitors)."""
     name = train_loss or h["train_loss"]
-    options = h["train_loss_arg"] if name == h["train_loss"] else {}
+    config = LossConfig.from_options(core_name(name), h["train_loss_arg"] if name == h["train_loss"] else {})
     if h["task"] == "structure":
-        return StructureObjective(core_name(name), options)
+        return StructureObjective(config)
     if h["task"] == "generation":
-        return GenerationObjective(h["elements"], core_name(name), position_weight=h["position_weight"],
-                                   loss_kwargs=options, schedule=h["noise_schedule"],
-                                   parameterization=h["parameterization"], max_weight=h["max_weight"])
-    return DiffusionObjective(core_name(name), parameterization=h["parameterization"], schedule=h["noise_schedule"],
-                              loss_kwargs=options, max_weight=h["max_weight"])
+        return GenerationObjective(h["elements"], config, position_weight=h["position_weight"],
+                                   schedule=h["noise_schedule"], parameterization=h["parameterization"],
+                                   max_weight=h["max_weight"])
+    return DiffusionObjective(config, parameterization=h["parameterization"], schedule=h["noise_schedule"],
+                              max_weight=h["max_weight"])
+
+
+def _resolved(springs) -> PairSprings | None:
+    return springs if isinstance(springs, PairSprings) else None
 
 
 class PositionLNNP(LNNP):
@@ -245,9 +245,14 @@ class PositionLNNP(LNNP):
         z, b = batch.z, batch.batch
         target = batch.pos_target if "pos_target" in batch else batch.pos
         bonds = batch.bond_index if "bond_index" in batch else None
-        springs = (batch.spring_index, batch.spring_k) if "spring_index" in batch else None
+        # Springs resolved by the data pipeline (data_springs: true), else those stored with the data (hessian).
+        springs = batch_springs(batch)
+        if springs is None and "spring_index" in batch:
+            springs = (batch.spring_index, batch.spring_k)
+        n_structures = batch.num_graphs  # a Python int from PyG's collate: no host synchronisation
         box, q, s = self._conditioning(batch)
-        with torch.set_grad_enabled(stage == "train"):
+        head_pairs = batch[COMPLETE_PAIRS] if COMPLETE_PAIRS in batch else None
+        with torch.set_grad_enabled(stage == "train"), heads.given_pairs(self.model, head_pairs, n_structures):
             if self.hparams.task == "structure":
                 pred, _ = self(z, batch.pos, batch=b, box=box, q=q, s=s)
                 compared = (pred, target)
@@ -255,20 +260,22 @@ class PositionLNNP(LNNP):
                 generator = None
                 if stage != "train":  # the same noise every epoch: comparable validation losses
                     generator = torch.Generator(device=target.device).manual_seed(VAL_SEED + self._eval_batch_idx)
-                noised = self.objective.noise(target, z, b, generator=generator)
+                noised = self.objective.noise(target, z, b, generator=generator, n_structures=n_structures,
+                                              validate_args=False)
                 out_x, out_h = denoise(self.model, noised["x_t"], noised["h_t"], noised["t"], b)
                 compared = (out_x, out_h, noised)
             else:
-                noised = self.objective.noise(target, b)
+                noised = self.objective.noise(target, b, n_structures=n_structures, validate_args=False)
                 out = heads.run_denoiser(self.model, z, noised["x_t"], b, noised["t"][b], box=box, q=q, s=s)
                 compared = (out, noised)
             for name, loss_fn in loss_fn_list:
                 is_core = isinstance(loss_fn, StructureObjective | DiffusionObjective | GenerationObjective)
                 objective = loss_fn if is_core else self._objective(name)
-                if self.hparams.task == "generation":  # types and positions together; no bonds or springs
-                    loss = objective.loss(*compared, b)
+                if self.hparams.task == "generation":  # types and positions together; no bonds or stored springs
+                    loss = objective.loss(*compared, b, springs=_resolved(springs), validate_args=False)
                 else:
-                    loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs)
+                    loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs,
+                                          n_structures=n_structures, validate_args=False)
                 loss = self._update_loss_with_ema(stage, "y", name, loss)
                 if self.hparams.y_weight > 0:
                     self.losses[stage]["y"][name].append(loss.detach())
