@@ -65,8 +65,9 @@ def check_energy_options(coefficients: str | CoefficientFn = "exp", coefficient_
     if unknown:
         raise ValueError(f"graph_kwargs: unknown option(s) {', '.join(unknown)}. Valid: {', '.join(_GRAPH_OPTIONS)} "
                          f"(see energyloss_plugins.graphs.build_pairs; numbers/bonds come with each batch).")
-    cutoff = graph_kwargs.get("cutoff")
-    if graph == "radius" and not (isinstance(cutoff, (int, float)) and cutoff > 0 and cutoff < float("inf")):
+    cutoff = _checks.as_python_number(graph_kwargs.get("cutoff"))
+    numeric = isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool)
+    if graph == "radius" and not (numeric and cutoff > 0 and cutoff < float("inf")):
         raise ValueError(f"graph='radius' needs a positive finite cutoff in Å, graph_kwargs={{'cutoff': 5.0}}; "
                          f"got {cutoff!r}.")
 

@@ -1,0 +1,110 @@
+"""Writing user-visible files: one rule everywhere (nothing replaced without ``overwrite``, no partial file).
+
+- :func:`check_output_path` runs before any expensive work: the path is not ``-``, not a directory,
+  its folder exists (or can be created) and is writable, and an existing file is only accepted with
+  ``overwrite``.
+- :func:`atomic_write` hands out a fresh temporary name in the same folder and renames it onto the
+  target only when the writer finished, so an error or Ctrl-C leaves the old file (or none), never a
+  partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def check_output_path(path: str | os.PathLike, *, name: str = "output", overwrite: bool = False,
+                      flag: str = "overwrite=True", create_folder: bool = False) -> str:
+    """Check that ``path`` can be written without losing a file; returns it as an absolute path.
+
+    Args:
+        path: the output file.
+        name: the argument's name in messages (``--json``, ``output``, ...).
+        overwrite: accept an existing file (it is replaced atomically later).
+        flag: how the user says ``overwrite`` (``--overwrite`` for console scripts).
+        create_folder: a missing folder is fine (the writer creates it); otherwise it is an error.
+
+    Raises:
+        ValueError: ``-``, a directory, a missing or unwritable folder, a folder that is a file,
+            or an existing file without ``overwrite``.
+    """
+    text = os.fspath(path)
+    if text in ("", "-"):
+        raise ValueError(f"{name}={text!r} is not a file name (writing to stdout is not supported); give a path.")
+    full = os.path.abspath(text)
+    if os.path.isdir(full):
+        raise ValueError(f"{name}={text} is a directory; give a file path inside it.")
+    folder = os.path.dirname(full)
+    probe = folder
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{name}={text}: {probe} is a file, not a folder; choose another location.")
+    if probe != folder and not create_folder:
+        raise ValueError(f"{name}={text}: the folder {folder} does not exist; create it first.")
+    if not os.access(probe, os.W_OK):
+        raise ValueError(f"{name}={text}: cannot write in {probe} (no permission); choose a writable location.")
+    if os.path.exists(full) and not overwrite:
+        raise ValueError(f"{name}={text} exists; pass {flag} to replace it.")
+    return full
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a fresh temporary path beside ``path`` (same suffix, not yet created); rename it onto ``path`` on success.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is
+    untouched. The same folder keeps ``os.replace`` atomic.
+    """
+    full = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(full)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=f".tmp{os.path.splitext(base)[1]}")
+    os.close(fd)
+    os.remove(tmp)  # writers such as ASE's database or np.savez create the file themselves
+    try:
+        yield tmp
+        os.replace(tmp, full)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` through :func:`atomic_write` (flushed to disk before the rename)."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` through :func:`atomic_write`."""
+    with atomic_write(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+
+
+def write_structures(path: str | os.PathLike, images: list, *, overwrite: bool = False, name: str = "output",
+                     flag: str = "overwrite=True", **write_kwargs) -> None:
+    """``ase.io.write`` through :func:`atomic_write`; the format follows the file name (extxyz without a suffix)."""
+    from ase.io import write
+
+    check_output_path(path, name=name, overwrite=overwrite, flag=flag)
+    fmt = write_kwargs.pop("format", None)
+    if fmt is None and not os.path.splitext(os.fspath(path))[1]:
+        fmt = "extxyz"
+    if fmt is None:
+        from ase.io.formats import filetype
+
+        try:
+            fmt = filetype(os.fspath(path), read=False)
+        except Exception as exc:  # ASE's own error names the suffix
+            raise ValueError(f"{name}={os.fspath(path)}: unknown file format ({exc}); use .db, .extxyz or .xyz.") \
+                from None
+    with atomic_write(path) as tmp:
+        write(tmp, images, format=fmt, **write_kwargs)
