@@ -14,8 +14,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-
-import numpy as np
+from typing import Any
 
 
 def check_output_path(path: str | os.PathLike, *, name: str = "output", overwrite: bool = False,
@@ -47,8 +46,13 @@ def check_output_path(path: str | os.PathLike, *, name: str = "output", overwrit
         raise ValueError(f"{name}={text}: {probe} is a file, not a folder; choose another location.")
     if probe != folder and not create_folder:
         raise ValueError(f"{name}={text}: the folder {folder} does not exist; create it first.")
-    if not os.access(probe, os.W_OK):
-        raise ValueError(f"{name}={text}: cannot write in {probe} (no permission); choose a writable location.")
+    try:  # a real probe: os.access misses read-only file systems
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".energyloss-write-test-")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as exc:
+        raise ValueError(f"{name}={text}: cannot write in {probe} ({exc.strerror}); choose a writable location.") \
+            from None
     if os.path.exists(full) and not overwrite:
         raise ValueError(f"{name}={text} exists; pass {flag} to replace it.")
     return full
@@ -75,8 +79,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
-def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """``np.savez`` through :func:`atomic_write` (flushed to disk before the rename)."""
+def atomic_savez(path: str | os.PathLike, **arrays: Any) -> None:
+    """``np.savez`` of arrays through :func:`atomic_write` (flushed to disk before the rename)."""
+    import numpy as np
+
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
         fh.flush()
@@ -108,3 +114,32 @@ def write_structures(path: str | os.PathLike, images: list, *, overwrite: bool =
                 from None
     with atomic_write(path) as tmp:
         write(tmp, images, format=fmt, **write_kwargs)
+
+
+def read_structures(path: str | os.PathLike, *, name: str = "file", index: str = ":") -> list:
+    """Structures of an ``ase.io`` file as a list of ``ase.Atoms``, with one-line errors naming ``name``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a directory, an empty file, or a file ASE cannot
+            parse (binary data, an unknown format, a corrupt record), or one holding no structures.
+    """
+    import ase.io
+    from ase import Atoms
+
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        raise FileNotFoundError(f"{name} {text}: no such file.")
+    if os.path.isdir(text):
+        raise ValueError(f"{name} {text} is a directory; give a structure file (.extxyz, .xyz, .db, ...).")
+    if os.path.getsize(text) == 0:
+        raise ValueError(f"{name} {text} is empty; give a structure file (.extxyz, .xyz, .db, ...).")
+    try:
+        frames = ase.io.read(text, index=index)
+    except Exception as exc:  # ASE's parsers raise anything from KeyError to UnicodeDecodeError on bad files
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{name} {text}: not a structure file ASE can read ({detail[:200]}); use .extxyz, .xyz, "
+                         ".sdf or an ASE database (.db).") from None
+    frames = [frames] if isinstance(frames, Atoms) else list(frames)
+    if not frames:
+        raise ValueError(f"{name} {text} holds no structures.")
+    return frames

@@ -43,7 +43,8 @@ import os
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from energyloss_plugins.optional import console_script, require
+from energyloss_plugins._cli import console_script
+from energyloss_plugins.optional import require
 
 PROG = "energyloss-torchmd-train"
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
@@ -141,6 +142,12 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     args.dataset_arg = parse_mapping(args.dataset_arg, "dataset_arg") or None
     if args.task is None:
         args.task = "structure" if args.dataset in POSITION_DATASETS else "energy"
+    if args.dataset in POSITION_DATASETS:
+        if not args.dataset_root:
+            raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
+                             "--dataset-root qm7/data.db (make one with energyloss-data build).")
+        if not os.path.exists(args.dataset_root):
+            raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data build.")
     if args.task in TASKS:
         args = argparse.Namespace(**prepare_hparams(args))
     args.checkpoint_monitor = args.checkpoint_monitor or f"val_total_{args.train_loss}"
@@ -178,14 +185,15 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@console_script(PROG)
+@console_script(PROG, interrupted="interrupted; checkpoints written so far are kept in --log-dir.")
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (upstream's main)."""
+    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (upstream's main).
+
+    User errors (options that do not fit, a missing database, elements outside ``--elements``, splits
+    too small to validate on) print one line and exit with status 2.
+    """
     upstream = _upstream()
-    try:
-        args = get_args(argv)
-    except ValueError as exc:
-        get_argparse().error(str(exc))
+    args = get_args(argv)
     from torchmdnet_ext.module import TASKS
 
     hooks = {"get_args": lambda: args}
