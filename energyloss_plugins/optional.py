@@ -3,23 +3,20 @@
 The core needs torch, numpy, scipy, networkx, tqdm and vesin only; everything else comes with an extra
 (``pip install "energyloss-plugins[data]"`` and so on, see pyproject.toml and docs/install.md).
 Code that needs an optional module imports it through :func:`require`, and console scripts wrap
-their ``main`` in :func:`energyloss_plugins._cli.console_script` (one line, exit status 2). A
+their ``main`` in :func:`energyloss_plugins.console.console_script` (one line, exit status 2). A
 command whose module cannot even be imported without its framework (an adapter package registers
-itself at import) points at :func:`run_script` instead, which imports it inside that guard.
+itself at import) points at :func:`energyloss_plugins.console.run_script` instead, which imports it inside that guard.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
-from importlib import metadata
 from types import ModuleType
 
 DISTRIBUTION = "energyloss-plugins"
 
 # Top-level module -> (distribution that provides it, smallest extra that installs it). Used by
-# _cli.console_script for imports that did not go through require().
+# console.console_script for imports that did not go through require().
 PROVIDERS: dict[str, tuple[str, str]] = {
     "rdkit": ("rdkit", "data"),
     "ase": ("ase", "data"),
@@ -76,25 +73,3 @@ def require(module: str, feature: str, extra: str) -> ModuleType:
         if not _is_missing(exc, module):
             raise
         raise MissingOptionalDependency(module, feature, extra) from None
-
-
-#: Entry-point group naming the real ``main`` of each command that :func:`run_script` dispatches.
-SCRIPTS_GROUP = "energyloss_plugins.scripts"
-
-
-def run_script() -> int | None:
-    """Console-script trampoline: load and run the ``main`` registered for this command, inside the guard.
-
-    pyproject.toml points the command (``sys.argv[0]``'s name) here and names its ``main`` under
-    ``[project.entry-points."energyloss_plugins.scripts"]``. Loading that entry point imports an
-    adapter package, which imports its framework; doing it here turns a missing framework into the
-    one-line message and exit status 2, as for :func:`energyloss_plugins._cli.console_script`.
-    """
-    prog = os.path.basename(sys.argv[0]).removesuffix(".exe")
-    found = metadata.entry_points(group=SCRIPTS_GROUP, name=prog)
-    if not found:
-        raise SystemExit(f"{prog}: no entry point {prog!r} in group {SCRIPTS_GROUP!r}; reinstall {DISTRIBUTION}.")
-    (entry,) = found
-    from energyloss_plugins._cli import console_script
-
-    return console_script(prog)(lambda: entry.load()())()

@@ -21,8 +21,8 @@ import os
 import sys
 import time
 
-from energyloss_plugins._cli import UsageError, check_device, console_script, positive_int
 from energyloss_plugins.adapters import AdapterUnavailableError, adapter_names, resolve
+from energyloss_plugins.console import UsageError, check_device, console_script, positive_int
 from energyloss_plugins.io import check_output_path, read_structures, write_structures
 from energyloss_plugins.optional import install_line
 

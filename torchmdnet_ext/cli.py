@@ -43,7 +43,7 @@ import os
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from energyloss_plugins._cli import console_script
+from energyloss_plugins.console import console_script
 from energyloss_plugins.optional import require
 
 PROG = "energyloss-torchmd-train"

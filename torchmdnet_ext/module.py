@@ -34,8 +34,8 @@ import torch
 import yaml
 from torchmdnet.module import LNNP
 
-from energyloss_plugins._checks import MAX_ATOMIC_NUMBER, check_integers, check_number
-from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective
+from energyloss_plugins.console import check_option
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
 from torchmdnet_ext import heads
@@ -95,10 +95,10 @@ def prepare_hparams(hparams) -> dict:
     for key, low, inclusive in (("position_weight", 0.0, True), ("y_weight", 0.0, True),
                                 ("sampling_steps", 1, True)):
         if h.get(key) is not None:
-            check_number(f"--{key.replace('_', '-')}", h[key], low=low, low_inclusive=inclusive,
+            check_option(f"--{key.replace('_', '-')}", h[key], low=low, low_inclusive=inclusive,
                          integer=key == "sampling_steps")
     if h.get("max_weight") is not None:
-        check_number("--max-weight", h["max_weight"], low=0.0)
+        check_option("--max-weight", h["max_weight"], low=0.0)
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
@@ -142,13 +142,12 @@ def _parse_elements(value) -> list[int]:
             value = None
         if not isinstance(value, list):
             raise ValueError("--elements must be comma-separated atomic numbers such as 1,6,7,8,16.")
-    try:
-        elements = sorted(set(check_integers("--elements", value, low=1, high=MAX_ATOMIC_NUMBER).tolist()))
-    except ValueError as exc:
-        raise ValueError(f"{exc} Give atomic numbers such as --elements 1,6,7,8,16.") from None
-    if not elements:
-        raise ValueError(f"--elements must be a non-empty list of atomic numbers, got {value!r}.")
-    return elements
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"--elements must be a list of atomic numbers such as 1,6,7,8,16, got {value!r}.")
+    try:  # the core's check: whole numbers in 1..118, never truncated
+        return list(TypeEncoding(value).elements)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--{exc} Give atomic numbers such as --elements 1,6,7,8,16.") from None
 
 
 def _check_loss_options(train_loss: str, options: dict):

@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from energyloss_plugins._cli import console_script
+from energyloss_plugins.console import console_script
 
 
 def _parser() -> argparse.ArgumentParser:

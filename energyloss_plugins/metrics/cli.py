@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from energyloss_plugins._checks import check_number
-from energyloss_plugins._cli import console_script, positive_int
+from energyloss_plugins.console import console_script, positive_int
 from energyloss_plugins.io import atomic_write_text, check_output_path, read_structures
 from energyloss_plugins.optional import require
 

@@ -1,4 +1,4 @@
-"""The wrapper every console script's ``main`` runs in: user errors are one line and exit status 2.
+"""What the console scripts share: the wrapper their ``main`` runs in (user errors: one line, exit status 2).
 
 - ``ValueError`` (bad option values, unreadable or unsuitable files), ``FileNotFoundError`` and other
   ``OSError`` (paths), and a missing optional dependency print ``<prog>: error: <message>`` on one line
@@ -7,6 +7,9 @@
   writers go through :func:`energyloss_plugins.io.atomic_write`, so no partial file is left.
 - Any other exception is a bug and keeps its traceback. ``ENERGYLOSS_TRACEBACK=1`` shows the
   traceback of user errors too (for reports).
+
+Option checks (:func:`check_option`, the core's one number check; :func:`check_device`;
+:func:`positive_int` for argparse) name the option and the fix.
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from importlib import metadata
 
-from energyloss_plugins.optional import PROVIDERS, MissingOptionalDependency
+from energyloss_plugins._checks import check_number as check_option
+from energyloss_plugins.optional import DISTRIBUTION, PROVIDERS, MissingOptionalDependency
+
+__all__ = ["INTERRUPTED", "SCRIPTS_GROUP", "USAGE_ERROR", "UsageError", "check_device", "check_option",
+           "console_script", "one_line", "positive_int", "run_script"]
 
 #: Exit status of a user error (argparse's own) and of Ctrl-C (128 + SIGINT).
 USAGE_ERROR, INTERRUPTED = 2, 130
@@ -101,3 +109,23 @@ def positive_int(option: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+#: Entry-point group naming the real ``main`` of each command that :func:`run_script` dispatches.
+SCRIPTS_GROUP = "energyloss_plugins.scripts"
+
+
+def run_script() -> int | None:
+    """Console-script trampoline: load and run the ``main`` registered for this command, inside the guard.
+
+    pyproject.toml points the command (``sys.argv[0]``'s name) here and names its ``main`` under
+    ``[project.entry-points."energyloss_plugins.scripts"]``. Loading that entry point imports an
+    adapter package, which imports its framework; doing it here turns a missing framework into the
+    one-line message and exit status 2, as for :func:`console_script`.
+    """
+    prog = os.path.basename(sys.argv[0]).removesuffix(".exe")
+    found = metadata.entry_points(group=SCRIPTS_GROUP, name=prog)
+    if not found:
+        raise SystemExit(f"{prog}: no entry point {prog!r} in group {SCRIPTS_GROUP!r}; reinstall {DISTRIBUTION}.")
+    (entry,) = found
+    return console_script(prog)(lambda: entry.load()())()
