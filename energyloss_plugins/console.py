@@ -14,17 +14,17 @@ Option checks (:func:`check_option`, the core's one number check; :func:`check_d
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 
 from energyloss_plugins._checks import check_number as check_option
-from energyloss_plugins.optional import DISTRIBUTION, PROVIDERS, MissingOptionalDependency
+from energyloss_plugins.optional import explain_missing
 
-__all__ = ["INTERRUPTED", "SCRIPTS_GROUP", "USAGE_ERROR", "UsageError", "check_device", "check_option",
-           "console_script", "one_line", "positive_int", "run_script"]
+__all__ = ["INTERRUPTED", "USAGE_ERROR", "ArgumentParser", "UsageError", "check_device", "check_option",
+           "console_script", "one_line", "positive_int"]
 
 #: Exit status of a user error (argparse's own) and of Ctrl-C (128 + SIGINT).
 USAGE_ERROR, INTERRUPTED = 2, 130
@@ -32,6 +32,13 @@ USAGE_ERROR, INTERRUPTED = 2, 130
 
 class UsageError(ValueError):
     """A problem with the command line or its files; reported in one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (``<prog>: error: ...; see <prog> --help``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def one_line(exc: BaseException) -> str:
@@ -45,8 +52,8 @@ def console_script(prog: str, interrupted: str = "interrupted") -> Callable[[Cal
     """Decorate a console script's ``main`` (see the module docstring); ``interrupted`` is the Ctrl-C line.
 
     A ``ModuleNotFoundError`` for a module listed in :data:`energyloss_plugins.optional.PROVIDERS`
-    names the extra that installs it. The decorated module must import optional packages only
-    inside ``main`` (after this wrapper runs).
+    names the extra that installs it (``optional.explain_missing``). The decorated module must import
+    optional packages only inside ``main`` (after this wrapper runs).
     """
 
     def wrap(main: Callable[..., int | None]) -> Callable[..., int | None]:
@@ -58,12 +65,10 @@ def console_script(prog: str, interrupted: str = "interrupted") -> Callable[[Cal
                 print(f"{prog}: {interrupted}", file=sys.stderr)
                 return INTERRUPTED
             except ModuleNotFoundError as exc:
-                if not isinstance(exc, MissingOptionalDependency):
-                    top = (exc.name or "").split(".")[0]
-                    if top not in PROVIDERS:
-                        raise
-                    exc = MissingOptionalDependency(top, "this command", PROVIDERS[top][1])
-                print(f"{prog}: {exc}", file=sys.stderr)
+                missing = explain_missing(exc)
+                if missing is None:
+                    raise
+                print(f"{prog}: {missing}", file=sys.stderr)
                 return USAGE_ERROR
             except (ValueError, OSError) as exc:
                 if os.environ.get("ENERGYLOSS_TRACEBACK"):
@@ -97,7 +102,6 @@ def check_device(device: str, option: str = "--device") -> str:
 
 def positive_int(option: str) -> Callable[[str], int]:
     """argparse ``type`` for an integer >= 1 (argparse turns the error into one line, exit 2)."""
-    import argparse
 
     def parse(text: str) -> int:
         try:
@@ -109,23 +113,3 @@ def positive_int(option: str) -> Callable[[str], int]:
         return value
 
     return parse
-
-
-#: Entry-point group naming the real ``main`` of each command that :func:`run_script` dispatches.
-SCRIPTS_GROUP = "energyloss_plugins.scripts"
-
-
-def run_script() -> int | None:
-    """Console-script trampoline: load and run the ``main`` registered for this command, inside the guard.
-
-    pyproject.toml points the command (``sys.argv[0]``'s name) here and names its ``main`` under
-    ``[project.entry-points."energyloss_plugins.scripts"]``. Loading that entry point imports an
-    adapter package, which imports its framework; doing it here turns a missing framework into the
-    one-line message and exit status 2, as for :func:`console_script`.
-    """
-    prog = os.path.basename(sys.argv[0]).removesuffix(".exe")
-    found = metadata.entry_points(group=SCRIPTS_GROUP, name=prog)
-    if not found:
-        raise SystemExit(f"{prog}: no entry point {prog!r} in group {SCRIPTS_GROUP!r}; reinstall {DISTRIBUTION}.")
-    (entry,) = found
-    return console_script(prog)(lambda: entry.load()())()

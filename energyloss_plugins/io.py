@@ -95,23 +95,35 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+def structure_format(path: str | os.PathLike, fmt: str | None = None, *, name: str = "output") -> str:
+    """The ``ase.io`` format that writes ``path``: ``fmt``, else the one its suffix names (extxyz without one).
+
+    Raises:
+        ValueError: a format ASE does not know or cannot write (checked before any work).
+    """
+    from ase.io.formats import filetype, ioformats
+
+    text = os.fspath(path)
+    if fmt is None and not os.path.splitext(text)[1]:
+        fmt = "extxyz"
+    if fmt is None:
+        try:
+            fmt = filetype(text, read=False)
+        except Exception:  # ASE raises its own error types for unknown suffixes
+            fmt = os.path.splitext(text)[1].lstrip(".")
+    if fmt not in ioformats or not ioformats[fmt].can_write:
+        raise ValueError(f"{name}={text}: ASE cannot write the file format {fmt!r}; use .db, .extxyz or .xyz "
+                         "(or another format ase.io.write knows).")
+    return fmt
+
+
 def write_structures(path: str | os.PathLike, images: list, *, overwrite: bool = False, name: str = "output",
                      flag: str = "overwrite=True", **write_kwargs) -> None:
     """``ase.io.write`` through :func:`atomic_write`; the format follows the file name (extxyz without a suffix)."""
     from ase.io import write
 
     check_output_path(path, name=name, overwrite=overwrite, flag=flag)
-    fmt = write_kwargs.pop("format", None)
-    if fmt is None and not os.path.splitext(os.fspath(path))[1]:
-        fmt = "extxyz"
-    if fmt is None:
-        from ase.io.formats import filetype
-
-        try:
-            fmt = filetype(os.fspath(path), read=False)
-        except Exception as exc:  # ASE's own error names the suffix
-            raise ValueError(f"{name}={os.fspath(path)}: unknown file format ({exc}); use .db, .extxyz or .xyz.") \
-                from None
+    fmt = structure_format(path, write_kwargs.pop("format", None), name=name)
     with atomic_write(path) as tmp:
         write(tmp, images, format=fmt, **write_kwargs)
 
@@ -128,7 +140,7 @@ def read_structures(path: str | os.PathLike, *, name: str = "file", index: str =
 
     text = os.fspath(path)
     if not os.path.exists(text):
-        raise FileNotFoundError(f"{name} {text}: no such file.")
+        raise FileNotFoundError(f"{name} {text} does not exist.")
     if os.path.isdir(text):
         raise ValueError(f"{name} {text} is a directory; give a structure file (.extxyz, .xyz, .db, ...).")
     if os.path.getsize(text) == 0:

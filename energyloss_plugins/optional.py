@@ -5,12 +5,15 @@ The core needs torch, numpy, scipy, networkx, tqdm and vesin only; everything el
 Code that needs an optional module imports it through :func:`require`, and console scripts wrap
 their ``main`` in :func:`energyloss_plugins.console.console_script` (one line, exit status 2). A
 command whose module cannot even be imported without its framework (an adapter package registers
-itself at import) points at :func:`energyloss_plugins.console.run_script` instead, which imports it inside that guard.
+itself at import) points at :func:`run_script` instead, which imports it inside the same guard.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from importlib import metadata
 from types import ModuleType
 
 DISTRIBUTION = "energyloss-plugins"
@@ -73,3 +76,42 @@ def require(module: str, feature: str, extra: str) -> ModuleType:
         if not _is_missing(exc, module):
             raise
         raise MissingOptionalDependency(module, feature, extra) from None
+
+
+def explain_missing(exc: ModuleNotFoundError) -> MissingOptionalDependency | None:
+    """``exc`` as a :class:`MissingOptionalDependency` naming the extra, or None for a module we do not provide."""
+    if isinstance(exc, MissingOptionalDependency):
+        return exc
+    top = (exc.name or "").split(".")[0]
+    if top not in PROVIDERS:
+        return None
+    return MissingOptionalDependency(top, "this command", PROVIDERS[top][1])
+
+
+#: Entry-point group naming the real ``main`` of each command that :func:`run_script` dispatches.
+SCRIPTS_GROUP = "energyloss_plugins.scripts"
+
+
+def run_script() -> int | None:
+    """Console-script trampoline: load and run the ``main`` registered for this command, inside the guard.
+
+    pyproject.toml points the command (``sys.argv[0]``'s name) here and names its ``main`` under
+    ``[project.entry-points."energyloss_plugins.scripts"]``. Loading that entry point imports an
+    adapter package, which imports its framework; doing it here turns a missing framework into the
+    one-line message and exit status 2. The ``main`` itself runs in
+    :func:`energyloss_plugins.console.console_script` (user errors, Ctrl-C).
+    """
+    prog = os.path.basename(sys.argv[0]).removesuffix(".exe")
+    found = metadata.entry_points(group=SCRIPTS_GROUP, name=prog)
+    if not found:
+        raise SystemExit(f"{prog}: no entry point {prog!r} in group {SCRIPTS_GROUP!r}; reinstall {DISTRIBUTION}.")
+    (entry,) = found
+    try:
+        main = entry.load()
+    except ModuleNotFoundError as exc:
+        missing = explain_missing(exc)
+        if missing is None:
+            raise
+        print(f"{prog}: {missing}", file=sys.stderr)
+        return 2
+    return main()

@@ -22,8 +22,8 @@ import sys
 import time
 
 from energyloss_plugins.adapters import AdapterUnavailableError, adapter_names, resolve
-from energyloss_plugins.console import UsageError, check_device, console_script, positive_int
-from energyloss_plugins.io import check_output_path, read_structures, write_structures
+from energyloss_plugins.console import ArgumentParser, UsageError, check_device, console_script, positive_int
+from energyloss_plugins.io import check_output_path, read_structures, structure_format, write_structures
 from energyloss_plugins.optional import install_line
 
 PROG = "energyloss-sample"
@@ -31,7 +31,7 @@ SAMPLERS = ("ancestral", "ddim", "euler")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    p = ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="trained model: Lightning .ckpt, SchNetPack best_model, ...")
     p.add_argument("-o", "--output", required=True, help="output file (.db, .extxyz, .xyz, ...)")
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> list:
 
     # Everything the user can get wrong is checked before the model is loaded.
     check_output_path(args.output, name="-o", overwrite=args.overwrite, flag="--overwrite")
+    structure_format(args.output, name="-o")
     check_device(args.device)
     if os.path.isdir(args.checkpoint) or (os.path.isfile(args.checkpoint) and os.path.getsize(args.checkpoint) == 0):
         kind = "a directory" if os.path.isdir(args.checkpoint) else "empty"

@@ -90,7 +90,7 @@ def test_console_script_maps_a_raw_import_of_a_known_optional_module(monkeypatch
 
 def test_torchmd_train_without_torchmdnet_exits_2(tmp_path, monkeypatch, capsys):
     """The installed command goes through run_script, which imports the adapter inside the guard."""
-    from energyloss_plugins.console import SCRIPTS_GROUP, run_script
+    from energyloss_plugins.optional import SCRIPTS_GROUP, run_script
 
     # the metadata a wheel install writes (pyproject's entry points), for a command named fake-train
     info = tmp_path / "fake_el-0.dist-info"

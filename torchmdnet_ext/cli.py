@@ -43,7 +43,7 @@ import os
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from energyloss_plugins.console import console_script
+from energyloss_plugins.console import ArgumentParser, console_script
 from energyloss_plugins.optional import require
 
 PROG = "energyloss-torchmd-train"
@@ -98,7 +98,7 @@ def get_argparse() -> argparse.ArgumentParser:
     from torchmdnet_ext.configs import config_names
     from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS
 
-    parser = argparse.ArgumentParser(prog=PROG,
+    parser = ArgumentParser(prog=PROG,
                                      description="TorchMD-Net training with the energy loss (energyloss-plugins)",
                                      parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
     parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from energyloss_plugins.adapters import resolve
 from energyloss_plugins.alignment import kabsch_align
-from energyloss_plugins.io import check_output_path, write_structures
+from energyloss_plugins.io import check_output_path, structure_format, write_structures
 from energyloss_plugins.layouts import flat_numbers
 
 #: Structure model: ``fn(positions (N, 3) Å, numbers (N,) long) -> positions (N, 3)`` for one structure,
@@ -133,7 +133,7 @@ def predict_structures(
         ValueError: the model is an adapter model of another kind (diffusion, generation), returns
             the wrong shape or non-finite positions.
     """
-    _check_output(output, overwrite)
+    _check_output(output, overwrite, write_kwargs.get("format"))
     images = [images] if isinstance(images, Atoms) else list(images)
     resolved = None
     if framework is not None or not _is_plain_function(model):
@@ -172,9 +172,10 @@ def _align_onto(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return kabsch_align(torch.tensor(pred, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64)).numpy()
 
 
-def _check_output(output: str | None, overwrite: bool) -> None:
+def _check_output(output: str | None, overwrite: bool, fmt: str | None = None) -> None:
     if output is not None:
         check_output_path(output, name="output", overwrite=overwrite)
+        structure_format(output, fmt)
 
 
 def _write(output: str | None, images: list[Atoms], overwrite: bool, write_kwargs: dict) -> None:
@@ -248,7 +249,7 @@ def sample_structures(
     """
     from energyloss_plugins.tasks import DiffusionObjective
 
-    _check_output(output, overwrite)
+    _check_output(output, overwrite, write_kwargs.get("format"))
     if not len(templates):
         raise ValueError("templates is empty: give one Atoms (or atomic-number list) per structure to generate.")
     if isinstance(denoiser, torch.nn.Module):

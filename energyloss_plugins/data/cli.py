@@ -16,14 +16,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from energyloss_plugins.console import console_script
+from energyloss_plugins.console import ArgumentParser, console_script
 
 
 def _parser() -> argparse.ArgumentParser:
     from energyloss_plugins.data.builder import INPUT_KINDS, METHODS
     from energyloss_plugins.data.sources import SOURCE_NAMES
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="energyloss-data", description="Offline molecular datasets for structure tasks (ASE db)."
     )
     sub = p.add_subparsers(dest="command", required=True)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from energyloss_plugins._checks import check_number
-from energyloss_plugins.console import console_script, positive_int
+from energyloss_plugins.console import ArgumentParser, console_script, positive_int
 from energyloss_plugins.io import atomic_write_text, check_output_path, read_structures
 from energyloss_plugins.optional import require
 
@@ -114,6 +114,12 @@ def training_molecules(path: str, split_file: str | None = None) -> list[Any]:
         return read_molecules(path)
     from ase.db import connect
 
+    from energyloss_plugins.data.paths import ase_db_metadata
+
+    if not os.path.isfile(path) or ase_db_metadata(path) is None:  # connect() would add tables to a foreign file
+        raise ValueError(f"--train {path} is not an ASE database (missing, empty, another SQLite file or not SQLite "
+                         "at all); give an energyloss-data database or an .extxyz/.xyz file.")
+
     from energyloss_plugins.data.paths import find_split_file
 
     split_file = split_file or find_split_file(path)
@@ -147,7 +153,7 @@ def format_table(metrics: dict, train_given: bool = False) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="energyloss-evaluate",
         description="EDM's metrics of molecules (atom/molecule stability, validity, uniqueness, novelty).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
