@@ -252,3 +252,29 @@ def test_torchmd_train_user_errors_are_one_line(tmp_path, capsys):
                          "--position-weight", "-1"], "--position-weight")]:
         assert train(argv) == 2
         _one_line(capsys, "energyloss-torchmd-train", name)
+
+
+def test_torchmd_train_on_a_database_without_validation_molecules_fails_up_front(tmp_path, capsys):
+    pytest.importorskip("torchmdnet")
+    from energyloss_plugins.data import build_dataset
+    from torchmdnet_ext.cli import main as train
+
+    smi = tmp_path / "three.smi"
+    smi.write_text("CCO\nCCN\nCCC\n")
+    db = tmp_path / "three.db"
+    build_dataset(str(smi), db, inputs=("uff",), split=(1.0, 0.0, 0.0), seed=0, progress=False)
+    argv = ["--conf", "structure_tensornet", "--dataset-root", str(db), "--dataset-arg", "{input_kinds: [uff]}",
+            "--embedding-dimension", "8", "--num-layers", "1", "--num-rbf", "4", "--batch-size", "2",
+            "--num-epochs", "1", "--log-dir", str(tmp_path / "logs")]
+    assert train(argv) == 2
+    line = _one_line_among(capsys, "energyloss-torchmd-train")
+    assert "validation split" in line and "0 val" in line
+    assert not list((tmp_path / "logs").glob("*.ckpt"))  # failed before the first epoch
+
+
+def _one_line_among(capsys, prog: str) -> str:
+    """The one line ``prog`` printed (Lightning may log other lines around it)."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith(prog)]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

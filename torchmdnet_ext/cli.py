@@ -146,8 +146,6 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
         if not args.dataset_root:
             raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
                              "--dataset-root qm7/data.db (make one with energyloss-data build).")
-        if not os.path.exists(args.dataset_root):
-            raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data build.")
     if args.task in TASKS:
         args = argparse.Namespace(**prepare_hparams(args))
     args.checkpoint_monitor = args.checkpoint_monitor or f"val_total_{args.train_loss}"
@@ -194,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     upstream = _upstream()
     args = get_args(argv)
+    if args.dataset in POSITION_DATASETS and not os.path.exists(args.dataset_root):
+        raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data build.")
     from torchmdnet_ext.module import TASKS
 
     hooks = {"get_args": lambda: args}
