@@ -1509,7 +1509,7 @@ def _torchmd_cli_cases(tmp: str) -> None:
     s = "torchmd CLI"
     d = tempfile.mkdtemp(dir=tmp)
     base = ["--dataset", "EnergyLossDB", "--log-dir", os.path.join(d, "logs"), "--num-epochs", "1",
-            "--model", "tensornet"]
+            "--save-interval", "1", "--model", "tensornet"]
     db = os.path.join(d, "data.db")
     _write_text(db)  # never read: every case fails on its options first
 

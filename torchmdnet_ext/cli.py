@@ -142,10 +142,6 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     args.dataset_arg = parse_mapping(args.dataset_arg, "dataset_arg") or None
     if args.task is None:
         args.task = "structure" if args.dataset in POSITION_DATASETS else "energy"
-    if args.dataset in POSITION_DATASETS:
-        if not args.dataset_root:
-            raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
-                             "--dataset-root qm7/data.db (make one with energyloss-data build).")
     if args.task in TASKS:
         args = argparse.Namespace(**prepare_hparams(args))
     args.checkpoint_monitor = args.checkpoint_monitor or f"val_total_{args.train_loss}"
@@ -192,8 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     upstream = _upstream()
     args = get_args(argv)
-    if args.dataset in POSITION_DATASETS and not os.path.exists(args.dataset_root):
-        raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data build.")
+    if args.dataset in POSITION_DATASETS:  # before a model is built or a log folder filled
+        if not args.dataset_root or args.dataset_root == "~/data":  # upstream's default names no database
+            raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
+                             "--dataset-root qm7/data.db (make one with energyloss-data build).")
+        if not os.path.exists(args.dataset_root):
+            raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data "
+                             "build.")
     from torchmdnet_ext.module import TASKS
 
     hooks = {"get_args": lambda: args}
