@@ -32,7 +32,7 @@ SAMPLERS = ("ancestral", "ddim", "euler")
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="trained model: Lightning .ckpt, SchNetPack best_model, ...")
     p.add_argument("-o", "--output", required=True, help="output file (.db, .extxyz, .xyz, ...)")
     p.add_argument("-n", "--num", type=positive_int("-n"), default=None,

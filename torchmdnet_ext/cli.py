@@ -99,8 +99,8 @@ def get_argparse() -> argparse.ArgumentParser:
     from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS
 
     parser = ArgumentParser(prog=PROG,
-                                     description="TorchMD-Net training with the energy loss (energyloss-plugins)",
-                                     parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
+                            description="TorchMD-Net training with the energy loss (energyloss-plugins)",
+                            parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
     parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,
                         help=f"Configuration yaml file, or the name of a shipped one ({', '.join(config_names())})")
     parser.add_argument("--checkpoint-monitor", type=str, default=None,
