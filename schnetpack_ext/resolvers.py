@@ -18,8 +18,17 @@ def split_file_beside(datapath: str) -> str:
     """
     check_structure_db(datapath)
     from energyloss_plugins.data.paths import find_split_file
+    from energyloss_plugins.data.reader import read_split
 
-    return find_split_file(datapath) or RUN_SPLIT
+    split_file = find_split_file(datapath)
+    if split_file is not None:
+        sizes = {k: len(v) for k, v in read_split(split_file).items()}
+        if not sizes["train_idx"] or not sizes["val_idx"]:
+            # fail at config resolution, not after an epoch on the checkpoint's missing val_loss
+            raise ValueError(f"data.datapath={datapath}: its split {split_file} has {sizes['train_idx']} training and "
+                             f"{sizes['val_idx']} validation rows; training needs both (the best model is chosen on "
+                             "validation). Rebuild with more molecules or another --split.")
+    return split_file or RUN_SPLIT
 
 
 def size_unless_split(datapath: str, size):

@@ -450,3 +450,19 @@ def test_predict_structures_never_replaces_a_file_and_checks_before_the_work(tmp
     assert out.read_text() == "my notes\n" and not calls
     predict_structures(lambda p, z: p, [molecule("H2O")], output=str(out), overwrite=True)
     assert out.read_text() != "my notes\n"
+
+
+def test_spktrain_refuses_a_split_without_validation_molecules_at_config_resolution(tmp_path):
+    pytest.importorskip("rdkit")
+    pytest.importorskip("schnetpack")
+    from energyloss_plugins.data import build_dataset
+    from schnetpack_ext.resolvers import split_file_beside
+
+    smi = tmp_path / "three.smi"
+    smi.write_text("CCO\nCCN\nCCC\n")
+    db = tmp_path / "three.db"
+    build_dataset(str(smi), db, inputs=("uff",), split=(1.0, 0.0, 0.0), seed=0, progress=False)
+    with pytest.raises(ValueError, match="0 validation"):
+        split_file_beside(str(db))
+    build_dataset(str(smi), db, inputs=("uff",), split=(0.34, 0.33, 0.33), seed=0, progress=False)
+    assert split_file_beside(str(db)) == split_file_for(str(db))
