@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from energyloss_plugins.optional import require
+
 
 def check_output_path(path: str | os.PathLike, *, name: str = "output", overwrite: bool = False,
                       flag: str = "overwrite=True", create_folder: bool = False) -> str:
@@ -101,8 +103,8 @@ def structure_format(path: str | os.PathLike, fmt: str | None = None, *, name: s
     Raises:
         ValueError: a format ASE does not know or cannot write (checked before any work).
     """
-    from ase.io.formats import filetype, ioformats
-
+    formats = require("ase.io.formats", "writing structure files", "data")
+    filetype, ioformats = formats.filetype, formats.ioformats
     text = os.fspath(path)
     if fmt is None and not os.path.splitext(text)[1]:
         fmt = "extxyz"
@@ -120,8 +122,7 @@ def structure_format(path: str | os.PathLike, fmt: str | None = None, *, name: s
 def write_structures(path: str | os.PathLike, images: list, *, overwrite: bool = False, name: str = "output",
                      flag: str = "overwrite=True", **write_kwargs) -> None:
     """``ase.io.write`` through :func:`atomic_write`; the format follows the file name (extxyz without a suffix)."""
-    from ase.io import write
-
+    write = require("ase.io", "writing structure files", "data").write
     check_output_path(path, name=name, overwrite=overwrite, flag=flag)
     fmt = structure_format(path, write_kwargs.pop("format", None), name=name)
     with atomic_write(path) as tmp:
@@ -135,9 +136,8 @@ def read_structures(path: str | os.PathLike, *, name: str = "file", index: str =
         FileNotFoundError: no such file. ValueError: a directory, an empty file, or a file ASE cannot
             parse (binary data, an unknown format, a corrupt record), or one holding no structures.
     """
-    import ase.io
-    from ase import Atoms
-
+    ase_io = require("ase.io", "reading structure files", "data")
+    atoms_type = require("ase", "reading structure files", "data").Atoms
     text = os.fspath(path)
     if not os.path.exists(text):
         raise FileNotFoundError(f"{name} {text} does not exist.")
@@ -146,12 +146,12 @@ def read_structures(path: str | os.PathLike, *, name: str = "file", index: str =
     if os.path.getsize(text) == 0:
         raise ValueError(f"{name} {text} is empty; give a structure file (.extxyz, .xyz, .db, ...).")
     try:
-        frames = ase.io.read(text, index=index)
+        frames = ase_io.read(text, index=index)
     except Exception as exc:  # ASE's parsers raise anything from KeyError to UnicodeDecodeError on bad files
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ValueError(f"{name} {text}: not a structure file ASE can read ({detail[:200]}); use .extxyz, .xyz, "
                          ".sdf or an ASE database (.db).") from None
-    frames = [frames] if isinstance(frames, Atoms) else list(frames)
+    frames = [frames] if isinstance(frames, atoms_type) else list(frames)
     if not frames:
         raise ValueError(f"{name} {text} holds no structures.")
     return frames
