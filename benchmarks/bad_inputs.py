@@ -809,6 +809,22 @@ def _adapter_cases(tmp: str) -> None:
 
     add(s, "schnetpack EnergyLoss unknown loss", spk_loss, err("l2"))
 
+    def spk_no_validation(split):
+        from energyloss_plugins.data import build_dataset
+        from schnetpack_ext.resolvers import split_file_beside
+
+        d = tempfile.mkdtemp(dir=tmp)
+        smi = os.path.join(d, "three.smi")
+        _write_text(smi, "CCO\nCCN\nCCC\n")
+        db = os.path.join(d, "three.db")
+        build_dataset(smi, db, inputs=("uff",), split=split, seed=0, progress=False)
+        return split_file_beside(db)
+
+    add(s, "spktrain resolver: a 3-molecule split without validation rows",
+        lambda: spk_no_validation((1.0, 0.0, 0.0)), err("0 validation"))
+    add(s, "spktrain resolver: a 3-molecule split with one validation row",
+        lambda: spk_no_validation((0.34, 0.33, 0.33)), Result(lambda v: v.endswith("three.split.npz")))
+
     def spk_loss_scheme():
         from schnetpack_ext import EnergyLoss
 
