@@ -11,6 +11,8 @@ converted to eV, molecules without a charge entry, and :meth:`~TorchMDNetCalcula
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import numpy as np
@@ -26,7 +28,9 @@ from energyloss_plugins.checkpoints import load_checkpoint, weights_only_loads
 def energy_unit_factor(unit: str | float) -> float:
     """Factor converting the model's energy unit to eV (``eV``, ``meV``, ``kcal/mol``, ``kJ/mol``, ``Hartree``
     or a number)."""
-    if isinstance(unit, (int, float)):
+    if isinstance(unit, numbers.Real) and not isinstance(unit, bool):  # numpy scalars too
+        if not (math.isfinite(float(unit)) and float(unit) > 0):
+            raise ValueError(f"energy_unit must be a positive factor to eV or a unit name, got {unit!r}.")
         return float(unit)
     table = {
         "ev": 1.0,

@@ -145,8 +145,7 @@ def covalent_bonds(
         ``(2, M)`` long flat atom indices, i < j, both atoms in the same structure.
     """
     numbers, batch, n_structures = prepare_inputs(numbers, positions, batch)
-    if tolerance <= 0:
-        raise ValueError(f"tolerance must be > 0, got {tolerance}.")
+    tolerance = _checks.check_number("tolerance", tolerance, low=0.0)
     pairs, d = _all_pairs(positions, batch, n_structures)
     radii = torch.tensor((0.0, *COVALENT_RADII), dtype=positions.dtype, device=positions.device)
     cutoff = tolerance * (radii[numbers[pairs[0]]] + radii[numbers[pairs[1]]])

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins._checks import MAX_ATOMS_PER_MOLECULE
 from energyloss_plugins.metrics.bonds import fragment_counts, stable_atoms
 from energyloss_plugins.metrics.chemistry import to_rdkit_mols
 from energyloss_plugins.metrics.distributions import GEOMETRY_DISTANCES, SetProfile, distribution_distances, profile
@@ -150,7 +151,8 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         ``validity`` (fraction whose RDKit molecule sanitises; it judges the largest fragment only),
         ``uniqueness`` (distinct SMILES among the valid; NaN if none is valid), ``valid_unique``
         (distinct valid SMILES / n, EDM's "valid and unique"), ``novelty`` (fraction of the distinct
-        valid SMILES not in ``train_smiles``; None without a training set, NaN if none is valid),
+        valid SMILES not in ``train_smiles``; None without a training set or with an empty one, NaN if none
+        is valid),
         ``non_finite`` (molecules with NaN/Inf positions, counted as unstable, invalid and as
         fragmented as they have atoms);
         ``connected`` (fraction of molecules that are one fragment under EDM's bonds), ``valid_and_connected``
@@ -165,11 +167,20 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         not computable, and ``notes`` (key -> reason, or which reference types the samples lack).
 
     Raises:
-        ValueError: empty input, a molecule without atoms, or an element without a valence rule.
+        ValueError: empty input, a molecule without atoms or with more than 10,000, a periodic
+            structure (a crystal: bonds across the cell are not molecular bonds), or an element
+            without a valence rule.
     """
     n = len(atoms_list)
     if n == 0:
         raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
+    for index, m in enumerate(atoms_list):
+        if np.any(getattr(m, "pbc", False)):
+            raise ValueError(f"structure {index} is periodic (pbc={np.asarray(m.pbc).tolist()}): the generation "
+                             "metrics judge isolated molecules, not crystals; evaluate molecules only.")
+        if len(m.numbers) > MAX_ATOMS_PER_MOLECULE:
+            raise ValueError(f"structure {index} has {len(m.numbers)} atoms; the metrics take molecules of at most "
+                             f"{MAX_ATOMS_PER_MOLECULE} atoms.")
     # A diverged sampler leaves NaN/Inf positions: such a molecule has no bonds to judge, so all its
     # atoms count as unstable and it is neither stable nor valid (``non_finite`` says how many).
     finite = [m for m in atoms_list if np.isfinite(np.asarray(m.positions, dtype=float)).all()]
@@ -190,7 +201,7 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         n_fragments += int(fragments.sum())
     unique = set(valid)
     novelty = None
-    if train_smiles is not None:
+    if train_smiles:  # an empty training set gives no novelty (not 100 %)
         novelty = len(unique - set(train_smiles)) / len(unique) if unique else math.nan
     out: dict[str, Any] = {
         "n": n,

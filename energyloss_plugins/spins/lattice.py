@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins._checks import check_number
+
 from ._checks import check_boundary, check_couplings, check_finite, check_tensor
 
 __all__ = [
@@ -75,8 +77,7 @@ def random_couplings(
         ``(n, 2, L, width)`` couplings.
     """
     width = L if width is None else width
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}.")
+    n = check_number("n", n, low=0, low_inclusive=True, integer=True)
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ValueError(f"Need finite low <= high, got low={low}, high={high}.")
     mask = boundary_mask(L, width, boundary)
