@@ -2,7 +2,8 @@
 
 Trains the CPU-sized ResNet CNN (6 hidden 3x3 conv layers of width 32) on open-boundary L x L
 spin glasses (default L = 12, 1,000 training lattices, 4 epochs; couplings uniform in [-1, 1],
-exact ground states from the transfer-matrix DP) and scores E(sign z) - E(ground), the excess Ising energy, in two stages that never share lattices:
+exact ground states from the transfer-matrix DP) and scores E(sign z) - E(ground), the excess
+Ising energy, in two stages that never share lattices:
 
 1. **Validation sweep** (``--sweep-seeds``, default 0 and 1, mean over them): every loss with a
    temperature is trained on the training lattices (data seed 0) for each setting of its grid and scored on
