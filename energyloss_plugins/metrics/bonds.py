@@ -23,7 +23,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.elements import COVALENT_RADII
 from energyloss_plugins.graphs import complete_pairs
-from energyloss_plugins.layouts import structure_counts, structure_index
+from energyloss_plugins.layouts import segment_mean, structure_counts, structure_index
 
 MAX_Z = len(COVALENT_RADII)
 
@@ -207,8 +207,7 @@ def atom_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = No
     """
     numbers_l, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
     stable = stable_atoms(numbers_l, positions, batch_l).to(positions.dtype)
-    counts = structure_counts(batch_l, n_structures)  # >= 1: structures are the distinct ids of batch
-    return positions.new_zeros(n_structures).index_add_(0, batch_l, stable) / counts.to(positions.dtype)
+    return segment_mean(stable, batch_l, n_structures)  # every structure has atoms: the distinct ids of batch
 
 
 def molecule_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> Tensor:
@@ -232,4 +231,4 @@ def fragment_counts(numbers: Tensor, positions: Tensor, batch: Tensor | None = N
     graph.add_edges_from(edges.t().tolist())
     first_atoms = [min(component) for component in nx.connected_components(graph)]
     owner = batch_l.cpu()[torch.tensor(first_atoms, dtype=torch.long)]
-    return torch.bincount(owner, minlength=n_structures)
+    return structure_counts(owner, n_structures)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks, chem
+from energyloss_plugins.layouts import structure_counts
 from energyloss_plugins.metrics.bonds import distance_bond_orders, prepare_inputs
 from energyloss_plugins.optional import require
 
@@ -27,10 +28,8 @@ def split_structures(numbers: Tensor, positions: Tensor, batch: Tensor | None = 
     _, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
     if n_structures == 0:
         raise ValueError("No atoms given; metrics need at least one structure with atoms.")
-    b = batch_l.cpu().numpy()
-    order = np.argsort(b, kind="stable")
-    counts = np.bincount(b, minlength=n_structures)
-    return np.split(order, np.cumsum(counts)[:-1])
+    order = np.argsort(batch_l.cpu().numpy(), kind="stable")
+    return np.split(order, np.cumsum(structure_counts(batch_l, n_structures).cpu().numpy())[:-1])
 
 
 def _np(x: Tensor) -> np.ndarray:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor
 
+from energyloss_plugins.layouts import segment_mean
 from energyloss_plugins.metrics.bonds import covalent_bonds
 from energyloss_plugins.metrics.geometry import _angles, bond_angles
 
@@ -163,15 +164,11 @@ def chunk_geometry(numbers: Tensor, positions: Tensor, batch: Tensor) -> tuple[d
     paths = _dihedral_paths(b, z.shape[0])
     phi, defined = _dihedral_angles(x, paths)
     dihedrals = _by_type(_type_names(z, paths[:, defined]), phi[defined])
-    batch_np = batch.cpu().numpy()
-    n_structures = int(batch_np.max()) + 1
-    counts = np.bincount(batch_np, minlength=n_structures)
-    centre = np.zeros((n_structures, 3))
-    np.add.at(centre, batch_np, x)
-    centre /= counts[:, None]
-    square = np.zeros(n_structures)
-    np.add.at(square, batch_np, ((x - centre[batch_np]) ** 2).sum(1))
-    return lengths, angles, dihedrals, np.sqrt(square / counts)
+    pos, owner = positions.detach().cpu().double(), batch.cpu().long()
+    n_structures = int(owner.max()) + 1
+    centre = segment_mean(pos, owner, n_structures)
+    radii = segment_mean(((pos - centre[owner]) ** 2).sum(1), owner, n_structures).sqrt()
+    return lengths, angles, dihedrals, radii.numpy()
 
 
 def typed_distance(samples: dict[str, np.ndarray], reference: dict[str, np.ndarray]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins.layouts import flat_numbers, structure_counts
 from energyloss_plugins.metrics.bonds import fragment_counts, stable_atoms
 from energyloss_plugins.metrics.chemistry import to_rdkit_mols
 from energyloss_plugins.metrics.distributions import GEOMETRY_DISTANCES, SetProfile, distribution_distances, profile
@@ -47,16 +48,9 @@ def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64)
     Raises:
         ValueError: the list is empty or a molecule has no atoms.
     """
-    if len(molecules) == 0:
-        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
-    counts = [len(m.numbers) for m in molecules]
-    empty = [i for i, c in enumerate(counts) if c == 0]
-    if empty:
-        raise ValueError(f"Molecule(s) {empty[:10]} have no atoms; remove them before evaluating.")
-    numbers = torch.as_tensor(np.concatenate([np.asarray(m.numbers) for m in molecules]), dtype=torch.long)
+    numbers, batch, _ = flat_numbers([np.asarray(m.numbers) for m in molecules])
     positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
                                 dtype=dtype)
-    batch = torch.repeat_interleave(torch.arange(len(molecules)), torch.as_tensor(counts))
     return numbers, positions, batch
 
 
@@ -181,8 +175,7 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
     chunks = _chunks(finite, chunk_size, progress, len(finite), "evaluating", stability=True, geometry=samples)
     for smiles, (stable, batch, fragments) in chunks:
         n_stable_atoms += int(stable.sum())
-        unstable_per_mol = torch.zeros(len(smiles), dtype=torch.long).index_add_(0, batch, (~stable).long())
-        n_stable_mols += int((unstable_per_mol == 0).sum())
+        n_stable_mols += int((structure_counts(batch[~stable], len(smiles)) == 0).sum())
         valid.extend(s for s in smiles if s is not None)
         one = (fragments == 1).tolist()
         n_connected += sum(one)
