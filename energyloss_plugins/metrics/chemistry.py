@@ -114,8 +114,10 @@ def symmetric_rmsd(
         heavy_only: RMSD over non-hydrogen atoms only (NaN for a structure without any).
         max_matches: cap on the symmetry-equivalent atom maps RDKit enumerates.
     """
-    Chem = require("rdkit.Chem", "symmetry-aware RMSD (RDKit)", "data")
-    from rdkit.Chem import rdDetermineBonds, rdMolAlign
+    feature = "symmetry-aware RMSD (RDKit)"
+    Chem = require("rdkit.Chem", feature, "data")
+    rdDetermineBonds = require("rdkit.Chem.rdDetermineBonds", feature, "data")
+    rdMolAlign = require("rdkit.Chem.rdMolAlign", feature, "data")
 
     _checks.check_positions("pred", pred, 2)
     _checks.check_same_shape(pred, target)

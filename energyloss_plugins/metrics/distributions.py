@@ -41,6 +41,7 @@ from torch import Tensor
 from energyloss_plugins.layouts import segment_mean
 from energyloss_plugins.metrics.bonds import covalent_bonds
 from energyloss_plugins.metrics.geometry import _angles, bond_angles
+from energyloss_plugins.optional import require
 
 #: Geometry distances of :func:`distribution_distances` (profile attribute, unit).
 GEOMETRY_DISTANCES = {
@@ -101,9 +102,7 @@ class SetProfile:
 
 def _type_names(numbers: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``(K,)`` type names of ``(k, K)`` atom tuples, canonical up to reversal (Hill order)."""
-    from rdkit import Chem
-
-    table = Chem.GetPeriodicTable()
+    table = require("rdkit.Chem", "geometry distances (element symbols)", "data").GetPeriodicTable()
     symbols = np.array(["", *(table.GetElementSymbol(z) for z in range(1, int(numbers.max(initial=1)) + 1))],
                        dtype=object)
     names = []

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins import chem
 from energyloss_plugins.layouts import flat_numbers, structure_counts
 from energyloss_plugins.metrics.bonds import fragment_counts, stable_atoms
 from energyloss_plugins.metrics.chemistry import to_rdkit_mols
@@ -56,11 +57,7 @@ def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64)
 
 def largest_fragment_smiles(mol: Any) -> str:
     """Canonical SMILES (no explicit hydrogens, no stereo from 3D) of the largest fragment by atom count."""
-    from rdkit import Chem
-
-    from energyloss_plugins import chem
-
-    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    fragments = chem.rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
     return chem.canonical_smiles(max(fragments, key=lambda m: m.GetNumAtoms()) if fragments else mol)
 
 
