@@ -45,6 +45,12 @@ def structure_counts(batch: Tensor, n_structures: int) -> Tensor:
         0, batch, torch.ones_like(batch, dtype=torch.long))
 
 
+def batch_from_counts(counts: Tensor) -> Tensor:
+    """``(N_total,)`` long structure index of consecutive structures with ``counts`` ``(B,)`` atoms each
+    (on ``counts``' device; the inverse of :func:`structure_counts` for a sorted batch)."""
+    return torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+
+
 def structure_index(batch: Tensor, n_structures: int | None = None, *,
                     validate_args: bool = True) -> tuple[Tensor, int]:
     """A flat structure index as ``(batch (N,) long in [0, B), B)``.
@@ -154,7 +160,6 @@ def _check_shape(x: Tensor, ndim: int) -> None:
                          f"got {_checks.describe(x)}.")
 
 
-
 def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0) -> Tensor:
     """``(B, *x.shape[1:])`` mean of ``x`` over the atoms (or pairs, angles, ...) of each structure.
 
@@ -184,5 +189,4 @@ def flat_numbers(numbers_list, device: str | torch.device = "cpu") -> tuple[Tens
     counts = torch.tensor([len(z) for z in parts], dtype=torch.long)
     if bool((counts == 0).any()):
         raise ValueError(f"Molecule(s) {torch.nonzero(counts == 0).flatten().tolist()} have no atoms.")
-    batch = torch.repeat_interleave(torch.arange(len(parts)), counts)
-    return torch.cat(parts).to(device), batch.to(device), counts.to(device)
+    return torch.cat(parts).to(device), batch_from_counts(counts).to(device), counts.to(device)
