@@ -13,8 +13,11 @@ that path reads nothing back to the host, the one a compiled training step takes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -80,6 +83,20 @@ def structure_index(batch: Tensor, n_structures: int | None = None, *,
             return batch, hi + 1
     ids, inverse = torch.unique(batch, return_inverse=True)
     return inverse, ids.shape[0]
+
+
+def checked_structure_index(batch: Tensor | None, n_atoms: int, device: torch.device,
+                            n_structures: int | None = None) -> tuple[Tensor, int]:
+    """A caller's optional ``batch`` checked (one integer id per atom) and passed to :func:`structure_index`.
+
+    None puts all ``n_atoms`` atoms (on ``device``) in one structure. Evaluation-side (metrics): the
+    check and, without ``n_structures``, the distinct ids read back to the host.
+    """
+    if batch is None:
+        batch = torch.zeros(n_atoms, dtype=torch.long, device=device)
+    else:
+        _checks.check_batch(batch, n_atoms)
+    return structure_index(batch, n_structures)
 
 
 def padded_to_flat(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -190,3 +207,16 @@ def flat_numbers(numbers_list, device: str | torch.device = "cpu") -> tuple[Tens
     if bool((counts == 0).any()):
         raise ValueError(f"Molecule(s) {torch.nonzero(counts == 0).flatten().tolist()} have no atoms.")
     return torch.cat(parts).to(device), batch_from_counts(counts).to(device), counts.to(device)
+
+
+def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """``numbers`` ``(N,)`` long, ``positions`` ``(N, 3)`` Å, ``batch`` ``(N,)`` of a list of molecules
+    (``ase.Atoms`` or anything with ``numbers`` and ``positions``).
+
+    Raises:
+        ValueError: the list is empty or a molecule has no atoms.
+    """
+    numbers, batch, _ = flat_numbers([np.asarray(m.numbers) for m in molecules])
+    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
+                                dtype=dtype)
+    return numbers, positions, batch

@@ -150,3 +150,14 @@ def symmetric_rmsd(
             Chem.FastFindRings(m)
         out.append(rdMolAlign.GetBestRMS(prb_mol, ref_mol, maxMatches=int(max_matches)))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def largest_fragment_smiles(mol: Any) -> str:
+    """Canonical SMILES (no explicit hydrogens, no stereo from 3D) of the largest fragment by atom count."""
+    fragments = chem.rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    return chem.canonical_smiles(max(fragments, key=lambda m: m.GetNumAtoms()) if fragments else mol)
+
+
+def edm_smiles(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[str | None]:
+    """Per structure: the largest fragment's canonical SMILES of the EDM-bond molecule, None if invalid."""
+    return [None if m is None else largest_fragment_smiles(m) for m in to_rdkit_mols(numbers, positions, batch, "edm")]

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor
 
-from energyloss_plugins.layouts import segment_mean
+from energyloss_plugins.layouts import flat_molecules, segment_mean
 from energyloss_plugins.metrics.bonds import covalent_bonds
-from energyloss_plugins.metrics.geometry import _angles, bond_angles
+from energyloss_plugins.metrics.chemistry import edm_smiles
+from energyloss_plugins.metrics.geometry import angles_at, bond_angles
 from energyloss_plugins.optional import require
 
 #: Geometry distances of :func:`distribution_distances` (profile attribute, unit).
@@ -158,7 +159,7 @@ def chunk_geometry(numbers: Tensor, positions: Tensor, batch: Tensor) -> tuple[d
     b = bonds.cpu().numpy()
     lengths = _by_type(_type_names(z, b), np.linalg.norm(x[b[0]] - x[b[1]], axis=1))
     triples = bond_angles(bonds, z.shape[0])
-    angle_values = _angles(positions.detach().cpu().double(), triples).numpy() * (180.0 / math.pi)
+    angle_values = angles_at(positions.detach().cpu().double(), triples).numpy() * (180.0 / math.pi)
     angles = _by_type(_type_names(z, triples.numpy()), angle_values)
     paths = _dihedral_paths(b, z.shape[0])
     phi, defined = _dihedral_angles(x, paths)
@@ -235,8 +236,6 @@ def profile(molecules: Sequence, chunk_size: int = 500, progress: bool = False) 
 
     Molecules with non-finite positions are left out.
     """
-    from energyloss_plugins.metrics.generation import edm_smiles, flat_molecules
-
     finite = [m for m in molecules if np.isfinite(np.asarray(m.positions, dtype=float)).all()]
     out = SetProfile()
     bar = None

@@ -25,13 +25,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from energyloss_plugins import chem
-from energyloss_plugins.layouts import flat_numbers, structure_counts
+from energyloss_plugins.layouts import flat_molecules, structure_counts
 from energyloss_plugins.metrics.bonds import fragment_counts, stable_atoms
-from energyloss_plugins.metrics.chemistry import to_rdkit_mols
+from energyloss_plugins.metrics.chemistry import edm_smiles
 from energyloss_plugins.metrics.distributions import GEOMETRY_DISTANCES, SetProfile, distribution_distances, profile
 from energyloss_plugins.optional import MissingOptionalDependency
 
@@ -41,29 +39,6 @@ GENERATION_METRICS = ("n", "atom_stability", "mol_stability", "validity", "uniqu
 #: (Wasserstein-1 in Å or degrees; FCD unitless); None where not computable (``notes`` says why).
 REFERENCE_METRICS = ("connected", "valid_and_connected", "mean_fragments", *GEOMETRY_DISTANCES, "rg_distance",
                      "fcd")
-
-
-def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-    """``numbers`` ``(N,)`` long, ``positions`` ``(N, 3)`` Å, ``batch`` ``(N,)`` of a list of molecules.
-
-    Raises:
-        ValueError: the list is empty or a molecule has no atoms.
-    """
-    numbers, batch, _ = flat_numbers([np.asarray(m.numbers) for m in molecules])
-    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
-                                dtype=dtype)
-    return numbers, positions, batch
-
-
-def largest_fragment_smiles(mol: Any) -> str:
-    """Canonical SMILES (no explicit hydrogens, no stereo from 3D) of the largest fragment by atom count."""
-    fragments = chem.rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    return chem.canonical_smiles(max(fragments, key=lambda m: m.GetNumAtoms()) if fragments else mol)
-
-
-def edm_smiles(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[str | None]:
-    """Per structure: the largest fragment's canonical SMILES of the EDM-bond molecule, None if invalid."""
-    return [None if m is None else largest_fragment_smiles(m) for m in to_rdkit_mols(numbers, positions, batch, "edm")]
 
 
 def molecule_smiles_set(molecules: Iterable[Any], chunk_size: int = 500, progress: bool = False,
