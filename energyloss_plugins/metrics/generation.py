@@ -25,12 +25,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from energyloss_plugins._checks import MAX_ATOMS_PER_MOLECULE
+from energyloss_plugins.layouts import flat_molecules, structure_counts
 from energyloss_plugins.metrics.bonds import fragment_counts, stable_atoms
-from energyloss_plugins.metrics.chemistry import to_rdkit_mols
+from energyloss_plugins.metrics.chemistry import edm_smiles
 from energyloss_plugins.metrics.distributions import GEOMETRY_DISTANCES, SetProfile, distribution_distances, profile
 from energyloss_plugins.optional import MissingOptionalDependency
 
@@ -40,40 +40,6 @@ GENERATION_METRICS = ("n", "atom_stability", "mol_stability", "validity", "uniqu
 #: (Wasserstein-1 in Å or degrees; FCD unitless); None where not computable (``notes`` says why).
 REFERENCE_METRICS = ("connected", "valid_and_connected", "mean_fragments", *GEOMETRY_DISTANCES, "rg_distance",
                      "fcd")
-
-
-def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-    """``numbers`` ``(N,)`` long, ``positions`` ``(N, 3)`` Å, ``batch`` ``(N,)`` of a list of molecules.
-
-    Raises:
-        ValueError: the list is empty or a molecule has no atoms.
-    """
-    if len(molecules) == 0:
-        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
-    counts = [len(m.numbers) for m in molecules]
-    empty = [i for i, c in enumerate(counts) if c == 0]
-    if empty:
-        raise ValueError(f"Molecule(s) {empty[:10]} have no atoms; remove them before evaluating.")
-    numbers = torch.as_tensor(np.concatenate([np.asarray(m.numbers) for m in molecules]), dtype=torch.long)
-    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
-                                dtype=dtype)
-    batch = torch.repeat_interleave(torch.arange(len(molecules)), torch.as_tensor(counts))
-    return numbers, positions, batch
-
-
-def largest_fragment_smiles(mol: Any) -> str:
-    """Canonical SMILES (no explicit hydrogens, no stereo from 3D) of the largest fragment by atom count."""
-    from rdkit import Chem
-
-    from energyloss_plugins import chem
-
-    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    return chem.canonical_smiles(max(fragments, key=lambda m: m.GetNumAtoms()) if fragments else mol)
-
-
-def edm_smiles(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[str | None]:
-    """Per structure: the largest fragment's canonical SMILES of the EDM-bond molecule, None if invalid."""
-    return [None if m is None else largest_fragment_smiles(m) for m in to_rdkit_mols(numbers, positions, batch, "edm")]
 
 
 def molecule_smiles_set(molecules: Iterable[Any], chunk_size: int = 500, progress: bool = False,
@@ -192,8 +158,7 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
     chunks = _chunks(finite, chunk_size, progress, len(finite), "evaluating", stability=True, geometry=samples)
     for smiles, (stable, batch, fragments) in chunks:
         n_stable_atoms += int(stable.sum())
-        unstable_per_mol = torch.zeros(len(smiles), dtype=torch.long).index_add_(0, batch, (~stable).long())
-        n_stable_mols += int((unstable_per_mol == 0).sum())
+        n_stable_mols += int((structure_counts(batch[~stable], len(smiles)) == 0).sum())
         valid.extend(s for s in smiles if s is not None)
         one = (fragments == 1).tolist()
         n_connected += sum(one)
