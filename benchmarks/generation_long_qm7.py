@@ -55,7 +55,7 @@ def spktrain_command(args, name: str, loss: str, lr: float, n_rbf: int | None, s
            f"globals.elements={base.ELEMENTS}", "globals.clean_positions=target_positions",
            "data.load_properties=[target_positions]", f"globals.loss={loss}", f"globals.lr={lr}", "+seed=0",
            f"run.path={os.path.join(args.out, 'runs')}", f"run.id={name}", "trainer.accelerator=cpu",
-           f"+trainer.max_steps={steps}", "data.num_workers=0", "print_config=false",
+           f"++trainer.max_steps={steps}", "data.num_workers=0", "print_config=false",
            "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false",
            "+callbacks.every_steps._target_=pytorch_lightning.callbacks.ModelCheckpoint",
            "+callbacks.every_steps.dirpath=steps", "+callbacks.every_steps.filename='{step}'",

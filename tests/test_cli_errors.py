@@ -195,7 +195,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "writing"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 130, err

@@ -27,7 +27,12 @@ class PositionDataModule(DataModule):
     """
 
     def setup(self, stage):
-        if self.dataset is None and self.hparams["dataset"] not in (None, "Custom"):
+        # The dataset is built here, as upstream's setup would, so the springs transform can be attached first.
+        if self.dataset is None and self.hparams["dataset"] == "Custom":
+            h = self.hparams
+            self.dataset = datasets.Custom(h["coord_files"], h["embed_files"], h["energy_files"], h["force_files"],
+                                           h["dataset_preload_limit"])
+        elif self.dataset is None and self.hparams["dataset"] is not None:
             dataset_arg = dict(self.hparams["dataset_arg"] or {})
             if self.hparams["dataset"] == "HDF5":
                 dataset_arg["dataset_preload_limit"] = self.hparams["dataset_preload_limit"]
