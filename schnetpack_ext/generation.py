@@ -182,10 +182,11 @@ class GenerationTask(ContextTask):
     def elements(self) -> tuple:
         return self.objective.encoding.elements
 
-    # --- atom-count histogram and element check (from the training split) ---------------------
+    # --- atom-count histogram (training split) and element check (every split) -----------------
     def on_fit_start(self):
         if self.atom_counts is None:
-            dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            dataset = getattr(datamodule, "train_dataset", None)
             if not hasattr(dataset, "iter_properties"):
                 raise ValueError("GenerationTask counts the atoms per molecule of the training split of a SchNetPack "
                                  "AtomsDataModule: train with one (spktrain does), or pass atom_counts=[...] "
@@ -195,10 +196,18 @@ class GenerationTask(ContextTask):
                 numbers = row[properties.Z]
                 counts.append(int(numbers.shape[0]))
                 seen.update(int(z) for z in torch.unique(numbers))
+            # validation and test molecules are encoded too: a hint from the training split alone
+            # would fail again on them
+            for name in ("val_dataset", "test_dataset"):
+                other = getattr(datamodule, name, None)
+                if hasattr(other, "iter_properties"):
+                    for row in other.iter_properties(load_properties=[], load_structure=True):
+                        seen.update(int(z) for z in torch.unique(row[properties.Z]))
             unknown = sorted(seen - set(self.elements))
             if unknown:
-                raise ValueError(f"the training data holds elements {unknown} outside the model's elements "
-                                 f"{list(self.elements)}: set globals.elements to {sorted(seen)}.")
+                raise ValueError(f"the data (train, validation and test splits) holds elements {unknown} outside "
+                                 f"the model's elements {list(self.elements)}: set globals.elements to "
+                                 f"{sorted(seen)}.")
             self.atom_counts = AtomCountDistribution.from_counts(counts)
             log.info("atom counts of %d training molecules: %s", len(counts), self.atom_counts)
 

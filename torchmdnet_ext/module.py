@@ -36,7 +36,8 @@ import yaml
 from torchmdnet.module import LNNP
 
 from energyloss_plugins.config import ENERGY_OPTIONS, LossConfig
-from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective
+from energyloss_plugins.console import check_option
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding
 from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
@@ -95,6 +96,14 @@ def prepare_hparams(hparams) -> dict:
         h["max_weight"] = DIFFUSION_MAX_WEIGHT
     if h["task"] == "generation":
         h["elements"] = _parse_elements(h["elements"])
+    # numeric options checked here, before any data is read (one line from the console script)
+    for key, low, inclusive in (("position_weight", 0.0, True), ("y_weight", 0.0, True),
+                                ("sampling_steps", 1, True)):
+        if h.get(key) is not None:
+            check_option(f"--{key.replace('_', '-')}", h[key], low=low, low_inclusive=inclusive,
+                         integer=key == "sampling_steps")
+    if h.get("max_weight") is not None:
+        check_option("--max-weight", h["max_weight"], low=0.0)
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
@@ -132,14 +141,18 @@ def _parse_elements(value) -> list[int]:
         raise ValueError("task generation needs elements, the atomic numbers the model generates: e.g. "
                          "--elements 1,6,7,8,16 (QM7) or `elements: [1, 6, 7, 8, 9]` (QM9) in the conf file.")
     if isinstance(value, str):
-        value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
-    try:
-        elements = sorted({int(z) for z in value})
-    except (TypeError, ValueError):
-        raise ValueError(f"elements must be a list of atomic numbers, got {value!r}.") from None
-    if not elements or elements[0] < 1:
-        raise ValueError(f"elements must be a non-empty list of atomic numbers >= 1, got {value!r}.")
-    return elements
+        try:
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, list):
+            raise ValueError("--elements must be comma-separated atomic numbers such as 1,6,7,8,16.")
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"--elements must be a list of atomic numbers such as 1,6,7,8,16, got {value!r}.")
+    try:  # the core's check: whole numbers in 1..118, never truncated
+        return list(TypeEncoding(value).elements)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--{exc} Give atomic numbers such as --elements 1,6,7,8,16.") from None
 
 
 def loss_config(train_loss: str, options: Mapping) -> LossConfig:
@@ -321,18 +334,23 @@ class PositionLNNP(LNNP):
             self.atom_counts = self._training_atom_counts()
 
     def _training_atom_counts(self) -> AtomCountDistribution:
-        """Histogram of atoms per training molecule; checks the training elements against ``elements``."""
+        """Histogram of atoms per training molecule; checks the elements of every split against ``elements``."""
         dm = self.trainer.datamodule
-        dataset, idx = dm.dataset, dm.idx_train
+        dataset = dm.dataset
         counts, seen = [], set()
-        for i in idx:
+        for i in dm.idx_train:
             z = dataset[int(i)].z
             counts.append(int(z.numel()))
             seen.update(int(e) for e in torch.unique(z))
+        # validation and test molecules are encoded too: a hint from the training split alone would fail again
+        for idx in (getattr(dm, "idx_val", None), getattr(dm, "idx_test", None)):
+            for i in idx if idx is not None else ():
+                seen.update(int(e) for e in torch.unique(dataset[int(i)].z))
         unknown = sorted(seen - set(self.hparams.elements))
         if unknown:
-            raise ValueError(f"the training data holds elements {unknown} outside elements {self.hparams.elements}; "
-                             f"set elements to {sorted(seen)}.")
+            raise ValueError(f"the data (train, validation and test splits) holds elements {unknown} outside "
+                             f"--elements {','.join(map(str, self.hparams.elements))}; pass "
+                             f"--elements {','.join(map(str, sorted(seen)))}.")
         return AtomCountDistribution.from_counts(counts)
 
     def on_save_checkpoint(self, checkpoint):
