@@ -15,8 +15,8 @@ import torch
 pytest.importorskip("schnetpack")
 
 import schnetpack.properties as P  # noqa: E402
-from _steps import ELEMENTS, N_MOLECULES, molecule_db, schnetpack_batch, schnetpack_task  # noqa: E402
 
+from _steps import ELEMENTS, N_MOLECULES, molecule_db, schnetpack_batch, schnetpack_task  # noqa: E402
 from energyloss_plugins.generation import GenerationObjective  # noqa: E402
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective  # noqa: E402
 from schnetpack_ext import EnergyLoss, LossContext  # noqa: E402
