@@ -19,7 +19,7 @@ import schnetpack.properties as P  # noqa: E402
 from _steps import ELEMENTS, N_MOLECULES, molecule_db, schnetpack_batch, schnetpack_task  # noqa: E402
 from energyloss_plugins.generation import GenerationObjective  # noqa: E402
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective  # noqa: E402
-from schnetpack_ext import EnergyLoss, LossContext  # noqa: E402
+from schnetpack_ext import DiffusionOutput, EnergyLoss, GenerationOutput, LossContext  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,9 @@ def test_diffusion_output_hands_x_hat_and_x_to_its_loss(db, loss):
         value = output.calculate_loss(pred, targets)
         core = DiffusionObjective(loss, output.objective.parameterization, max_weight=output.objective.max_weight)
         expected = core.loss(pred[output.name], noised, targets[P.idx_m])
-        output.loss_fn = recording
-        assert torch.equal(output.calculate_loss(pred, targets), value)
+        custom = DiffusionOutput(output.name, loss_fn=recording, parameterization=output.objective.parameterization,
+                                 max_weight=output.objective.max_weight)
+        assert torch.equal(custom.calculate_loss(pred, targets), value)
     assert torch.allclose(value, expected, rtol=1e-5)
     (x, context), = calls
     assert torch.equal(x, noised["x0"]) and torch.equal(context.idx_m, targets[P.idx_m])
@@ -88,8 +89,10 @@ def test_generation_output_hands_the_clean_atomic_numbers(db, loss):
         core = GenerationObjective(ELEMENTS, loss, position_weight=output.objective.position_weight,
                                    max_weight=output.objective.positions.max_weight)
         expected = core.loss(pred[output.name], pred[output.type_name], noised, targets[P.idx_m])
-        output.loss_fn = recording
-        assert torch.equal(output.calculate_loss(pred, targets), value)
+        custom = GenerationOutput(ELEMENTS, output.name, output.type_name, loss_fn=recording,
+                                  position_weight=output.objective.position_weight,
+                                  max_weight=output.objective.positions.max_weight)
+        assert torch.equal(custom.calculate_loss(pred, targets), value)
     assert torch.allclose(value, expected, rtol=1e-5)
     assert torch.equal(seen[0], batch[P.Z])
 
