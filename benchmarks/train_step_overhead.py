@@ -136,15 +136,16 @@ def loss_fn(variant: str):
     if variant == "energy-cached":
         return lambda pred, data, idx_m: data["springs"].loss(pred, validate_args=False)
     if variant.startswith("adapter-"):
-        from schnetpack_ext import EnergyLoss
+        from schnetpack_ext import EnergyLoss, LossContext
         from schnetpack_ext.transforms import batch_springs
 
         loss = EnergyLoss(loss=variant.removeprefix("adapter-"))
 
         def adapter_step(pred, data, idx_m):  # as StructureOutput.calculate_loss in a step
             inputs = data["inputs"]
-            return loss(pred, data["target"], batch=idx_m, numbers=inputs["_atomic_numbers"],
-                        springs=batch_springs(inputs), n_structures=len(inputs["_n_atoms"]), validate_args=False)
+            context = LossContext(idx_m, len(inputs["_n_atoms"]), inputs["_atomic_numbers"], batch_springs(inputs),
+                                  validate_args=False)
+            return loss(pred, data["target"], context)
         return adapter_step
     raise ValueError(variant)
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.config import LossConfig
-from energyloss_plugins.diffusion import com_free_noise, remove_com, reverse_step
+from energyloss_plugins.diffusion import PerStructureLoss, com_free_noise, remove_com, reverse_step
 from energyloss_plugins.layouts import structure_counts, structure_index
 from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.tasks import DiffusionObjective
@@ -230,11 +230,14 @@ class GenerationObjective:
         return noised["eps_h"] - noised["h0"] if self.flow_matching else noised["eps_h"]
 
     def loss_terms(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *,
-                   springs: PairSprings | None = None, validate_args: bool = True) -> dict[str, Tensor]:
+                   springs: PairSprings | None = None, validate_args: bool = True,
+                   per_structure: PerStructureLoss | None = None) -> dict[str, Tensor]:
         """The two weighted, normalised terms: ``positions`` and ``types``; their sum is :meth:`loss`.
 
         ``springs``: of the clean molecules, resolved by a data pipeline (the energy's kernel alone).
         ``validate_args=False`` in a training step (nothing is read back to the host).
+        ``per_structure``: the positional loss P(x̂, x) handed in by the caller (see
+        :meth:`DiffusionObjective.loss`); None: the configured one.
         """
         if out_h.shape != noised["h0"].shape:
             raise ValueError(f"out_h must have shape {tuple(noised['h0'].shape)} (atoms x type features), "
@@ -242,7 +245,8 @@ class GenerationObjective:
         scale = 1.0 / (3 + self.n_features)
         n_structures = noised["t"].shape[0]  # B from a shape: no host synchronisation
         positions = self.positions.loss(out_x, noised, batch, numbers=noised.get("numbers"), springs=springs,
-                                        n_structures=n_structures, validate_args=validate_args)
+                                        n_structures=n_structures, validate_args=validate_args,
+                                        per_structure=per_structure)
         squared = ((out_h - self.type_target(noised)) ** 2).sum(-1)
         per_structure = squared.new_zeros(n_structures).index_add_(0, batch, squared)
         counts = structure_counts(batch, n_structures).clamp_min(1).to(squared.dtype)
@@ -250,9 +254,11 @@ class GenerationObjective:
         return {"positions": self.position_weight * scale * positions, "types": scale * types}
 
     def loss(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *,
-             springs: PairSprings | None = None, validate_args: bool = True) -> Tensor:
+             springs: PairSprings | None = None, validate_args: bool = True,
+             per_structure: PerStructureLoss | None = None) -> Tensor:
         """Scalar training loss (see the module docstring; arguments as :meth:`loss_terms`)."""
-        terms = self.loss_terms(out_x, out_h, noised, batch, springs=springs, validate_args=validate_args)
+        terms = self.loss_terms(out_x, out_h, noised, batch, springs=springs, validate_args=validate_args,
+                                per_structure=per_structure)
         return terms["positions"] + terms["types"]
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins.config import LossConfig
-from energyloss_plugins.diffusion import Denoiser, NoiseSchedule, diffusion_loss, noise_batch, sample
+from energyloss_plugins.diffusion import Denoiser, NoiseSchedule, PerStructureLoss, diffusion_loss, noise_batch, sample
 from energyloss_plugins.losses import PairSprings
 
 #: Springs a batch brings: stored with the data, ``(pairs (2, E) flat atom indices, k (E,) eV/Å²)``
@@ -69,13 +69,14 @@ class StructureObjective(_Objective):
 
     def loss(self, pred: Tensor, target: Tensor, batch: Tensor, numbers: Tensor | None = None,
              bonds: Tensor | None = None, springs: BatchSprings | None = None, *, n_structures: int | None = None,
-             validate_args: bool = True) -> Tensor:
-        """Scalar loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``.
+             validate_args: bool = True, reduction: str | None = None) -> Tensor:
+        """Loss of predicted positions ``(N, 3)`` against targets ``(N, 3)``: a scalar, or ``(B,)`` with
+        ``reduction="none"`` (overrides the configured reduction; a diffusion output weights each structure).
 
         A training step passes ``n_structures`` and ``validate_args=False`` (no host synchronisation),
         and ``springs`` resolved by the data pipeline when it has them.
         """
-        return self._evaluate(pred, target, batch, numbers, bonds, springs, n_structures, validate_args)
+        return self._evaluate(pred, target, batch, numbers, bonds, springs, n_structures, validate_args, reduction)
 
 
 class DiffusionObjective(_Objective):
@@ -110,14 +111,17 @@ class DiffusionObjective(_Objective):
 
     def loss(self, output: Tensor, noised: Mapping[str, Tensor], batch: Tensor, numbers: Tensor | None = None,
              bonds: Tensor | None = None, springs: BatchSprings | None = None, *, n_structures: int | None = None,
-             validate_args: bool = True) -> Tensor:
+             validate_args: bool = True, per_structure: PerStructureLoss | None = None) -> Tensor:
         """Diffusion loss of a model output for ``noised["x_t"]``.
 
         See :func:`~energyloss_plugins.diffusion.diffusion_loss`; ``springs`` (of the clean
         molecules), ``n_structures`` and ``validate_args`` as in :meth:`StructureObjective.loss`.
+        ``per_structure``: the loss L(x̂, x) ``fn(x_hat, x0, batch, n_structures) -> (B,)`` handed in by
+        the caller (a SchNetPack output hands its ``loss_fn``); None: this objective's configured loss.
         """
-        def per_structure(x_hat: Tensor, x0: Tensor, batch: Tensor, n: int | None) -> Tensor:
-            return self._evaluate(x_hat, x0, batch, numbers, bonds, springs, n, validate_args, reduction="none")
+        if per_structure is None:
+            def per_structure(x_hat: Tensor, x0: Tensor, batch: Tensor, n: int | None) -> Tensor:
+                return self._evaluate(x_hat, x0, batch, numbers, bonds, springs, n, validate_args, reduction="none")
 
         return diffusion_loss(output, noised, batch, loss=per_structure, parameterization=self.parameterization,
                               max_weight=self.max_weight, n_structures=n_structures, validate_args=validate_args)

@@ -2,8 +2,9 @@
 
 YAML building blocks (``_target_: schnetpack_ext.<name>``):
 
-- :class:`EnergyLoss`: the loss entry (``loss: energy | mse | mae | kabsch``, coefficient scheme, edge set);
-- :class:`StructureOutput`, :class:`DiffusionOutput`: ``ModelOutput`` subclasses given the structure index;
+- :class:`EnergyLoss`: the loss entry (``loss: energy | mse | mae | kabsch``, coefficient scheme, edge set), a
+  callable ``loss_fn(pred, target, context)`` with a :class:`LossContext` (contract: :mod:`schnetpack_ext.losses`);
+- :class:`StructureOutput`, :class:`DiffusionOutput`: ``ModelOutput`` subclasses calling it with the batch context;
 - :class:`StructureTask`, :class:`DiffusionTask`: ``AtomisticTask`` subclasses (context, metrics, noising, sampling);
 - :class:`PositionHead`: equivariant per-atom displacement on PaiNN/SO3net vector features;
 - :class:`TimeEmbedding`: diffusion time as an embedding of PaiNN/SO3net;
@@ -35,7 +36,7 @@ from schnetpack_ext.generation import (  # noqa: E402
     load_generation_model,
 )
 from schnetpack_ext.heads import PositionHead, TimeEmbedding  # noqa: E402
-from schnetpack_ext.losses import EnergyLoss  # noqa: E402
+from schnetpack_ext.losses import EnergyLoss, LossContext  # noqa: E402
 from schnetpack_ext.outputs import DiffusionOutput, StructureOutput  # noqa: E402
 from schnetpack_ext.resolvers import register_resolvers  # noqa: E402
 from schnetpack_ext.tasks import DiffusionTask, StructureTask, full_neighbor_list  # noqa: E402
@@ -48,7 +49,7 @@ CONFIG_PACKAGE = "schnetpack_ext.configs"
 
 __all__ = [
     "CONFIG_PACKAGE", "CompleteNeighborList", "DiffusionOutput", "DiffusionTask", "EnergyLoss", "GenerationOutput",
-    "GenerationTask", "PairSpringsTransform", "PositionHead", "RotateTarget", "SafeCheckpointIO",
+    "GenerationTask", "LossContext", "PairSpringsTransform", "PositionHead", "RotateTarget", "SafeCheckpointIO",
     "TypeFeatureEmbedding", "TypeNoiseHead", "load_generation_model", "StructureOutput", "StructureTask",
     "TimeEmbedding", "TrustedCheckpointIO", "full_neighbor_list", "load_structure_model", "predict_structures",
     "register_resolvers",

@@ -33,8 +33,8 @@ from torch import nn
 from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
 from schnetpack_ext.checkpoint import apply_ema_weights
 from schnetpack_ext.heads import DIFFUSION_TIME
-from schnetpack_ext.losses import plain_config
-from schnetpack_ext.outputs import SPRINGS, loss_config
+from schnetpack_ext.losses import EnergyLoss, LossContext, StructureLossFn, per_structure_loss, plain_config
+from schnetpack_ext.outputs import SPRINGS
 from schnetpack_ext.tasks import ContextTask, full_neighbor_list, noisy_neighbor_list
 
 log = logging.getLogger(__name__)
@@ -99,24 +99,25 @@ class GenerationOutput(ModelOutput):
             ``add_positions: false, remove_mean: true``).
         type_name: key of the type output (:class:`TypeNoiseHead`).
         elements: atomic numbers the model generates.
-        loss_fn: :class:`schnetpack_ext.EnergyLoss`: its ``loss`` (energy | mse | kabsch | mae) and
-            options configure the positional term.
+        loss_fn: the positional loss P(x̂, x): :class:`schnetpack_ext.EnergyLoss` (energy | mse | kabsch |
+            mae; default: the energy), or any ``fn(x_hat, x, context)``; the output hands it the
+            implied clean sample and the clean positions per structure (see :mod:`schnetpack_ext.losses`).
         position_weight, parameterization, schedule, precision, max_weight: see
             :class:`energyloss_plugins.generation.GenerationObjective`.
         target_property: batch key the task fills with the true position output (ε_x), for metrics.
     """
 
     def __init__(self, elements: Sequence[int], name: str = "position_noise", type_name: str = "type_noise",
-                 loss_fn: nn.Module | None = None, loss_weight: float = 1.0,
+                 loss_fn: StructureLossFn | None = None, loss_weight: float = 1.0,
                  metrics: dict[str, nn.Module] | None = None, constraints: list[nn.Module] | None = None,
                  target_property: str | None = "generation_target", position_weight: float = 1.0,
                  parameterization: str = "eps", schedule: str = "polynomial", precision: float = 1e-5,
                  max_weight: float | None = None):
-        super().__init__(name=name, loss_fn=loss_fn, loss_weight=loss_weight, metrics=metrics or {},
-                         constraints=constraints, target_property=target_property)
+        super().__init__(name=name, loss_fn=loss_fn if loss_fn is not None else EnergyLoss(), loss_weight=loss_weight,
+                         metrics=metrics or {}, constraints=constraints, target_property=target_property)
         self.type_name = type_name
-        self.objective = GenerationObjective(
-            plain_config(elements), loss=loss_config(loss_fn), position_weight=position_weight, schedule=schedule,
+        self.objective = GenerationObjective(  # noise, type term, sampler; the positional loss is loss_fn
+            plain_config(elements), position_weight=position_weight, schedule=schedule,
             precision=precision, parameterization=parameterization, max_weight=max_weight)
 
     def network_target(self, noised: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -128,9 +129,13 @@ class GenerationOutput(ModelOutput):
             return 0.0
         if "_noised" not in target or properties.idx_m not in target:
             raise KeyError("GenerationOutput needs the noised batch: use it inside schnetpack_ext.GenerationTask.")
-        return self.loss_weight * self.objective.loss(pred[self.name], pred[self.type_name], target["_noised"],
-                                                      target[properties.idx_m], springs=target.get(SPRINGS),
-                                                      validate_args=False)
+        noised = target["_noised"]
+        # The network saw dummy atomic numbers; the loss's element-aware springs need the clean ones.
+        context = LossContext(target[properties.idx_m], noised["t"].shape[0], noised["numbers"], target.get(SPRINGS),
+                              validate_args=False)
+        return self.loss_weight * self.objective.loss(pred[self.name], pred[self.type_name], noised, context.idx_m,
+                                                      validate_args=False,
+                                                      per_structure=per_structure_loss(self.loss_fn, context))
 
 
 class GenerationTask(ContextTask):

@@ -1,10 +1,22 @@
-"""The plugin's loss entry for SchNetPack YAML configs.
+"""The plugin's loss for SchNetPack: a callable ``loss_fn(pred, target, context)``, and its YAML entry.
 
-``EnergyLoss`` is what a ``loss_fn:`` entry of a :class:`schnetpack_ext.StructureOutput` or
-:class:`schnetpack_ext.DiffusionOutput` instantiates. It is a thin configuration holder around the
-core's :class:`energyloss_plugins.tasks.StructureObjective`: one key (``loss``) switches between the
-pair energy and the baselines, the other keys configure the energy (coefficient scheme, edge set);
-options only the energy takes are ignored by the baselines, so one config serves all four::
+Contract (the one way every output of this adapter calls its loss): SchNetPack's
+``ModelOutput.calculate_loss`` calls ``loss_fn(pred, target)``; a structure loss also needs to know
+which atoms form one structure, so the outputs (:class:`schnetpack_ext.StructureOutput`,
+:class:`schnetpack_ext.DiffusionOutput`, :class:`schnetpack_ext.GenerationOutput`) call::
+
+    loss_fn(pred (N, 3) Å, target (N, 3) Å, context: LossContext) -> scalar, or (B,) with context.reduction "none"
+
+with a :class:`LossContext` built from the batch (``_idx_m``, the number of structures from
+``_n_atoms``'s shape, atomic numbers, the springs of :class:`schnetpack_ext.PairSpringsTransform`).
+A structure output hands the predicted and reference positions; a diffusion or generation output
+hands the implied clean sample x̂ and the clean positions x with ``reduction="none"`` and weights
+each structure's value by w_t (the schedule and weights are the core's objectives). Any callable
+with this signature can be a ``loss_fn``; :class:`EnergyLoss` is the shipped one.
+
+``EnergyLoss`` is what a ``loss_fn:`` entry in the YAML instantiates. One key (``loss``) switches
+between the pair energy and the baselines, the other keys configure the energy (coefficient scheme,
+edge set); options only the energy takes are ignored by the baselines, so one config serves all four::
 
     loss_fn:
       _target_: schnetpack_ext.EnergyLoss
@@ -20,12 +32,16 @@ with the data pipeline's :class:`schnetpack_ext.PairSpringsTransform`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from energyloss_plugins.config import LossConfig
+from energyloss_plugins.diffusion import PerStructureLoss
 from energyloss_plugins.tasks import BatchSprings, StructureObjective
 
 #: Why and how to replace ``coefficients: hessian`` in SchNetPack (the rest of the error message).
@@ -42,8 +58,48 @@ def plain_config(value):
     return value
 
 
+@dataclass(frozen=True)
+class LossContext:
+    """What a structure loss needs from the batch besides the two position tensors.
+
+    Attributes:
+        idx_m: ``(N,)`` structure index of each atom (SchNetPack's ``_idx_m``).
+        n_structures: B; None: counted from ``idx_m`` (reads back to the host: outside a step only).
+        numbers: ``(N,)`` atomic numbers (element-aware springs), or None.
+        springs: springs the data pipeline resolved (:class:`~energyloss_plugins.PairSprings`), or
+            stored ``(pairs (2, E), k (E,) eV/Å²)``; None: computed from the target.
+        validate_args: value checks (they read back to the host; a training step turns them off).
+        reduction: overrides the loss's reduction; ``none`` returns ``(B,)`` (diffusion weights each structure).
+    """
+
+    idx_m: Tensor
+    n_structures: int | None = None
+    numbers: Tensor | None = None
+    springs: BatchSprings | None = None
+    validate_args: bool = True
+    reduction: str | None = None
+
+    @classmethod
+    def single(cls, positions: Tensor) -> LossContext:
+        """All ``(N, 3)`` positions form one structure."""
+        return cls(torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device), 1)
+
+
+#: A loss as the outputs call it: ``fn(pred (N, 3), target (N, 3), context) -> Tensor``.
+StructureLossFn = Callable[[Tensor, Tensor, LossContext], Tensor]
+
+
+def per_structure_loss(loss_fn: StructureLossFn, context: LossContext) -> PerStructureLoss:
+    """``loss_fn`` as the core's diffusion objectives take it: ``fn(x_hat, x0, batch, n_structures) -> (B,)``."""
+    def per_structure(x_hat: Tensor, x0: Tensor, batch: Tensor, n_structures: int | None) -> Tensor:
+        return loss_fn(x_hat, x0, dataclasses.replace(context, idx_m=batch, n_structures=n_structures,
+                                                      reduction="none"))
+
+    return per_structure
+
+
 class EnergyLoss(nn.Module):
-    """Structure loss selected by name, evaluated per structure with SchNetPack's ``_idx_m``.
+    """Structure loss selected by name, evaluated per structure (called as in the module docstring).
 
     Args:
         loss: ``energy`` (the pair energy, SPEC §2), ``mse``, ``mae`` or ``kabsch``.
@@ -54,17 +110,9 @@ class EnergyLoss(nn.Module):
         reduction: ``mean`` over structures (default) or ``sum``.
         normalize: divide each structure's value by its atom count (default True).
 
-    Called as ``loss(pred (N, 3), target (N, 3), batch=(N,), numbers=(N,))``; the adapter's
-    outputs pass ``batch`` and ``numbers`` from the task, and in a step also ``n_structures``,
-    ``validate_args=False`` and the springs of :class:`schnetpack_ext.PairSpringsTransform` when the
-    data pipeline has them.
-
     ``coefficients: hessian`` (springs fitted per structure and stored in the database) is refused
     here: SchNetPack's loader does not carry the stored per-structure pair lists.
     """
-
-    #: Tells :class:`schnetpack_ext.StructureOutput` to pass the structure index and atomic numbers.
-    takes_batch = True
 
     def __init__(self, loss: str = "energy", coefficients: str = "exp", coefficient_kwargs: Mapping | None = None,
                  graph: str = "complete", graph_kwargs: Mapping | None = None, reduction: str = "mean",
@@ -87,20 +135,15 @@ class EnergyLoss(nn.Module):
             state["config"] = LossConfig.from_options(state.pop("loss_name"), state.pop("options"))
         super().__setstate__(state)
 
-    def forward(self, pred: Tensor, target: Tensor, batch: Tensor | None = None, numbers: Tensor | None = None,
-                bonds: Tensor | None = None, *, springs: BatchSprings | None = None, n_structures: int | None = None,
-                validate_args: bool = True) -> Tensor:
-        return self.objective.loss(pred, target, batch if batch is not None else _single(pred), numbers, bonds,
-                                   springs, n_structures=n_structures, validate_args=validate_args)
+    def forward(self, pred: Tensor, target: Tensor, context: LossContext | None = None) -> Tensor:
+        """The loss of ``pred`` against ``target`` ``(N, 3)`` Å; ``context`` None: one structure."""
+        context = context or LossContext.single(pred)
+        return self.objective.loss(pred, target, context.idx_m, context.numbers, springs=context.springs,
+                                   n_structures=context.n_structures, validate_args=context.validate_args,
+                                   reduction=context.reduction)
 
     def extra_repr(self) -> str:
         if self.loss_name != "energy":
             return f"loss={self.loss_name!r}"
         return (f"loss='energy', coefficients={self.config.coefficients!r}, "
                 f"coefficient_kwargs={self.config.coefficient_kwargs}, graph={self.config.graph!r}")
-
-
-def _single(pred: Tensor) -> Tensor:
-    import torch
-
-    return torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)

@@ -1,19 +1,4 @@
-"""Functional losses: the pair energy loss (SPEC §2) and its baselines, in every batch layout.
-
-All losses take a prediction and a target in one of three layouts:
-
-- flat: ``(N_total, d)`` positions plus ``batch`` ``(N_total,)`` (PyG/TorchMD-Net ``batch``,
-  SchNetPack ``_idx_m``); no ``batch`` means one structure;
-- padded: ``(B, N_max, d)`` plus ``mask`` ``(B, N_max)`` (EDM/JODO style);
-- an explicit pair list ``edge_index`` ``(2, E)`` of flat atom indices (pair energy only).
-
-and reduce per structure first. Defaults (the project's choice, see docs/losses.md):
-``normalize=True`` divides each structure's value by its atom count (energy per atom, as the
-paper's code divides every k by n), and ``reduction="mean"`` averages over structures;
-``reduction="sum"`` sums, ``reduction="none"`` returns the ``(B,)`` per-structure values.
-Structure ids need not be contiguous: see :func:`energyloss_plugins.layouts.structure_index`.
-
-The pair energy comes in two steps (docs/losses.md, "The lean path"):
+"""The pair energy loss (SPEC §2) in two steps: springs of the reference, then the kernel.
 
 1. :func:`resolve_springs`: the pairs, reference distances and springs of reference structures
    (edge set, rigid-sparse draw, symmetrisation, spring scheme) as a :class:`PairSprings`. They
@@ -23,11 +8,11 @@ The pair energy comes in two steps (docs/losses.md, "The lean path"):
    ``torch.compile(fullgraph=True)``.
 
 :func:`pair_energy_loss` is the two in one call (resolving on every call, as the paper does).
+Layouts, reductions and units: see :mod:`energyloss_plugins.losses`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,14 +20,12 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.alignment import kabsch_align
 from energyloss_plugins.coefficients import CoefficientFn, PairContext, resolve_coefficients, scheme_function
 from energyloss_plugins.graphs import PairSet, build_pairs
-from energyloss_plugins.layouts import FlatBatch, structure_counts, to_flat
+from energyloss_plugins.layouts import FlatBatch, to_flat
+from energyloss_plugins.losses._common import LOW_PRECISION, REDUCTIONS, no_autocast, reduce_structures
 from energyloss_plugins.periodic import MinimumImage
 
-REDUCTIONS = ("mean", "sum", "none")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 # On CPU at most this many pairs are processed at once, whatever chunk_size: the per-chunk
 # temporaries then stay in cache and in the allocator's pool (larger chunks page-fault on every
 # call and run up to 2x slower; see benchmarks/loss_cost.py). GPUs use chunk_size as given.
@@ -253,8 +236,8 @@ def pair_energy_kernel(
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     _checks.check_tensor("pred", pred)
     chunk_size = _check_chunk_size(chunk_size)
-    with _no_autocast(pred):
-        if pred.dtype in _LOW_PRECISION:
+    with no_autocast(pred):
+        if pred.dtype in LOW_PRECISION:
             pred = pred.float()
         flat = to_flat(pred, pred, batch, None, n_structures, validate_args=validate_args)
         n_pairs = pairs.shape[1] if isinstance(pairs, Tensor) and pairs.dim() == 2 else -1
@@ -275,7 +258,7 @@ def pair_energy_kernel(
         energy = _pair_energy(pred, PairSet(flat.batch, flat.n_structures, pairs), chunk_size,
                               distances=distances.detach().to(pred.dtype), springs=springs.detach().to(pred.dtype),
                               shifts=None if shifts is None else shifts.to(pred.dtype))
-        return _reduce(energy, flat, reduction, normalize)
+        return reduce_structures(energy, flat, reduction, normalize)
 
 
 def pair_energy_loss(
@@ -345,8 +328,8 @@ def pair_energy_loss(
     _checks.check_tensor("pred", pred)
     _checks.check_tensor("target", target)
     chunk_size = _check_chunk_size(chunk_size)
-    with _no_autocast(pred):
-        if pred.dtype in _LOW_PRECISION:
+    with no_autocast(pred):
+        if pred.dtype in LOW_PRECISION:
             pred, target = pred.float(), target.float()
         flat = to_flat(pred, target, batch, mask, n_structures, validate_args=validate_args)
         source = _resolve(flat, numbers, coefficients, coefficient_kwargs, graph, graph_kwargs, edge_index, bonds,
@@ -357,7 +340,7 @@ def pair_energy_loss(
                                   distances=source.distances, springs=source.springs, shifts=source.shifts)
         else:
             energy = source.energy(pred_f, chunk_size)
-        return _reduce(energy, flat, reduction, normalize)
+        return reduce_structures(energy, flat, reduction, normalize)
 
 
 def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_kwargs: Mapping | None, graph: str,
@@ -482,12 +465,6 @@ def _unordered_once(edge_index: Tensor, k: Tensor | None, n_atoms: int) -> tuple
     return pairs, k_max
 
 
-def _no_autocast(x: Tensor):
-    """Autocast off on ``x``'s device (the loss computes in the inputs' precision), where autocast exists."""
-    if torch.amp.is_autocast_available(x.device.type):
-        return torch.autocast(device_type=x.device.type, enabled=False)
-    return contextlib.nullcontext()
-
 
 
 def _flat_atoms_attr(values: Tensor | None, flat: FlatBatch, name: str) -> Tensor | None:
@@ -589,95 +566,3 @@ class _AttachGradient(torch.autograd.Function):
                 "For a Hessian of the surrogate energy use energyloss_plugins.ase.EnergyLossCalculator.get_hessian().")
         grad, batch = ctx.saved_tensors
         return grad * grad_energy[batch].unsqueeze(1), None, None, None
-
-
-def _reduce(per_structure: Tensor, flat: FlatBatch, reduction: str, normalize: bool) -> Tensor:
-    if normalize:
-        counts = structure_counts(flat.batch, flat.n_structures)
-        per_structure = per_structure / counts.clamp_min(1).to(per_structure.dtype)
-    if reduction == "none":
-        return per_structure
-    if per_structure.numel() == 0:  # empty batch: 0, still connected to the graph
-        return flat.pred.sum() * 0.0
-    return per_structure.mean() if reduction == "mean" else per_structure.sum()
-
-
-def _per_atom_loss(pred: Tensor, target: Tensor, batch: Tensor | None, mask: Tensor | None,
-                   reduction: str, normalize: bool, per_atom: Callable[[Tensor, Tensor], Tensor],
-                   align: bool = False, n_structures: int | None = None, validate_args: bool = True) -> Tensor:
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
-    _checks.check_tensor("pred", pred)
-    _checks.check_tensor("target", target)
-    with _no_autocast(pred):
-        if pred.dtype in _LOW_PRECISION:
-            pred, target = pred.float(), target.float()
-        flat = to_flat(pred, target, batch, mask, n_structures, validate_args=validate_args)
-        p = kabsch_align(flat.pred, flat.target, flat.batch, flat.n_structures) if align else flat.pred
-        values = per_atom(p, flat.target.detach())
-        per_structure = values.new_zeros(flat.n_structures).index_add_(0, flat.batch, values)
-        return _reduce(per_structure, flat, reduction, normalize)
-
-
-def mse_loss(pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Tensor | None = None, *,
-             reduction: str = "mean", normalize: bool = True, n_structures: int | None = None,
-             validate_args: bool = True) -> Tensor:
-    """Squared displacement Σ_i |ŷ_i − y_i|² per structure (Å²; per atom with ``normalize``).
-
-    Equals ``d`` times the element-wise ``torch.nn.functional.mse_loss`` of a single structure.
-    Not invariant to rotations or translations: the baseline the energy loss replaces.
-    ``batch``, ``n_structures`` and ``validate_args`` as in :func:`pair_energy_loss`.
-    """
-    return _per_atom_loss(pred, target, batch, mask, reduction, normalize, lambda p, t: ((p - t) ** 2).sum(-1),
-                          n_structures=n_structures, validate_args=validate_args)
-
-
-def mae_loss(pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Tensor | None = None, *,
-             reduction: str = "mean", normalize: bool = True, n_structures: int | None = None,
-             validate_args: bool = True) -> Tensor:
-    """Absolute error Σ_i Σ_c |ŷ_ic − y_ic| per structure (Å; per atom with ``normalize``)."""
-    return _per_atom_loss(pred, target, batch, mask, reduction, normalize, lambda p, t: (p - t).abs().sum(-1),
-                          n_structures=n_structures, validate_args=validate_args)
-
-
-def kabsch_mse_loss(pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Tensor | None = None, *,
-                    reduction: str = "mean", normalize: bool = True, n_structures: int | None = None,
-                    validate_args: bool = True) -> Tensor:
-    """MSE after moving each predicted structure onto its target by the optimal proper rigid motion.
-
-    The rotation is computed without gradient (as in the paper); the centring keeps its gradient.
-    """
-    return _per_atom_loss(pred, target, batch, mask, reduction, normalize,
-                          lambda p, t: ((p - t) ** 2).sum(-1), align=True, n_structures=n_structures,
-                          validate_args=validate_args)
-
-
-LOSSES: dict[str, Callable[..., Tensor]] = {
-    "energy": pair_energy_loss,
-    "mse": mse_loss,
-    "mae": mae_loss,
-    "kabsch": kabsch_mse_loss,
-}
-
-
-#: Options every loss takes; the rest (coefficients, graph, numbers, bonds, ...) are the energy's own.
-COMMON_OPTIONS = ("reduction", "normalize", "n_structures", "validate_args")
-
-
-def get_loss(name: str) -> Callable[..., Tensor]:
-    """The functional loss called ``name`` (``energy``, ``mse``, ``mae``, ``kabsch``)."""
-    _checks.check_choice("loss", name, LOSSES)
-    return LOSSES[name]
-
-
-def loss_options(name: str, options: Mapping) -> dict:
-    """``options`` restricted to what loss ``name`` takes, so that one config switches losses with one key."""
-    _checks.check_choice("loss", name, LOSSES)
-    if name == "energy":
-        return dict(options)
-    return {key: value for key, value in options.items() if key in COMMON_OPTIONS}
-
-
-def call_loss(name: str, pred: Tensor, target: Tensor, batch: Tensor | None = None, mask: Tensor | None = None,
-              **options) -> Tensor:
-    """Evaluate loss ``name``; energy-only options (numbers, bonds, coefficients, ...) are dropped for baselines."""
-    return get_loss(name)(pred, target, batch, mask, **loss_options(name, options))
