@@ -30,7 +30,7 @@ from schnetpack.model.base import AtomisticModel
 from schnetpack.task import ModelOutput
 from torch import nn
 
-from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_with_model
 from schnetpack_ext.checkpoint import apply_ema_weights
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.losses import plain_config
@@ -119,9 +119,11 @@ class GenerationOutput(ModelOutput):
             plain_config(elements), loss=loss_config(loss_fn), position_weight=position_weight, schedule=schedule,
             precision=precision, parameterization=parameterization, max_weight=max_weight)
 
-    def network_target(self, noised: dict[str, torch.Tensor]) -> torch.Tensor:
-        """What a perfect network outputs for the positions (ε_x, or ε_x − x for flow matching)."""
-        return noised["eps"] - noised["x0"] if self.objective.flow_matching else noised["eps"]
+    def network_target(self, noised: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """What a perfect network outputs for the positions ``(N, 3)`` (ε_x, or ε_x − x for flow matching), as
+        :meth:`DiffusionOutput.network_target`: the core's
+        :meth:`~energyloss_plugins.generation.GenerationObjective.position_target`."""
+        return self.objective.position_target(noised, batch)
 
     def calculate_loss(self, pred, target):
         if self.loss_weight == 0:
@@ -185,17 +187,10 @@ class GenerationTask(ContextTask):
                 raise ValueError("GenerationTask counts the atoms per molecule of the training split of a SchNetPack "
                                  "AtomsDataModule: train with one (spktrain does), or pass atom_counts=[...] "
                                  "(number of training molecules per atom count).")
-            counts, seen = [], set()
-            for row in dataset.iter_properties(load_properties=[], load_structure=True):
-                numbers = row[properties.Z]
-                counts.append(int(numbers.shape[0]))
-                seen.update(int(z) for z in torch.unique(numbers))
-            unknown = sorted(seen - set(self.elements))
-            if unknown:
-                raise ValueError(f"the training data holds elements {unknown} outside the model's elements "
-                                 f"{list(self.elements)}: set globals.elements to {sorted(seen)}.")
-            self.atom_counts = AtomCountDistribution.from_counts(counts)
-            log.info("atom counts of %d training molecules: %s", len(counts), self.atom_counts)
+            rows = dataset.iter_properties(load_properties=[], load_structure=True)
+            self.atom_counts = AtomCountDistribution.from_molecules((row[properties.Z] for row in rows), self.elements,
+                                                                    option="globals.elements")
+            log.info("atom counts of the training molecules: %s", self.atom_counts)
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
@@ -226,7 +221,7 @@ class GenerationTask(ContextTask):
                                       n_structures=len(batch[properties.n_atoms]), validate_args=False)
         new = self.network_inputs(batch, noised)
         output = self.generation_output
-        new[output.target_property] = output.network_target(noised)
+        new[output.target_property] = output.network_target(noised, batch[properties.idx_m])
         return new, {"_noised": noised}
 
     def _prepare(self, batch, batch_idx, subset: str):
@@ -264,20 +259,14 @@ class GenerationTask(ContextTask):
             seed: None for fresh randomness, an int for reproducible samples (same ``batch_size``).
             batch_size: molecules per network call.
         """
-        if self.atom_counts is None:
-            raise ValueError("this model has no atom-count histogram: train it with GenerationTask (which counts the "
-                             "training split) or pass atom_counts=[...] to GenerationTask.")
-        device = next(self.parameters()).device
-        was_training, pp = self.training, self.model.do_postprocessing
-        self.eval()
-        self.model.do_postprocessing = False
+        postprocessing = self.model.do_postprocessing
+        self.model.do_postprocessing = False  # the denoiser's outputs are raw network outputs
         try:
-            return sample_molecules(self.objective, self.denoiser(), self.atom_counts, n, steps=steps, method=method,
-                                    seed=seed, batch_size=batch_size, progress=progress, device=device,
-                                    dtype=next(self.parameters()).dtype)
+            return sample_with_model(self, self.objective, self.denoiser(), self.atom_counts, n,
+                                     how_to_count="pass atom_counts=[...] to GenerationTask", steps=steps,
+                                     method=method, seed=seed, batch_size=batch_size, progress=progress)
         finally:
-            self.train(was_training)
-            self.model.do_postprocessing = pp
+            self.model.do_postprocessing = postprocessing
 
 
 def load_generation_model(checkpoint: str, map_location: str = "cpu", use_ema: bool = True, *,
