@@ -183,14 +183,25 @@ def select(args, db, smiles) -> dict:
     return {"selection_scores": scores, "chosen": chosen}
 
 
+#: A setting "helps" when it raises the samples' atom stability by more than this (fraction): about two
+#: standard errors over the ~7,000 atoms of 400 QM7-size samples, so that noise decides nothing.
+HELPS_MARGIN = 0.01
+
+
 def radial_basis_trial(args, db, smiles, chosen) -> dict:
-    """Phase 2: the chosen settings with the finer radial basis; it helps only if it helps both losses."""
+    """Phase 2: the chosen settings with the finer radial basis (scores of ``--select-steps`` runs)."""
     fine = [(f"rbf{args.fine_rbf}-{loss}", loss, chosen[loss]["lr"], args.fine_rbf) for loss in LOSSES]
     _parallel(args, fine, db)
-    scores = {name: score(args, name, args.select_steps, db, smiles) for name, _, _, _ in fine}
-    helps = all(scores[f"rbf{args.fine_rbf}-{loss}"]["atom_stability"]
-                > score(args, chosen[loss]["run"], args.select_steps, db, smiles)["atom_stability"] for loss in LOSSES)
-    return {"rbf_scores": scores, "fine_rbf_helps_both": helps}
+    return {"rbf_scores": {name: score(args, name, args.select_steps, db, smiles) for name, _, _, _ in fine}}
+
+
+def rbf_helps_both(args, results) -> bool | None:
+    """Whether the finer radial basis raised atom stability by more than :data:`HELPS_MARGIN` for both losses."""
+    if "rbf_scores" not in results:
+        return None
+    base_scores = results["selection_scores"]
+    return all(results["rbf_scores"][f"rbf{args.fine_rbf}-{loss}"]["atom_stability"]
+               > base_scores[results["chosen"][loss]["run"]]["atom_stability"] + HELPS_MARGIN for loss in LOSSES)
 
 
 def _parallel(args, runs, db):
@@ -306,8 +317,8 @@ def markdown(args, results) -> str:
     rbf = "\n".join(f"- {run}: atom stability {100 * s['atom_stability']:.1f} %, validity {100 * s['validity']:.1f} %"
                     for run, s in results.get("rbf_scores", {}).items())
     return (f"Chosen settings: {json.dumps(chosen)}\n\n"
-            f"Finer radial basis ({args.select_steps} steps; helps both losses: "
-            f"{results.get('fine_rbf_helps_both')}):\n{rbf}\n\n"
+            f"Finer radial basis ({args.select_steps} steps; raises atom stability by > {100 * HELPS_MARGIN:g} "
+            f"points for both losses: {rbf_helps_both(args, results)}):\n{rbf}\n\n"
             f"Selection runs ({args.select_steps} steps each):\n{sel}\n\n" + "\n".join(lines) + "\n")
 
 
@@ -338,7 +349,7 @@ def main(argv=None):
             base._write_json(results_path, results)
         # the long pair starts first: the radial-basis trial decides the shipped default, not these runs
         procs = start_long_pair(args, db, results["chosen"])
-        if "fine_rbf_helps_both" not in results:
+        if "rbf_scores" not in results:
             results.update(radial_basis_trial(args, db, smiles, results["chosen"]))
             base._write_json(results_path, results)
         watch_long_pair(args, db, smiles, results["chosen"], procs)

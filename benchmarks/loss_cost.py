@@ -1,6 +1,7 @@
 """Cost of the pair energy loss on CPU, every number measured in one run (docs/benchmarks.md).
 
     nice -n 10 python benchmarks/loss_cost.py            # full run: 2-10 min, depending on the load
+    nice -n 10 python benchmarks/loss_cost.py --runs 3   # make bench: three runs, median [min-max]
     python benchmarks/loss_cost.py --quick               # smaller sizes, a minute
 
 (a) Forward + backward time of each loss over MSE's, on a QM9-size flat batch (128 structures of
@@ -375,11 +376,12 @@ def print_single_table(out: dict, args) -> None:
 # ----------------------------------------------------------------------------- verdicts
 
 
-def verdicts(out: dict, args) -> list[str]:
-    lines = []
+def verdicts(out: dict, args) -> list[tuple[bool, str]]:
+    """``(met, description)`` per target, in a fixed order (so runs can be compared target by target)."""
+    lines: list[tuple[bool, str]] = []
 
     def check(ok: bool, text: str):
-        lines.append(f"[{'MET' if ok else 'NOT MET'}] {text}")
+        lines.append((bool(ok), text))
 
     if "qm9" in out:
         t = out["qm9"]["times"]
@@ -406,6 +408,60 @@ def verdicts(out: dict, args) -> list[str]:
     return lines
 
 
+def _spread(values: list[float], fmt: str = ".3g") -> str:
+    """``median [min-max]`` of the values of one quantity over the runs."""
+    values = [v for v in values if v == v]  # drop NaN (a case that failed in some run)
+    if not values:
+        return "-"
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def print_summary(outs: list[dict], args) -> None:
+    """Median and range over runs of every figure the README quotes; targets met in every run."""
+    k = len(outs)
+    nan = float("nan")
+    print(f"\n# Summary over {k} runs: median [min-max]")
+    if all("qm9" in o for o in outs):
+        print("\n| batch | loss | CPU ms | time / MSE | peak MiB |")
+        print("|---|---|---|---|---|")
+        for case in ("qm9", "geom"):
+            for name in ("mse", "kabsch", "energy", "sparse", *REFERENCES):
+                t = [o[case]["times"][name][0] for o in outs]
+                r = [o[case]["times"][name][0] / o[case]["times"]["mse"][0] for o in outs]
+                m = [o[case]["mem"].get(name, {}).get("peak_bytes", nan) / MiB for o in outs]
+                print(f"| {case.upper()} | {LABELS[name]} | {_spread([v * 1e3 for v in t])} | {_spread(r)}× | "
+                      f"{_spread(m)} |")
+        print("\n| batch | reference | reference / ours: time | memory |")
+        print("|---|---|---|---|")
+        for case in ("qm9", "geom"):
+            for name in REFERENCES:
+                t = [o[case]["times"][name][0] / o[case]["times"]["energy"][0] for o in outs]
+                m = [o[case]["mem"][name].get("peak_bytes", nan) / o[case]["mem"]["energy"].get("peak_bytes", nan)
+                     for o in outs]
+                print(f"| {case.upper()} | {LABELS[name]} | {_spread(t)}× | {_spread(m)}× |")
+    if all("single" in o for o in outs):
+        print("\n| n atoms | complete: s | MiB | rigid-sparse: s | MiB | dense-cdist: s | MiB |")
+        print("|---|---|---|---|---|---|---|")
+        for i, row in enumerate(outs[0]["single"]):
+            cells = []
+            for name in ("energy", "sparse", "dense-cdist"):
+                res = [o["single"][i].get(name) or {} for o in outs]
+                cells += [_spread([r.get("cpu_s", nan) for r in res]),
+                          _spread([r.get("peak_bytes", nan) / MiB for r in res])]
+            print(f"| {row['n']:,} | " + " | ".join(cells) + " |")
+        by_n = [{row["n"]: row for row in o["single"]} for o in outs]
+        if all(1_000_000 in b and 100_000 in b for b in by_n):
+            ratio = [b[1_000_000]["sparse"].get("cpu_s", nan) / b[100_000]["sparse"].get("cpu_s", nan) for b in by_n]
+            print(f"rigid-sparse time(10^6 atoms) / time(10^5 atoms): {_spread(ratio)}")
+    print(f"\nTargets over {k} runs (met only if met in every run)")
+    per_run = [verdicts(o, args) for o in outs]
+    for i in range(len(per_run[0])):
+        hits = sum(run[i][0] for run in per_run if i < len(run))
+        print(f"[{'MET' if hits == k else 'NOT MET'}] in {hits}/{k} runs:")
+        for j, run in enumerate(per_run, 1):
+            print(f"    run {j}: {run[i][1]}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: the cores are shared)")
@@ -420,6 +476,9 @@ def main(argv=None) -> None:
     p.add_argument("--parts", default="ab,c", help="'ab' (batches), 'c' (single structures) or both")
     p.add_argument("--quick", action="store_true",
                    help="fewer rounds, single structures up to 10^5 atoms, complete up to 10^4")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat the whole measurement; with > 1 also print median [min-max] over the runs, and a "
+                        "target counts as met only if every run meets it")
     p.add_argument("--json", type=Path, help="also write the raw measurements here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -431,21 +490,29 @@ def main(argv=None) -> None:
         args.complete_max, args.sparse_max = min(args.complete_max, 10_000), min(args.sparse_max, 100_000)
     torch.set_num_threads(args.threads)
     print(f"# loss_cost.py: {cpu_count_note()}; CPU times, medians; float32")
-    out: dict = {}
     parts = args.parts.split(",")
-    t0 = time.perf_counter()
-    if "ab" in parts:
-        batch_benchmarks(args, out)
-        print_batch_tables(out)
-    if "c" in parts:
-        single_structure_benchmarks(args, out)
-        print_single_table(out, args)
-    print("\nTargets")
-    for line in verdicts(out, args):
-        print(line)
-    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+    outs = []
+    for run in range(1, args.runs + 1):
+        out: dict = {}
+        t0 = time.perf_counter()
+        if args.runs > 1:
+            print(f"\n## run {run} of {args.runs}")
+        if "ab" in parts:
+            batch_benchmarks(args, out)
+            print_batch_tables(out)
+        if "c" in parts:
+            single_structure_benchmarks(args, out)
+            print_single_table(out, args)
+        print("\nTargets")
+        for ok, text in verdicts(out, args):
+            print(f"[{'MET' if ok else 'NOT MET'}] {text}")
+        out["seconds"] = time.perf_counter() - t0
+        print(f"\n(total {out['seconds']:.0f} s)")
+        outs.append(out)
+    if args.runs > 1:
+        print_summary(outs, args)
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1, default=str))
+        args.json.write_text(json.dumps(outs[0] if args.runs == 1 else {"runs": outs}, indent=1, default=str))
 
 
 if __name__ == "__main__":

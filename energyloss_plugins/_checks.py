@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
 def check_finite(name: str, x: Tensor) -> None:
     """Raise if ``x`` holds NaN or Inf (a diverged model or a corrupt structure)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (a shape without values), which cannot be validated; pass "
+                         "validate_args=False to trace shapes, or real tensors.")
     if x.numel() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
@@ -118,9 +123,10 @@ def check_number(name: str, value: object, *, low: float | None = None, high: fl
     hi_b = "]" if high_inclusive and high is not None else ")"
     rng = f"{lo_b}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi_b}"
     kind = "an integer" if integer else "a number"
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+    value = as_python_number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        integer and (value != value or abs(value) == float("inf") or not float(value).is_integer())
+    ):
         raise ValueError(f"{name} must be {kind} in {rng}, got {value!r}.")
     v = float(value)
     ok = v == v and (allow_inf or abs(v) != float("inf"))
@@ -131,6 +137,57 @@ def check_number(name: str, value: object, *, low: float | None = None, high: fl
     if not ok:
         raise ValueError(f"{name} must be {kind} in {rng}, got {value!r}.")
     return int(v) if integer else v
+
+
+def as_python_number(value: object) -> object:
+    """A Python int/float for numpy scalars (``np.float32``, ``np.int64``), 0-d arrays and one-element tensors.
+
+    Anything else is returned unchanged (booleans stay booleans, so checks can refuse them).
+    """
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    elif isinstance(value, Tensor) and value.numel() == 1 and value.device.type != "meta":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def check_integers(name: str, values: object, *, low: int | None = None, high: int | None = None) -> Tensor:
+    """A 1-D long tensor of ``values`` (list, array or tensor), refusing non-integers instead of truncating them.
+
+    Raises ``ValueError`` naming ``name`` for non-numbers, fractional values (``6.7``), NaN, or values
+    outside ``[low, high]``.
+    """
+    try:
+        t = values if isinstance(values, Tensor) else torch.as_tensor(np.asarray(values))
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a list of integers, got {values!r}.") from None
+    t = t.reshape(-1)
+    if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32,
+                                                                              torch.int64, torch.uint8)):
+        raise ValueError(f"{name} must be integers, got dtype {t.dtype}.")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t) | (t != t.round())
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be whole numbers, got {t[bad][:5].tolist()}; they are not rounded "
+                             "or truncated for you.")
+    t = t.long()
+    if t.numel() and low is not None and int(t.min()) < low:
+        raise ValueError(f"{name} must be >= {low}, got {int(t.min())}.")
+    if t.numel() and high is not None and int(t.max()) > high:
+        raise ValueError(f"{name} must be <= {high}, got {int(t.max())}.")
+    return t
+
+
+#: Heaviest element (oganesson); atomic numbers above it are refused before any lookup table is sized by them.
+MAX_ATOMIC_NUMBER = 118
+#: Largest atom count per molecule accepted by generation histograms (a table of this size is allocated).
+MAX_ATOMS_PER_MOLECULE = 10_000
 
 
 def check_choice(kind: str, name: str, valid: Iterable[str]) -> None:

@@ -82,8 +82,11 @@ _POSITIVE = {"k0", "length_scale", "k_bond", "D", "a", "r0", "epsilon", "r_min"}
 _NON_NEGATIVE = {"k_min"}
 
 
-def _check_param(name: str, value: object) -> None:
-    if name in _POSITIVE and value is not None:
+def _check_param(name: str, value: object, nullable: bool = True) -> None:
+    """``nullable``: None is the scheme's own default for this parameter (e.g. morse ``r0`` from radii)."""
+    if value is None and nullable:
+        return
+    if name in _POSITIVE:
         _checks.check_number(f"coefficient_kwargs[{name!r}]", value, low=0.0)
     elif name in _NON_NEGATIVE:
         _checks.check_number(f"coefficient_kwargs[{name!r}]", value, low=0.0, low_inclusive=True)
@@ -106,7 +109,7 @@ def check_coefficient_params(name: str, fn: CoefficientFn, params: Mapping) -> N
                 for k, v in dict(override).items():
                     _check_param(k, v)
         else:
-            _check_param(key, value)
+            _check_param(key, value, nullable=sig.parameters[key].default is None)
 
 
 def resolve_coefficients(scheme: str | CoefficientFn, params: Mapping | None = None) -> Callable[[PairContext], Tensor]:

@@ -131,8 +131,9 @@ class LossConfig:
         if unknown:
             raise ValueError(f"graph_kwargs: unknown option(s) {', '.join(unknown)}. Valid: {', '.join(GRAPH_OPTIONS)} "
                              f"(see energyloss_plugins.graphs.build_pairs; numbers/bonds come with each batch).")
-        cutoff = self.graph_kwargs.get("cutoff")
-        if self.graph == "radius" and not (isinstance(cutoff, (int, float)) and 0 < cutoff < float("inf")):
+        cutoff = _checks.as_python_number(self.graph_kwargs.get("cutoff"))  # numpy scalars are numbers too
+        numeric = isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool)
+        if self.graph == "radius" and not (numeric and 0 < cutoff < float("inf")):
             raise ValueError(f"graph='radius' needs a positive finite cutoff in Å, graph_kwargs={{'cutoff': 5.0}}; "
                              f"got {cutoff!r}.")
         if self.graph == "rigid_sparse":

@@ -241,6 +241,10 @@ def reverse_step(x: Tensor, output: Tensor, batch: Tensor, t: Tensor, s: Tensor,
 
     Shared by :func:`sample` (positions) and :mod:`energyloss_plugins.generation` (positions and types).
     """
+    if not isinstance(output, Tensor) or output.shape != x.shape:
+        # (N, 1) or (1, 3) would broadcast into a plausible but wrong sample
+        raise ValueError(f"The denoiser returned {_checks.describe(output)}; it must return one {x.shape[-1]}-vector "
+                         f"per atom, shape {tuple(x.shape)} like its input x_t.")
     if method == "euler":
         return x - (t - s) * output
     schedule = schedule or NoiseSchedule()

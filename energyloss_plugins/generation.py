@@ -60,9 +60,12 @@ class TypeEncoding:
     """
 
     def __init__(self, elements: Sequence[int], one_hot_scale: float = 0.25, number_scale: float = 0.1):
-        elements = tuple(sorted({int(z) for z in elements}))
-        if not elements or elements[0] < 1:
-            raise ValueError(f"elements must be a non-empty list of atomic numbers >= 1, got {list(elements)}.")
+        if isinstance(elements, (str, bytes)):
+            raise ValueError(f"elements must be a list of atomic numbers such as [1, 6, 7, 8], got {elements!r}.")
+        elements = tuple(sorted(set(_checks.check_integers("elements", list(elements), low=1,
+                                                           high=_checks.MAX_ATOMIC_NUMBER).tolist())))
+        if not elements:
+            raise ValueError("elements must be a non-empty list of atomic numbers (1..118), got [].")
         self.elements = elements
         self.n_features = len(elements) + 1
         self.one_hot_scale = float(one_hot_scale)
@@ -75,7 +78,10 @@ class TypeEncoding:
     def index(self, numbers: Tensor, *, validate_args: bool = True) -> Tensor:
         """Position of each atomic number ``(N,)`` in :attr:`elements`; ValueError for unknown elements
         (checked with ``validate_args``, which reads back to the host; unchecked, an unknown element is -1)."""
-        numbers = torch.as_tensor(numbers, dtype=torch.long)
+        numbers = torch.as_tensor(numbers)
+        if numbers.is_floating_point() or numbers.dtype == torch.bool:  # 6.7 is not carbon
+            numbers = _checks.check_integers("numbers", numbers).to(numbers.device)
+        numbers = numbers.long()
         inside = (numbers >= 0) & (numbers < self._index.shape[0])
         idx = self._index.to(numbers.device)[numbers.clamp(0, self._index.shape[0] - 1)]
         if not validate_args:
@@ -115,8 +121,13 @@ class AtomCountDistribution:
     """
 
     def __init__(self, histogram: Sequence[float]):
-        weights = torch.as_tensor(list(histogram), dtype=torch.float64)
-        if weights.dim() != 1 or weights.numel() < 2 or bool((weights < 0).any()) or float(weights[1:].sum()) <= 0:
+        histogram = list(histogram)
+        if len(histogram) > _checks.MAX_ATOMS_PER_MOLECULE + 1:
+            raise ValueError(f"histogram lists atom counts up to {len(histogram) - 1}; at most "
+                             f"{_checks.MAX_ATOMS_PER_MOLECULE} atoms per molecule are supported.")
+        weights = torch.as_tensor(histogram, dtype=torch.float64)
+        if (weights.dim() != 1 or weights.numel() < 2 or not bool(torch.isfinite(weights).all())
+                or bool((weights < 0).any()) or float(weights[1:].sum()) <= 0):
             raise ValueError("histogram must list non-negative weights per atom count with some weight at n >= 1, "
                              f"got {list(histogram)}.")
         weights[0] = 0.0  # a molecule has at least one atom
@@ -139,28 +150,32 @@ class AtomCountDistribution:
     @classmethod
     def from_counts(cls, counts: Sequence[int]) -> AtomCountDistribution:
         """From the atom count of every training molecule."""
-        counts = torch.as_tensor(list(counts), dtype=torch.long)
-        if counts.numel() == 0 or int(counts.min()) < 1:
+        counts = _checks.check_integers("counts", list(counts), low=1, high=_checks.MAX_ATOMS_PER_MOLECULE)
+        if counts.numel() == 0:
             raise ValueError("counts must hold the atom count (>= 1) of at least one molecule.")
         return cls(torch.bincount(counts).tolist())
 
     @classmethod
-    def from_molecules(cls, numbers: Iterable[Tensor], elements: Sequence[int], *,
-                       option: str = "elements") -> AtomCountDistribution:
+    def from_molecules(cls, numbers: Iterable[Tensor], elements: Sequence[int], *, others: Iterable[Tensor] = (),
+                       setting: Callable[[list[int]], str] = lambda zs: f"elements={zs}") -> AtomCountDistribution:
         """From the atomic numbers ``(n_i,)`` of every training molecule, checked against the model's ``elements``.
 
-        ``option`` names, in the error, where the adapter's user sets the elements (e.g. ``globals.elements``).
-        Runs once before training, on host tensors.
+        ``others``: atomic numbers of the validation/test molecules (checked too, not counted: they are
+        encoded as well, so a fix read from the training split alone would fail again on them).
+        ``setting(zs)`` spells how the adapter's user sets the elements to ``zs`` (e.g. ``--elements 1,6,8``),
+        for the error. Runs once before training, on host tensors.
         """
         counts, seen = [], set()
         for z in numbers:
             z = torch.as_tensor(z)
             counts.append(int(z.numel()))
             seen.update(torch.unique(z).tolist())
+        for z in others:
+            seen.update(torch.unique(torch.as_tensor(z)).tolist())
         unknown = sorted(seen - {int(e) for e in elements})
         if unknown:
-            raise ValueError(f"the training data holds elements {unknown} outside elements {sorted(elements)} of "
-                             f"the model: set {option} to {sorted(seen)}.")
+            raise ValueError(f"the data holds elements {unknown} outside {setting(sorted(elements))}; "
+                             f"pass {setting(sorted(seen))}.")
         return cls.from_counts(counts)
 
     @property
@@ -169,8 +184,7 @@ class AtomCountDistribution:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``(n,)`` long atom counts drawn from the histogram."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}.")
+        n = _checks.check_number("n", n, low=0, low_inclusive=True, integer=True)
         if n == 0:
             return torch.zeros(0, dtype=torch.long)
         return torch.multinomial(self.probabilities, n, replacement=True, generator=generator)
@@ -199,8 +213,7 @@ class GenerationObjective:
                  loss_kwargs: Mapping | None = None, schedule: str = "polynomial", precision: float = 1e-5,
                  parameterization: str = "eps", max_weight: float | None = 1e3):
         _checks.check_choice("parameterization", parameterization, GENERATION_PARAMETERIZATIONS)
-        if not position_weight >= 0:
-            raise ValueError(f"position_weight must be >= 0, got {position_weight}.")
+        _checks.check_number("position_weight", position_weight, low=0, low_inclusive=True)
         self.encoding = TypeEncoding(elements)
         self.positions = DiffusionObjective(loss, parameterization, schedule, loss_kwargs, max_weight, precision)
         self.position_weight = float(position_weight)
@@ -290,12 +303,11 @@ class GenerationObjective:
         if (method == "euler") != self.flow_matching:
             raise ValueError(f"method {method!r} does not fit parameterization {self.parameterization!r}: use "
                              "'euler' for flow matching (velocity) and 'ancestral' or 'ddim' for eps models.")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}.")
-        n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
-        if n_atoms.dim() != 1 or (n_atoms.numel() and int(n_atoms.min()) < 1):
-            raise ValueError(f"n_atoms must be a 1-D tensor of atom counts >= 1, got {n_atoms.tolist()}.")
-        device = generator.device if generator is not None else n_atoms.device
+        steps = _checks.check_number("steps", steps, low=1, low_inclusive=True, integer=True)
+        device = generator.device if generator is not None else getattr(n_atoms, "device", "cpu")
+        if torch.as_tensor(n_atoms).dim() != 1:
+            raise ValueError(f"n_atoms must be a 1-D tensor of atom counts >= 1, got {_checks.describe(n_atoms)}.")
+        n_atoms = _checks.check_integers("n_atoms", n_atoms, low=1, high=_checks.MAX_ATOMS_PER_MOLECULE)
         n_atoms = n_atoms.to(device)
         n_structures = n_atoms.shape[0]
         batch = torch.repeat_interleave(torch.arange(n_structures, device=device), n_atoms)
@@ -351,8 +363,9 @@ def sample_molecules(objective: GenerationObjective, denoiser: JointDenoiser, at
     ``seed=None`` draws fresh randomness; an int makes the samples reproducible (sizes and noise) for
     the same ``batch_size`` and device (the noise is drawn batch by batch).
     """
-    if n < 0 or batch_size < 1:
-        raise ValueError(f"n must be >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}.")
+    n = _checks.check_number("n", n, low=0, low_inclusive=True, integer=True)
+    batch_size = _checks.check_number("batch_size", batch_size, low=1, low_inclusive=True, integer=True)
+    steps = _checks.check_number("steps", steps, low=1, low_inclusive=True, integer=True)
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()

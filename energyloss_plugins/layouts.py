@@ -13,8 +13,11 @@ that path reads nothing back to the host, the one a compiled training step takes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,6 +46,12 @@ def structure_counts(batch: Tensor, n_structures: int) -> Tensor:
     """``(B,)`` atom count per structure from a structure index in ``[0, B)`` (no host synchronisation)."""
     return torch.zeros(n_structures, dtype=torch.long, device=batch.device).index_add_(
         0, batch, torch.ones_like(batch, dtype=torch.long))
+
+
+def batch_from_counts(counts: Tensor) -> Tensor:
+    """``(N_total,)`` long structure index of consecutive structures with ``counts`` ``(B,)`` atoms each
+    (on ``counts``' device; the inverse of :func:`structure_counts` for a sorted batch)."""
+    return torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
 
 
 def structure_index(batch: Tensor, n_structures: int | None = None, *,
@@ -74,6 +83,20 @@ def structure_index(batch: Tensor, n_structures: int | None = None, *,
             return batch, hi + 1
     ids, inverse = torch.unique(batch, return_inverse=True)
     return inverse, ids.shape[0]
+
+
+def checked_structure_index(batch: Tensor | None, n_atoms: int, device: torch.device,
+                            n_structures: int | None = None) -> tuple[Tensor, int]:
+    """A caller's optional ``batch`` checked (one integer id per atom) and passed to :func:`structure_index`.
+
+    None puts all ``n_atoms`` atoms (on ``device``) in one structure. Evaluation-side (metrics): the
+    check and, without ``n_structures``, the distinct ids read back to the host.
+    """
+    if batch is None:
+        batch = torch.zeros(n_atoms, dtype=torch.long, device=device)
+    else:
+        _checks.check_batch(batch, n_atoms)
+    return structure_index(batch, n_structures)
 
 
 def padded_to_flat(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,7 +177,6 @@ def _check_shape(x: Tensor, ndim: int) -> None:
                          f"got {_checks.describe(x)}.")
 
 
-
 def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0) -> Tensor:
     """``(B, *x.shape[1:])`` mean of ``x`` over the atoms (or pairs, angles, ...) of each structure.
 
@@ -184,5 +206,17 @@ def flat_numbers(numbers_list, device: str | torch.device = "cpu") -> tuple[Tens
     counts = torch.tensor([len(z) for z in parts], dtype=torch.long)
     if bool((counts == 0).any()):
         raise ValueError(f"Molecule(s) {torch.nonzero(counts == 0).flatten().tolist()} have no atoms.")
-    batch = torch.repeat_interleave(torch.arange(len(parts)), counts)
-    return torch.cat(parts).to(device), batch.to(device), counts.to(device)
+    return torch.cat(parts).to(device), batch_from_counts(counts).to(device), counts.to(device)
+
+
+def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """``numbers`` ``(N,)`` long, ``positions`` ``(N, 3)`` Å, ``batch`` ``(N,)`` of a list of molecules
+    (``ase.Atoms`` or anything with ``numbers`` and ``positions``).
+
+    Raises:
+        ValueError: the list is empty or a molecule has no atoms.
+    """
+    numbers, batch, _ = flat_numbers([np.asarray(m.numbers) for m in molecules])
+    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
+                                dtype=dtype)
+    return numbers, positions, batch

@@ -65,6 +65,7 @@ class PairSprings:
         n_structures: number of structures B.
         shifts: ``(E, d)`` lattice shifts S of periodic pairs (pair vector ŷ_j − ŷ_i + S), else None.
         image: periodic input only: moves each predicted atom to the image nearest its reference atom.
+        dim: d of the reference positions (2 or 3), when known: a prediction of another d is refused.
     """
 
     pairs: Tensor
@@ -74,10 +75,15 @@ class PairSprings:
     n_structures: int
     shifts: Tensor | None = None
     image: MinimumImage | None = None
+    dim: int | None = None
 
     def loss(self, pred: Tensor, *, reduction: str = "mean", normalize: bool = True, chunk_size: int = 2**22,
              validate_args: bool = True) -> Tensor:
         """The pair energy of ``pred`` ``(N_total, d)`` (Å) on these springs: :func:`pair_energy_kernel`."""
+        _checks.check_tensor("pred", pred)
+        if self.dim is not None and (pred.dim() != 2 or pred.shape[-1] != self.dim):
+            raise ValueError(f"pred must have shape (N_total, {self.dim}) like the reference these springs were "
+                             f"resolved from, got {tuple(pred.shape)}.")
         if self.image is not None:
             pred = self.image.unwrap(pred)
         return pair_energy_kernel(pred, self.distances, self.pairs, self.springs, self.batch, self.n_structures,
@@ -86,11 +92,14 @@ class PairSprings:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PairSprings:
         """A copy on ``device`` with floating-point fields in ``dtype`` (indices stay long)."""
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"PairSprings.to: dtype must be floating point (springs and distances are real "
+                             f"numbers), got {dtype}; indices are long already.")
         if self.image is not None:
             raise ValueError("PairSprings.to: periodic springs keep their cell on the device they were resolved on; "
                              "resolve them on the target device instead.")
         return PairSprings(self.pairs.to(device), self.springs.to(device, dtype), self.distances.to(device, dtype),
-                           self.batch.to(device), self.n_structures)
+                           self.batch.to(device), self.n_structures, dim=self.dim)
 
     @classmethod
     def collate(cls, items: Sequence[PairSprings]) -> PairSprings:
@@ -108,8 +117,12 @@ class PairSprings:
             batch.append(item.batch + struct_offset)
             atom_offset += item.batch.shape[0]
             struct_offset += item.n_structures
+        dims = {item.dim for item in items} - {None}
+        if len(dims) > 1:
+            raise ValueError(f"PairSprings.collate: items of different dimensions {sorted(dims)}.")
         return cls(torch.cat(pairs, 1), torch.cat([item.springs for item in items]),
-                   torch.cat([item.distances for item in items]), torch.cat(batch), struct_offset)
+                   torch.cat([item.distances for item in items]), torch.cat(batch), struct_offset,
+                   dim=dims.pop() if dims else None)
 
 
 @dataclass
@@ -123,9 +136,12 @@ class _SchemeSprings:
     numbers: Tensor | None
     bond_keys: Tensor | None
     image: MinimumImage | None
+    validate: bool = True
 
     def springs(self, chunk: Tensor, d_ref: Tensor) -> Tensor:
         i, j = chunk[0], chunk[1]
+        if self.validate:
+            _check_reference_distances(d_ref, chunk)
         bonded = None
         if self.bond_keys is not None:
             n = self.target.shape[0]
@@ -152,7 +168,8 @@ class _SchemeSprings:
             dists.append(d_ref)
             ks.append(self.springs(chunk, d_ref))
         return PairSprings(torch.cat(pairs, 1), torch.cat(ks), torch.cat(dists), self.pairs.batch,
-                           self.pairs.n_structures, torch.cat(shifts) if self.image is not None else None, self.image)
+                           self.pairs.n_structures, torch.cat(shifts) if self.image is not None else None, self.image,
+                           dim=self.target.shape[1])
 
 
 def resolve_springs(
@@ -235,6 +252,7 @@ def pair_energy_kernel(
     """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     _checks.check_tensor("pred", pred)
+    chunk_size = _check_chunk_size(chunk_size)
     with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred = pred.float()
@@ -326,6 +344,7 @@ def pair_energy_loss(
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     _checks.check_tensor("pred", pred)
     _checks.check_tensor("target", target)
+    chunk_size = _check_chunk_size(chunk_size)
     with _no_autocast(pred):
         if pred.dtype in _LOW_PRECISION:
             pred, target = pred.float(), target.float()
@@ -374,7 +393,9 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
             shifts = image.shifts(edge_index) if image is not None else None
             vec = target[edge_index[1]] - target[edge_index[0]]
             distances = (vec if shifts is None else vec + shifts).norm(dim=-1)
-            return PairSprings(edge_index, k, distances, batch, n_structures, shifts, image)
+            if validate_args:
+                _check_reference_distances(distances, edge_index)
+            return PairSprings(edge_index, k, distances, batch, n_structures, shifts, image, dim=target.shape[1])
         pairs = PairSet(batch, n_structures, edge_index)
     else:
         if isinstance(coefficients, Tensor):
@@ -396,7 +417,26 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
     if bonds is not None:
         lo, hi = torch.minimum(bonds[0], bonds[1]), torch.maximum(bonds[0], bonds[1])
         bond_keys = torch.unique(lo * target.shape[0] + hi)
-    return _SchemeSprings(pairs, target, coeff, numbers, bond_keys, image)
+    return _SchemeSprings(pairs, target, coeff, numbers, bond_keys, image, validate_args)
+
+
+#: Reference atoms closer than this (Å) are taken for a duplicated atom: springs such as 1/r² would be
+#: astronomically large (1e6 to 1e88) and the loss meaningless.
+MIN_REFERENCE_DISTANCE = 1e-3
+
+
+def _check_reference_distances(d_ref: Tensor, pairs: Tensor) -> None:
+    close = d_ref < MIN_REFERENCE_DISTANCE
+    if d_ref.numel() and bool(close.any()):
+        first = int(close.to(torch.uint8).argmax())
+        i, j = int(pairs[0, first]), int(pairs[1, first])
+        raise ValueError(f"target: reference atoms {i} and {j} coincide (distance {float(d_ref[first]):.2e} Å < "
+                         f"{MIN_REFERENCE_DISTANCE} Å); the springs between them would be meaningless. Remove the "
+                         "duplicated atom from the reference structure.")
+
+
+def _check_chunk_size(chunk_size: object) -> int:
+    return _checks.check_number("chunk_size", chunk_size, low=1, low_inclusive=True, integer=True)
 
 
 def _check_pairs(name: str, pairs: Tensor, batch: Tensor) -> None:
@@ -459,6 +499,8 @@ def _flat_atoms_attr(values: Tensor | None, flat: FlatBatch, name: str) -> Tenso
     if values.shape != (flat.pred.shape[0],):
         raise ValueError(f"{name} must have one entry per atom ({flat.pred.shape[0]}), "
                          f"got shape {tuple(values.shape)}.")
+    if values.is_floating_point() or values.dtype == torch.bool:  # 6.7 is not carbon: refuse, never truncate
+        return _checks.check_integers(name, values, low=1, high=_checks.MAX_ATOMIC_NUMBER)
     return values.long()
 
 
@@ -539,8 +581,12 @@ class _AttachGradient(torch.autograd.Function):
         return energy.clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_energy: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: the precomputed gradient has no graph of its own
+            raise NotImplementedError(
+                "The pair energy loss computes its gradient analytically and has no second derivative through "
+                "autograd (create_graph=True, torch.autograd.functional.hessian): it would be silently zero. "
+                "For a Hessian of the surrogate energy use energyloss_plugins.ase.EnergyLossCalculator.get_hessian().")
         grad, batch = ctx.saved_tensors
         return grad * grad_energy[batch].unsqueeze(1), None, None, None
 

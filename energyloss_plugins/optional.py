@@ -3,25 +3,23 @@
 The core needs torch, numpy, scipy, networkx, tqdm and vesin only; everything else comes with an extra
 (``pip install "energyloss-plugins[data]"`` and so on, see pyproject.toml and docs/install.md).
 Code that needs an optional module imports it through :func:`require`, and console scripts wrap
-their ``main`` in :func:`console_script`, which prints the message and exits with status 2. A
+their ``main`` in :func:`energyloss_plugins.console.console_script` (one line, exit status 2). A
 command whose module cannot even be imported without its framework (an adapter package registers
-itself at import) points at :func:`run_script` instead, which imports it inside that guard.
+itself at import) points at :func:`run_script` instead, which imports it inside the same guard.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import sys
-from collections.abc import Callable
 from importlib import metadata
 from types import ModuleType
 
 DISTRIBUTION = "energyloss-plugins"
 
 # Top-level module -> (distribution that provides it, smallest extra that installs it). Used by
-# console_script for imports that did not go through require().
+# console.console_script for imports that did not go through require().
 PROVIDERS: dict[str, tuple[str, str]] = {
     "rdkit": ("rdkit", "data"),
     "ase": ("ase", "data"),
@@ -94,31 +92,14 @@ def require(module: str, feature: str, extra: str) -> ModuleType:
         raise MissingOptionalDependency(module, feature, extra) from None
 
 
-def console_script(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
-    """Decorate a console script's ``main``: a missing optional module prints one line and returns 2.
-
-    Catches :class:`MissingOptionalDependency` and any other ``ModuleNotFoundError`` for a module
-    listed in :data:`PROVIDERS` (naming the extra that installs it); other errors propagate. The
-    decorated module must import optional packages only inside ``main`` (after this wrapper runs).
-    """
-
-    def wrap(main: Callable[..., int | None]) -> Callable[..., int | None]:
-        @functools.wraps(main)
-        def run(*args, **kwargs):
-            try:
-                return main(*args, **kwargs)
-            except ModuleNotFoundError as exc:
-                if not isinstance(exc, MissingOptionalDependency):
-                    top = (exc.name or "").split(".")[0]
-                    if top not in PROVIDERS:
-                        raise
-                    exc = MissingOptionalDependency(top, "this command", PROVIDERS[top][1])
-                print(f"{prog}: {exc}", file=sys.stderr)
-                return 2
-
-        return run
-
-    return wrap
+def explain_missing(exc: ModuleNotFoundError) -> MissingOptionalDependency | None:
+    """``exc`` as a :class:`MissingOptionalDependency` naming the extra, or None for a module we do not provide."""
+    if isinstance(exc, MissingOptionalDependency):
+        return exc
+    top = (exc.name or "").split(".")[0]
+    if top not in PROVIDERS:
+        return None
+    return MissingOptionalDependency(top, "this command", PROVIDERS[top][1])
 
 
 #: Entry-point group naming the real ``main`` of each command that :func:`run_script` dispatches.
@@ -131,7 +112,8 @@ def run_script() -> int | None:
     pyproject.toml points the command (``sys.argv[0]``'s name) here and names its ``main`` under
     ``[project.entry-points."energyloss_plugins.scripts"]``. Loading that entry point imports an
     adapter package, which imports its framework; doing it here turns a missing framework into the
-    one-line message and exit status 2, as for :func:`console_script`.
+    one-line message and exit status 2. The ``main`` itself runs in
+    :func:`energyloss_plugins.console.console_script` (user errors, Ctrl-C).
     """
     prog = os.path.basename(sys.argv[0]).removesuffix(".exe")
     if sys.argv[1:] == ["--version"]:  # answered without importing the framework (works without it)
@@ -141,4 +123,12 @@ def run_script() -> int | None:
     if not found:
         raise SystemExit(f"{prog}: no entry point {prog!r} in group {SCRIPTS_GROUP!r}; reinstall {DISTRIBUTION}.")
     (entry,) = found
-    return console_script(prog)(lambda: entry.load()())()
+    try:
+        main = entry.load()
+    except ModuleNotFoundError as exc:
+        missing = explain_missing(exc)
+        if missing is None:
+            raise
+        print(f"{prog}: {missing}", file=sys.stderr)
+        return 2
+    return main()

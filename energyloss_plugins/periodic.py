@@ -32,6 +32,39 @@ def _vesin():
     return vesin
 
 
+#: Smallest lattice-plane spacing (Å) accepted along a periodic direction. Real crystals have spacings
+#: of Ångströms; a thinner cell (a typo, a 2-D slab given pbc=True along its vacuum axis with a
+#: zero height) would make the neighbour search enumerate millions of images.
+MIN_CELL_HEIGHT = 0.1
+
+
+def check_cell_heights(cell: np.ndarray, pbc: np.ndarray, name: str = "cell") -> None:
+    """Raise ``ValueError`` naming ``name`` unless every periodic lattice-plane spacing is >= :data:`MIN_CELL_HEIGHT`.
+
+    ``cell``: ``(d, d)`` rows = lattice vectors (Å); ``pbc``: ``(d,)`` bool. Run before any image search.
+    """
+    cell = np.asarray(cell, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    if not pbc.any():
+        return
+    periodic = cell[pbc]
+    if not np.isfinite(periodic).all():
+        raise ValueError(f"{name} contains NaN or Inf lattice vectors.")
+    # spacing of the planes spanned by the other periodic vectors: |a_k ⊥ span(others)|
+    heights = []
+    for k in range(len(periodic)):
+        others = np.delete(periodic, k, axis=0)
+        a = periodic[k]
+        if len(others):
+            q = np.linalg.qr(others.T)[0]
+            a = a - q @ (q.T @ a)
+        heights.append(float(np.linalg.norm(a)))
+    if min(heights) < MIN_CELL_HEIGHT:
+        raise ValueError(f"{name}: a periodic direction has a lattice-plane spacing of {min(heights):.3g} Å "
+                         f"(< {MIN_CELL_HEIGHT} Å; heights {[round(h, 4) for h in heights]}). Give the real cell in Å, "
+                         "or pbc=False along a direction without periodicity.")
+
+
 def minimum_image_shifts(points: np.ndarray, cell: np.ndarray, pbc: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Integer image shifts ``n`` with ``points[j] − points[i] + n @ cell`` the shortest image of each pair.
 
@@ -57,6 +90,7 @@ def minimum_image_shifts(points: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
     d = points.shape[1]
     if not len(i) or not pbc.any():
         return np.zeros((len(i), d), dtype=np.int64)
+    check_cell_heights(cell, pbc)
     if d == 2:  # vesin and the reduction are 3-D: a non-periodic third direction
         points = np.concatenate([points, np.zeros((len(points), 1))], axis=1)
         cell = np.block([[cell, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
@@ -140,9 +174,12 @@ class MinimumImage:
         check_finite("cell", cell)
         if pbc is None:
             pbc = True
+        if isinstance(pbc, str) or (isinstance(pbc, (list, tuple)) and any(isinstance(p, str) for p in pbc)):
+            raise ValueError(f"pbc must be a bool, ({d},) or (B, {d}) booleans (e.g. [True, True, False]), "
+                             f"got the string {pbc!r}.")
         try:
             pbc = torch.as_tensor(pbc, dtype=torch.bool, device=target.device).expand(n_structures, d)
-        except RuntimeError:
+        except (RuntimeError, TypeError, ValueError):
             raise ValueError(
                 f"pbc must be a bool, ({d},) or (B, {d}) = ({n_structures}, {d}) booleans, got {pbc!r}."
             ) from None
@@ -153,6 +190,8 @@ class MinimumImage:
                     f"cell of structure {b} is singular along a periodic direction; give independent lattice "
                     "vectors for every periodic direction (or pbc=False there)."
                 )
+            check_cell_heights(cell[b].detach().cpu().double().numpy(), per.cpu().numpy(),
+                               "cell" if n_structures == 1 else f"cell of structure {b}")
         self.cell, self.pbc, self.batch, self.target = cell, pbc, batch, target
 
     def _shifts(self, points: Tensor, pairs: Tensor, struct: Tensor) -> Tensor:

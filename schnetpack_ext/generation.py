@@ -179,17 +179,23 @@ class GenerationTask(ContextTask):
     def elements(self) -> tuple:
         return self.objective.encoding.elements
 
-    # --- atom-count histogram and element check (from the training split) ---------------------
+    # --- atom-count histogram (training split) and element check (every split) -----------------
     def on_fit_start(self):
         if self.atom_counts is None:
-            dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            dataset = getattr(datamodule, "train_dataset", None)
             if not hasattr(dataset, "iter_properties"):
                 raise ValueError("GenerationTask counts the atoms per molecule of the training split of a SchNetPack "
                                  "AtomsDataModule: train with one (spktrain does), or pass atom_counts=[...] "
                                  "(number of training molecules per atom count).")
             rows = dataset.iter_properties(load_properties=[], load_structure=True)
-            self.atom_counts = AtomCountDistribution.from_molecules((row[properties.Z] for row in rows), self.elements,
-                                                                    option="globals.elements")
+            # validation and test molecules are encoded too: their elements are checked as well
+            splits = [getattr(datamodule, name, None) for name in ("val_dataset", "test_dataset")]
+            others = (row[properties.Z] for split in splits if hasattr(split, "iter_properties")
+                      for row in split.iter_properties(load_properties=[], load_structure=True))
+            self.atom_counts = AtomCountDistribution.from_molecules(
+                (row[properties.Z] for row in rows), self.elements, others=others,
+                setting=lambda zs: f"globals.elements=[{','.join(map(str, zs))}]")
             log.info("atom counts of the training molecules: %s", self.atom_counts)
 
     def on_save_checkpoint(self, checkpoint):

@@ -26,7 +26,17 @@ def split_file_beside(datapath: str, required: str | None = STRUCTURE_TARGET) ->
             or the experiment's ``globals.clean_positions``).
     """
     check_atoms_db(datapath, required)
-    return _found_split(datapath) or RUN_SPLIT
+    from energyloss_plugins.data.reader import read_split
+
+    split_file = _found_split(datapath)
+    if split_file is not None:
+        sizes = {k: len(v) for k, v in read_split(split_file).items()}
+        if not sizes["train_idx"] or not sizes["val_idx"]:
+            # fail at config resolution, not after an epoch on the checkpoint's missing val_loss
+            raise ValueError(f"data.datapath={datapath}: its split {split_file} has {sizes['train_idx']} training and "
+                             f"{sizes['val_idx']} validation rows; training needs both (the best model is chosen on "
+                             "validation). Rebuild with more molecules or another --split.")
+    return split_file or RUN_SPLIT
 
 
 def size_unless_split(datapath: str, size):

@@ -88,8 +88,9 @@ def test_torchmdnet_calculator_forces_hessian_and_fit():
     assert kcal.get_potential_energy(atoms.copy()) == pytest.approx(atoms.get_potential_energy() * 0.0433641, rel=1e-5)
 
 
-def test_torchmdnet_calculator_from_checkpoint_through_upstream_loader(tmp_path):
-    """A checkpoint path goes through TorchMD-Net's own TMDNETCalculator loading; same energies and forces."""
+def test_torchmdnet_calculator_from_checkpoint_agrees_with_upstream_calculator(tmp_path):
+    """A checkpoint path is read as TorchMD-Net's own TMDNETCalculator reads it: same energies and forces as
+    upstream's calculator (float32) and as the module itself (float64)."""
     from torchmdnet.calculators import TMDNETCalculator
 
     from torchmdnet_ext import TorchMDNetCalculator
@@ -99,9 +100,13 @@ def test_torchmdnet_calculator_from_checkpoint_through_upstream_loader(tmp_path)
     torch.save({"hyper_parameters": dict(_TINY_ARGS),
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     from_path = TorchMDNetCalculator(str(path))
-    assert isinstance(from_path, TMDNETCalculator)
     atoms = molecule("CH3OH")
     atoms.rotate(33, "y")
+    neutral = atoms.copy()
+    neutral.info["charge"] = 0  # upstream's calculator needs the charge entry
+    upstream, ours32 = TMDNETCalculator(str(path)), TorchMDNetCalculator(str(path), dtype=torch.float32)
+    assert ours32.get_potential_energy(neutral) == pytest.approx(upstream.get_potential_energy(neutral), rel=1e-5)
+    np.testing.assert_allclose(ours32.get_forces(neutral), upstream.get_forces(neutral), rtol=1e-4, atol=1e-5)
     reference = TorchMDNetCalculator(model)
     assert from_path.get_potential_energy(atoms) == pytest.approx(reference.get_potential_energy(atoms), abs=1e-8)
     np.testing.assert_allclose(from_path.get_forces(atoms), reference.get_forces(atoms), atol=1e-8)

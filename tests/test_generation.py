@@ -226,10 +226,15 @@ def test_atom_counts_from_molecules_count_sizes_and_refuse_unknown_elements():
     assert counts.histogram == [0.0, 0.0, 0.0, 1.0, 2.0, 1.0]
     assert counts.histogram == AtomCountDistribution.from_counts([len(z) for z in molecules]).histogram
     # an element outside the model's: the error names it, the model's elements and how to set them
-    with pytest.raises(ValueError, match=r"elements \[9, 16\] outside elements \[1, 6, 7, 8\].*"
-                                         r"set globals\.elements to \[1, 6, 8, 9, 16\]"):
-        AtomCountDistribution.from_molecules([torch.tensor([9, 6, 1]), torch.tensor([16, 8, 1])], ELEMENTS,
-                                             option="globals.elements")
+    with pytest.raises(ValueError, match=r"elements \[9, 16\] outside elements=\[1, 6, 7, 8\]; "
+                                         r"pass elements=\[1, 6, 8, 9, 16\]"):
+        AtomCountDistribution.from_molecules([torch.tensor([9, 6, 1]), torch.tensor([16, 8, 1])], ELEMENTS)
+    # validation/test molecules are checked (their elements in the fix) but not counted
+    with pytest.raises(ValueError, match=r"elements \[17\] outside --elements 1,6,7,8; pass --elements 1,6,7,8,17"):
+        AtomCountDistribution.from_molecules(molecules, ELEMENTS, others=[torch.tensor([17, 6])],
+                                             setting=lambda zs: "--elements " + ",".join(map(str, zs)))
+    counted = AtomCountDistribution.from_molecules(molecules, ELEMENTS, others=[torch.tensor([6] * 9)])
+    assert counted.histogram == counts.histogram
     with pytest.raises(ValueError, match="counts"):
         AtomCountDistribution.from_molecules([], ELEMENTS)
 

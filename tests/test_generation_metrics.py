@@ -158,8 +158,10 @@ def test_smiles_of_largest_fragment():
 
 def test_nothing_valid_gives_nan_uniqueness_and_novelty():
     lone = Atoms("CH5", positions=np.concatenate([[[0, 0, 0]], 1.09 * np.eye(3), -1.09 * np.eye(3)[:2]]))
-    out = M.generation_metrics([lone], train_smiles=set())
+    out = M.generation_metrics([lone], train_smiles={"CCO"})
     assert out["validity"] == 0.0 and math.isnan(out["uniqueness"]) and math.isnan(out["novelty"])
+    # an empty training set gives no novelty at all (not NaN, not 100 %)
+    assert M.generation_metrics([lone], train_smiles=set())["novelty"] is None
 
 
 def test_non_finite_molecules_count_as_unstable_and_invalid():

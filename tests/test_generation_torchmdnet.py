@@ -156,7 +156,7 @@ def test_generation_hparams_errors():
 
 
 @pytest.mark.slow
-def test_console_script_trains_on_a_builder_database_and_samples(tmp_path):
+def test_console_script_trains_on_a_builder_database_and_samples(tmp_path, capsys):
     pytest.importorskip("rdkit")
     from energyloss_plugins.data import build_dataset
     from energyloss_plugins.metrics import generation_metrics
@@ -186,6 +186,9 @@ def test_console_script_trains_on_a_builder_database_and_samples(tmp_path):
     assert loaded.atom_counts.histogram == module.atom_counts.histogram
     again = loaded.sample_molecules(4, steps=3, seed=0, progress=False)
     assert all(np.allclose(a.positions, b.positions) for a, b in zip(mols, again, strict=True))
-    # training elements outside `elements` are refused at the start of training
-    with pytest.raises(ValueError, match="outside elements"):
-        main([*argv[:-1], str(tmp_path / "run2"), "--elements", "1,6"])
+    # elements outside `elements` are refused at the start of training, in one line whose hint (from
+    # every split, not only the training one) names the option
+    capsys.readouterr()
+    assert main([*argv[:-1], str(tmp_path / "run2"), "--elements", "1,6"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("energyloss-torchmd-train")]
+    assert len(err) == 1 and "outside --elements 1,6" in err[0] and "pass --elements 1,6,7,8" in err[0], err

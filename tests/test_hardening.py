@@ -20,6 +20,7 @@ from energyloss_plugins import pair_energy_loss  # noqa: E402
 from energyloss_plugins.coefficients import resolve_coefficients  # noqa: E402
 from energyloss_plugins.data import find_split_file, read_split, split_file_for, split_molecules  # noqa: E402
 from energyloss_plugins.diffusion import NoiseSchedule, diffusion_loss, noise_batch, sample  # noqa: E402
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding  # noqa: E402
 from energyloss_plugins.graphs import build_pairs  # noqa: E402
 from energyloss_plugins.periodic import MinimumImage  # noqa: E402
 
@@ -322,3 +323,146 @@ def test_diffusion_task_sample_without_seed_draws_fresh_noise():
     assert not np.allclose(a, b)
     c, d = (task.sample(mols, steps=2, seed=7)[0].positions for _ in range(2))
     assert np.array_equal(c, d)
+
+
+# ------------------------------------------------------------------------------ issue 18: round two
+
+T18 = torch.tensor(np.random.default_rng(18).random((6, 3)) * 4.0)
+P18 = T18 + 0.05
+
+
+@pytest.mark.parametrize("kind", [np.float32, np.float64, np.int64])
+def test_numpy_scalars_are_numbers(kind):
+    expected = pair_energy_loss(P18, T18, coefficient_kwargs={"k0": 2.0, "length_scale": 3.0},
+                                graph="radius", graph_kwargs={"cutoff": 3.0})
+    got = pair_energy_loss(P18, T18, coefficient_kwargs={"k0": kind(2), "length_scale": kind(3)},
+                           graph="radius", graph_kwargs={"cutoff": kind(3)}, chunk_size=np.int64(4))
+    assert torch.allclose(got, expected, rtol=1e-6)
+    from energyloss_plugins.spins import greedy_descent, random_couplings
+
+    assert greedy_descent(random_couplings(3, 1, seed=0)[0], n_starts=np.int64(2))[0].shape[0] == 2
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: TypeEncoding([1, 6.7]), "elements"),
+    (lambda: GenerationObjective([1, 10**9]), "elements"),
+    (lambda: AtomCountDistribution.from_counts([3.7, 5.2]), "counts"),
+    (lambda: AtomCountDistribution.from_counts([3, 10**9]), "counts"),
+    (lambda: pair_energy_loss(P18, T18, coefficients="morse", numbers=torch.tensor([1.0, 6.7, 6, 1, 1, 1])),
+     "numbers"),
+])
+def test_non_integers_and_out_of_range_counts_are_refused_not_truncated(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+def test_whole_floats_are_the_integers_they_spell():
+    assert TypeEncoding([6.0, 1.0]).elements == (1, 6)
+    assert AtomCountDistribution.from_counts(np.array([3.0, 5.0])).histogram == [0, 0, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("height", [0.01, 1e-6])
+def test_a_thin_cell_is_refused_before_the_image_search(height):
+    from energyloss_plugins.ase import EnergyLossCalculator
+
+    cell = torch.diag(torch.tensor([5.0, 5.0, height], dtype=torch.float64))
+    with pytest.raises(ValueError, match="cell"):
+        pair_energy_loss(P18, T18, cell=cell)
+    atoms = Atoms("H6", positions=T18.numpy(), cell=cell.numpy(), pbc=True)
+    with pytest.raises(ValueError, match="cell"):
+        EnergyLossCalculator(atoms).get_potential_energy(atoms)
+    # the same thin direction without periodicity is an ordinary slab
+    assert torch.isfinite(pair_energy_loss(P18, T18, cell=cell, pbc=torch.tensor([True, True, False])))
+
+
+def test_string_pbc_is_refused():
+    with pytest.raises(ValueError, match="pbc"):
+        pair_energy_loss(P18, T18, cell=torch.eye(3, dtype=torch.float64) * 5, pbc="TTF")
+
+
+@pytest.mark.parametrize("scheme", ["exp", "inverse_square", "lennard_jones"])
+def test_coincident_reference_atoms_are_refused(scheme):
+    target = T18.clone()
+    target[2] = target[4]
+    numbers = torch.tensor([6, 6, 8, 1, 1, 1])
+    with pytest.raises(ValueError, match="coincide"):
+        pair_energy_loss(P18, target, coefficients=scheme, numbers=numbers)
+
+
+def test_springs_keep_their_dimension_and_float_dtype():
+    from energyloss_plugins.losses import resolve_springs
+
+    springs = resolve_springs(T18)
+    with pytest.raises(ValueError, match="pred"):
+        springs.loss(P18[:, :2])
+    with pytest.raises(ValueError, match="dtype"):
+        springs.to(dtype=torch.long)
+    assert torch.allclose(springs.to(dtype=torch.float32).loss(P18.float()).double(),
+                          pair_energy_loss(P18, T18), rtol=1e-4)
+
+
+def test_double_backward_is_an_error_not_a_zero_hessian():
+    pred = P18.clone().requires_grad_()
+    with pytest.raises(NotImplementedError, match="create_graph"):
+        torch.autograd.functional.hessian(lambda x: pair_energy_loss(x, T18), pred)
+    pair_energy_loss(pred, T18).backward()  # the first derivative is unaffected
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(6, 1), (1, 3)])
+def test_samplers_refuse_denoiser_outputs_of_the_wrong_shape(shape):
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="denoiser"):
+        sample(lambda x, t, b: torch.zeros(shape), batch, steps=2)
+    with pytest.raises(ValueError, match="denoiser"):
+        GenerationObjective([1, 6]).sample(lambda x, h, t, b: (torch.zeros(shape), h), torch.tensor([3, 3]), steps=2)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan])
+def test_calculator_hessian_refuses_springs_the_energy_refuses(bad):
+    from ase.build import molecule
+
+    from energyloss_plugins.ase import EnergyLossCalculator
+
+    with pytest.raises(ValueError, match="coefficients"):
+        EnergyLossCalculator(molecule("H2O"), [bad, 1.0, 1.0], edge_index=np.array(np.triu_indices(3, 1))).get_hessian()
+
+
+@pytest.mark.parametrize("value", [-1, 0, 2.5])
+def test_chunk_size_and_meta_tensors_name_the_argument(value):
+    with pytest.raises(ValueError, match="chunk_size"):
+        pair_energy_loss(P18, T18, chunk_size=value)
+    with pytest.raises(ValueError, match="meta"):
+        pair_energy_loss(P18.to("meta"), T18.to("meta"))
+
+
+def test_predict_structures_never_replaces_a_file_and_checks_before_the_work(tmp_path):
+    from ase.build import molecule
+
+    from energyloss_plugins.ase import predict_structures
+
+    calls = []
+    out = tmp_path / "pred.extxyz"
+    out.write_text("my notes\n")
+    for path in (out, tmp_path / "no" / "p.extxyz", tmp_path / "p.qqq"):
+        with pytest.raises(ValueError):
+            predict_structures(lambda p, z: calls.append(1) or p, [molecule("H2O")], output=str(path))
+    assert out.read_text() == "my notes\n" and not calls
+    predict_structures(lambda p, z: p, [molecule("H2O")], output=str(out), overwrite=True)
+    assert out.read_text() != "my notes\n"
+
+
+def test_spktrain_refuses_a_split_without_validation_molecules_at_config_resolution(tmp_path):
+    pytest.importorskip("rdkit")
+    pytest.importorskip("schnetpack")
+    from energyloss_plugins.data import build_dataset
+    from schnetpack_ext.resolvers import split_file_beside
+
+    smi = tmp_path / "three.smi"
+    smi.write_text("CCO\nCCN\nCCC\n")
+    db = tmp_path / "three.db"
+    build_dataset(str(smi), db, inputs=("uff",), split=(1.0, 0.0, 0.0), seed=0, progress=False)
+    with pytest.raises(ValueError, match="0 validation"):
+        split_file_beside(str(db))
+    build_dataset(str(smi), db, inputs=("uff",), split=(0.34, 0.33, 0.33), seed=0, progress=False)
+    assert split_file_beside(str(db)) == split_file_for(str(db))

@@ -21,7 +21,7 @@ from energyloss_plugins import (
     resolve_springs,
 )
 from energyloss_plugins.graphs import complete_pairs
-from energyloss_plugins.layouts import segment_mean, structure_index
+from energyloss_plugins.layouts import batch_from_counts, flat_numbers, segment_mean, structure_counts, structure_index
 from energyloss_plugins.metrics import aligned_rmsd, bond_length_mae
 from energyloss_plugins.tasks import StructureObjective
 
@@ -221,6 +221,17 @@ def test_metrics_use_distinct_ids_and_one_segment_mean():
     owner = torch.tensor([0, 0, 2])
     assert segment_mean(x, owner, 3).tolist() == [2.0, 0.0, 5.0]
     assert torch.isnan(segment_mean(x, owner, 3, empty=float("nan"))[1])
+
+
+def test_counts_and_flat_batches_invert_each_other():
+    counts = torch.tensor([3, 1, 4, 2])
+    batch = batch_from_counts(counts)
+    assert batch.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 3, 3]
+    assert torch.equal(structure_counts(batch, 4), counts)
+    numbers, flat, n = flat_numbers([[6, 1, 1], [8], torch.tensor([6, 6, 1, 1]), (7, 1)])
+    assert torch.equal(flat, batch) and torch.equal(n, counts) and numbers.tolist()[:4] == [6, 1, 1, 8]
+    with pytest.raises(ValueError, match=r"\[1\] have no atoms"):
+        flat_numbers([[6], []])
 
 
 # ------------------------------------------------------------------------- directed edge lists

@@ -70,3 +70,15 @@ def test_absent_and_undefined_figures():
     no_rule.reset()
     no_rule.update(pred, target, batch, numbers)
     assert math.isfinite(float(no_rule.compute()["molecule_stability"]))
+
+
+def test_structure_ids_with_gaps_count_the_same_atoms():
+    """The atom counts weighting ``atom_stability`` follow structure_metrics' structures: the distinct ids."""
+    pred, target, batch, numbers = _flat(noisy_molecules(5, seed=2))
+    dense, gapped = StructureMetrics(), StructureMetrics()
+    dense.update(pred, target, batch, numbers)
+    gapped.update(pred, target, batch * 3 + 7, numbers)
+    expected, result = dense.compute(), gapped.compute()
+    assert set(result) == set(expected)
+    for key in expected:
+        assert torch.allclose(result[key], expected[key], rtol=1e-12), key

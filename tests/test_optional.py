@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from energyloss_plugins.optional import MissingOptionalDependency, console_script, install_line, require
+from energyloss_plugins.console import console_script
+from energyloss_plugins.optional import MissingOptionalDependency, install_line, require
 
 
 def hide(monkeypatch, *names: str) -> None:

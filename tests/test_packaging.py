@@ -9,7 +9,8 @@ there statically (function-local imports included, so nothing has to run), and r
 third-party module reached to be installed by the section's line: the core requirements plus the
 named extras, expanded through the requirements of the installed distributions. Imports through
 ``energyloss_plugins.optional.require(module, feature, extra)`` may stay outside the line when
-``extra`` exists and installs the module (the user then gets the one-line message naming it).
+``extra`` exists and installs the module (the user then gets the one-line message naming it), unless
+the call is a gate (a statement of its own outside any ``if``: the entry point cannot run without it).
 Offline and fast: the wheel is built with ``--no-build-isolation --no-index`` (setuptools only).
 """
 
@@ -176,17 +177,39 @@ def _is_probe(node: ast.Try) -> bool:
     return bool(names & {"ImportError", "ModuleNotFoundError", "Exception", None})
 
 
+def _require_call(node) -> tuple[str, str] | None:
+    """``(module, extra)`` of a ``require(module, feature, extra)`` call with constant arguments, else None."""
+    if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require" and len(node.args) == 3
+            and all(isinstance(a, ast.Constant) for a in node.args)):
+        return node.args[0].value, node.args[2].value
+    return None
+
+
 class _Imports(ast.NodeVisitor):
-    """Imports of one module: plain ones (required) and ``require(...)`` calls (module, extra)."""
+    """Imports of one module: plain ones (required) and ``require(...)`` calls (module, extra).
+
+    A ``require(...)`` on a statement of its own, outside any ``if``, is a gate (``build_dataset`` and
+    ``energyloss-evaluate`` check RDKit first thing: they cannot run without it), so it is a need like a
+    plain import; any other ``require`` is an optional feature (a message when used).
+    """
 
     def __init__(self, module: str, is_package: bool):
         self.package = module if is_package else module.rpartition(".")[0]
         self.plain: set[str] = set()
         self.optional: set[tuple[str, str]] = set()
+        self.conditional = 0  # depth of enclosing `if` statements
 
     def visit_If(self, node):  # skip `if TYPE_CHECKING:` blocks
         if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+            self.conditional += 1
             self.generic_visit(node)
+            self.conditional -= 1
+
+    def visit_Expr(self, node):
+        gate = _require_call(node.value)
+        if gate is not None and not self.conditional:
+            self.plain.add(gate[0])
+        self.generic_visit(node)
 
     def visit_Try(self, node):
         if not _is_probe(node):
@@ -207,9 +230,8 @@ class _Imports(ast.NodeVisitor):
         self.plain |= {f"{base}.{a.name}" for a in node.names}  # submodules imported by name
 
     def visit_Call(self, node):
-        if getattr(node.func, "id", None) == "require" and len(node.args) == 3 and all(
-                isinstance(a, ast.Constant) for a in node.args):
-            self.optional.add((node.args[0].value, node.args[2].value))
+        if (call := _require_call(node)) is not None:
+            self.optional.add(call)
         self.generic_visit(node)
 
 

@@ -52,7 +52,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from energyloss_plugins.optional import add_version_option, console_script, require
+from energyloss_plugins.console import ArgumentParser, console_script
+from energyloss_plugins.optional import add_version_option, require
 
 PROG = "energyloss-torchmd-train"
 #: Environment variable carrying rank 0's run folder to the DDP processes Lightning launches.
@@ -108,9 +109,9 @@ def get_argparse() -> argparse.ArgumentParser:
     from torchmdnet_ext.configs import config_names
     from torchmdnet_ext.module import PLUGIN_DEFAULTS, TASKS
 
-    parser = argparse.ArgumentParser(prog=PROG,
-                                     description="TorchMD-Net training with the energy loss (energyloss-plugins)",
-                                     parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
+    parser = ArgumentParser(prog=PROG,
+                            description="TorchMD-Net training with the energy loss (energyloss-plugins)",
+                            parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
     add_version_option(parser)
     parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,
                         help=f"Configuration yaml file, or the name of a shipped one ({', '.join(config_names())})")
@@ -242,14 +243,22 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@console_script(PROG)
+@console_script(PROG, interrupted="interrupted; checkpoints written so far are kept in --log-dir.")
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (upstream's main)."""
+    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (upstream's main).
+
+    User errors (options that do not fit, a missing database, elements outside ``--elements``, splits
+    too small to validate on) print one line and exit with status 2.
+    """
     upstream = _upstream()
-    try:
-        args = get_args(argv)
-    except ValueError as exc:
-        get_argparse().error(str(exc))
+    args = get_args(argv)
+    if args.dataset in POSITION_DATASETS:  # before a model is built or a log folder filled
+        if not args.dataset_root or args.dataset_root == "~/data":  # upstream's default names no database
+            raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
+                             "--dataset-root qm7/data.db (make one with energyloss-data build).")
+        if not os.path.exists(args.dataset_root):
+            raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data "
+                             "build.")
     from torchmdnet_ext.module import TASKS
 
     hooks = {"get_args": lambda: args}

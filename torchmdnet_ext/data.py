@@ -43,3 +43,12 @@ class PositionDataModule(DataModule):
             config = loss_config(self.hparams["train_loss"], self.hparams["train_loss_arg"])
             self.dataset.transform = pipeline_transform(config, self.hparams["task"])
         super().setup(stage)
+        sizes = {name: 0 if getattr(self, f"idx_{name}", None) is None else len(getattr(self, f"idx_{name}"))
+                 for name in ("train", "val")}
+        if not sizes["train"] or not sizes["val"]:
+            # fail now, not after an epoch on the checkpoint monitor's missing val_* metric
+            raise ValueError(f"the {'training' if not sizes['train'] else 'validation'} split of "
+                             f"{self.hparams['dataset_root']} is empty ({len(self.dataset)} structures: "
+                             f"{sizes['train']} train, {sizes['val']} val); the best checkpoint is chosen on "
+                             "validation molecules. Use a larger database, or --splits / --val-size to give "
+                             "validation at least one molecule.")

@@ -22,6 +22,7 @@ import torch
 from torch_geometric.data import Data, Dataset
 
 from energyloss_plugins.augment import seeded_rotation
+from energyloss_plugins.io import atomic_savez
 
 TARGET_FRAMES = ("same", "random")
 
@@ -211,9 +212,5 @@ def convert_split(dataset, split_file: str, out_file: str) -> str:
         else:
             raise ValueError(f"{split_file} has keys {sorted(keys)}; expected train_idx/val_idx/test_idx "
                              "(energyloss-data) or idx_train/idx_val/idx_test (TorchMD-Net).")
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    tmp = f"{out_file}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:  # atomic: DDP ranks write the same file
-        np.savez(f, idx_train=parts[0], idx_val=parts[1], idx_test=parts[2])
-    os.replace(tmp, out_file)
+    atomic_savez(out_file, idx_train=parts[0], idx_val=parts[1], idx_test=parts[2])  # DDP ranks write the same file
     return out_file

@@ -36,8 +36,9 @@ import yaml
 from torchmdnet.module import LNNP
 
 from energyloss_plugins.config import ENERGY_OPTIONS, LossConfig
+from energyloss_plugins.console import check_option
 from energyloss_plugins.diffusion import eval_generator
-from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, sample_with_model
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_with_model
 from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
@@ -96,6 +97,14 @@ def prepare_hparams(hparams) -> dict:
         h["max_weight"] = DIFFUSION_MAX_WEIGHT
     if h["task"] == "generation":
         h["elements"] = _parse_elements(h["elements"])
+    # numeric options checked here, before any data is read (one line from the console script)
+    for key, low, inclusive in (("position_weight", 0.0, True), ("y_weight", 0.0, True),
+                                ("sampling_steps", 1, True)):
+        if h.get(key) is not None:
+            check_option(f"--{key.replace('_', '-')}", h[key], low=low, low_inclusive=inclusive,
+                         integer=key == "sampling_steps")
+    if h.get("max_weight") is not None:
+        check_option("--max-weight", h["max_weight"], low=0.0)
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
@@ -133,14 +142,18 @@ def _parse_elements(value) -> list[int]:
         raise ValueError("task generation needs elements, the atomic numbers the model generates: e.g. "
                          "--elements 1,6,7,8,16 (QM7) or `elements: [1, 6, 7, 8, 9]` (QM9) in the conf file.")
     if isinstance(value, str):
-        value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
-    try:
-        elements = sorted({int(z) for z in value})
-    except (TypeError, ValueError):
-        raise ValueError(f"elements must be a list of atomic numbers, got {value!r}.") from None
-    if not elements or elements[0] < 1:
-        raise ValueError(f"elements must be a non-empty list of atomic numbers >= 1, got {value!r}.")
-    return elements
+        try:
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, list):
+            raise ValueError("--elements must be comma-separated atomic numbers such as 1,6,7,8,16.")
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"--elements must be a list of atomic numbers such as 1,6,7,8,16, got {value!r}.")
+    try:  # the core's check: whole numbers in 1..118, never truncated
+        return list(TypeEncoding(value).elements)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--{exc} Give atomic numbers such as --elements 1,6,7,8,16.") from None
 
 
 def loss_config(train_loss: str, options: Mapping) -> LossConfig:
@@ -339,11 +352,15 @@ class PositionLNNP(LNNP):
             self.atom_counts = self._training_atom_counts()
 
     def _training_atom_counts(self) -> AtomCountDistribution:
-        """Histogram of atoms per training molecule; checks the training elements against ``elements``."""
+        """Histogram of atoms per training molecule; checks the elements of every split against ``elements``."""
         dm = self.trainer.datamodule
         dataset = dm.dataset
+        # validation and test molecules are encoded too: their elements are checked as well
+        others = (dataset[int(i)].z for idx in (getattr(dm, "idx_val", None), getattr(dm, "idx_test", None))
+                  if idx is not None for i in idx)
         return AtomCountDistribution.from_molecules((dataset[int(i)].z for i in dm.idx_train), self.hparams.elements,
-                                                    option="elements (--elements or the conf file)")
+                                                    others=others,
+                                                    setting=lambda zs: "--elements " + ",".join(map(str, zs)))
 
     def on_save_checkpoint(self, checkpoint):
         if self.atom_counts is not None:

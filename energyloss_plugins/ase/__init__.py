@@ -34,6 +34,7 @@ from energyloss_plugins.ase.models import (  # noqa: E402
     run_diffusion_model,
     run_structure_model,
     sample_structures,
+    split_diverged,
 )
 from energyloss_plugins.ase.sampling import BoltzmannSamples, boltzmann_sample, equipartition_energy  # noqa: E402
 from energyloss_plugins.ase.springs import (  # noqa: E402
@@ -74,6 +75,7 @@ __all__ = [
     "run_diffusion_model",
     "run_structure_model",
     "sample_structures",
+    "split_diverged",
     "spring_hessian",
     "springs_from_data",
     "springs_to_data",

@@ -112,6 +112,11 @@ class EnergyLossCalculator(Calculator):
             self._edge_index = pairs_for_atoms(self.reference, graph, graph_kwargs, self._bonds, seed)
         if per_pair and coefficients.shape[0] != self._edge_index.shape[1]:
             raise ValueError(f"{coefficients.shape[0]} per-pair coefficients for {self._edge_index.shape[1]} pairs.")
+        if per_pair:  # refused here, so get_hessian() and springs() never see springs the energy would refuse
+            _checks.check_finite("coefficients", coefficients)
+            if coefficients.numel() and bool((coefficients < 0).any()):
+                raise ValueError(f"coefficients: per-pair springs must be >= 0 (eV/Å²), got a minimum of "
+                                 f"{float(coefficients.min()):.3g}.")
         self.coefficients = coefficients
         self.coefficient_kwargs = dict(coefficient_kwargs or {})
         self.graph = graph

@@ -13,6 +13,7 @@ framework works without an adapter.
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from energyloss_plugins.adapters import resolve
 from energyloss_plugins.alignment import kabsch_align
+from energyloss_plugins.io import check_output_path, structure_format, write_structures
 from energyloss_plugins.layouts import flat_numbers
 
 #: Structure model: ``fn(positions (N, 3) Å, numbers (N,) long) -> positions (N, 3)`` for one structure,
@@ -105,6 +107,7 @@ def predict_structures(
     progress: bool = False,
     output: str | None = None,
     trusted: bool = False,
+    overwrite: bool = False,
     **write_kwargs,
 ) -> list[Atoms]:
     """Apply a structure model (input geometry → predicted equilibrium geometry) to ASE structures.
@@ -120,7 +123,9 @@ def predict_structures(
         align_to_input: Kabsch-align each prediction onto its input (models trained with the
             rotation-invariant energy loss predict in an arbitrary frame); periodic structures are not aligned.
         progress: show a progress bar.
-        output: if given, write the predictions with ``ase.io.write(output, ..., **write_kwargs)``.
+        output: if given, write the predictions with ``ase.io.write(output, ..., **write_kwargs)``
+            (atomically; checked before any work).
+        overwrite: replace an existing ``output`` (else ValueError before any work).
         trusted: allow a full unpickle of a checkpoint path (a ``best_model``): it can run code from the
             file, so only for files you made or trust. Without it checkpoints load with ``weights_only=True``.
 
@@ -131,6 +136,7 @@ def predict_structures(
         ValueError: the model is an adapter model of another kind (diffusion, generation), returns
             the wrong shape or non-finite positions.
     """
+    _check_output(output, overwrite, write_kwargs.get("format"))
     images = [images] if isinstance(images, Atoms) else list(images)
     resolved = None
     if framework is not None or not _is_plain_function(model):
@@ -157,7 +163,7 @@ def predict_structures(
         atoms.positions = _align_onto(positions, atoms_in.positions) if align else positions
         atoms.info["prediction_of"] = index
         out.append(atoms)
-    _write(output, out, write_kwargs)
+    _write(output, out, overwrite, write_kwargs)
     return out
 
 
@@ -169,11 +175,43 @@ def _align_onto(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return kabsch_align(torch.tensor(pred, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64)).numpy()
 
 
-def _write(output: str | None, images: list[Atoms], write_kwargs: dict) -> None:
+def _check_output(output: str | None, overwrite: bool, fmt: str | None = None) -> None:
     if output is not None:
-        from ase.io import write
+        check_output_path(output, name="output", overwrite=overwrite)
+        structure_format(output, fmt)
 
-        write(output, images, **write_kwargs)
+
+def _write(output: str | None, images: list[Atoms], overwrite: bool, write_kwargs: dict) -> None:
+    if output is not None:
+        write_structures(output, images, overwrite=overwrite, **write_kwargs)
+
+
+def split_diverged(images: Sequence[Atoms]) -> tuple[list[Atoms], list[int]]:
+    """``(finite, diverged)``: the structures with finite positions, and the indices of the others.
+
+    A sampler that diverged (too few steps, an untrained model) returns NaN or Inf positions; such a
+    structure is not a sample and must not pass silently into a file or a metric.
+    """
+    finite, diverged = [], []
+    for index, atoms in enumerate(images):
+        (finite if np.isfinite(atoms.positions).all() else diverged).append(index)
+    return [images[i] for i in finite], diverged
+
+
+def _drop_diverged(images: list[Atoms], keep_diverged: bool) -> list[Atoms]:
+    finite, diverged = split_diverged(images)
+    if not diverged:
+        return images
+    if keep_diverged:
+        for i in diverged:
+            images[i].info["diverged"] = True
+        warnings.warn(f"{len(diverged)} of {len(images)} samples diverged (NaN or Inf positions); kept "
+                      "(keep_diverged=True) and marked info['diverged'].", stacklevel=3)
+        return images
+    warnings.warn(f"{len(diverged)} of {len(images)} samples diverged (NaN or Inf positions) and were left out "
+                  "(more sampler steps or a better-trained model help; keep_diverged=True keeps them); "
+                  "info['sample_of'] gives each kept sample's template index.", stacklevel=3)
+    return finite
 
 
 @torch.no_grad()
@@ -189,6 +227,8 @@ def sample_structures(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     output: str | None = None,
+    overwrite: bool = False,
+    keep_diverged: bool = False,
     **write_kwargs,
 ) -> list[Atoms]:
     """Generate structures with a diffusion or flow-matching denoiser callable through the core sampler.
@@ -202,13 +242,19 @@ def sample_structures(
         steps, method: sampler steps and ``ancestral`` / ``ddim`` / ``euler`` (default: euler for flow
             matching, else ancestral).
         seed: seeds the sampler noise (None: torch's global RNG).
-        output: if given, written with ``ase.io.write``.
+        output: if given, written with ``ase.io.write`` (atomically; checked before any work).
+        overwrite: replace an existing ``output``.
+        keep_diverged: keep samples with NaN/Inf positions (marked ``info["diverged"]``); by default
+            they are left out with a warning that counts them.
 
     Returns:
-        Generated Atoms (centred at the origin, positions in Å).
+        Generated Atoms (centred at the origin, positions in Å), ``info["sample_of"]`` = template index.
     """
     from energyloss_plugins.tasks import DiffusionObjective
 
+    _check_output(output, overwrite, write_kwargs.get("format"))
+    if not len(templates):
+        raise ValueError("templates is empty: give one Atoms (or atomic-number list) per structure to generate.")
     if isinstance(denoiser, torch.nn.Module):
         denoiser.eval()
     numbers, batch, _ = flat_numbers([t.numbers if isinstance(t, Atoms) else t for t in templates], device)
@@ -219,7 +265,10 @@ def sample_structures(
     wrapped = lambda x_t, t, b: denoiser(x_t.to(dtype), t.to(dtype), b, numbers)  # noqa: E731
     pos = objective.sample(wrapped, batch, steps=steps, method=method, generator=generator)
     out = batch_to_atoms(pos, numbers, batch)
-    _write(output, out, write_kwargs)
+    for index, atoms in enumerate(out):
+        atoms.info["sample_of"] = index
+    out = _drop_diverged(out, keep_diverged)
+    _write(output, out, overwrite, write_kwargs)
     return out
 
 
@@ -237,6 +286,8 @@ def run_diffusion_model(
     progress: bool = False,
     output: str | None = None,
     trusted: bool = False,
+    overwrite: bool = False,
+    keep_diverged: bool = False,
     **options,
 ) -> list[Atoms]:
     """Conformers generated by a trained adapter diffusion / flow-matching model for given molecules.
@@ -247,19 +298,23 @@ def run_diffusion_model(
         templates: Atoms (their elements) or atomic-number lists, one per structure to generate.
         framework: adapter name (``schnetpack``, ``torchmdnet``) to skip detection.
         steps, method, seed: sampler settings (``ancestral``/``ddim``/``euler``; seeded noise).
-        output: write the structures with ``ase.io.write(output, ...)``.
+        output: write the structures with ``ase.io.write(output, ...)`` (atomically; checked before any work).
+        overwrite, keep_diverged: as in :func:`sample_structures`.
         trusted: allow a full unpickle of a checkpoint path (only for files you made or trust).
         **options: adapter options, e.g. TorchMD-Net's ``objective=`` / ``checkpoint=`` for a bare network.
 
     Returns:
         Generated Atoms (positions in Å, zero centre of mass).
     """
+    _check_output(output, overwrite)
     resolved = resolve(model, framework, device=str(device), trusted=trusted)
     if resolved.kind != "diffusion":
         raise ValueError(f"{resolved.framework} model is a {resolved.kind} model, not a diffusion model.")
     out = resolved.adapter.sample_conformers(resolved.model, list(templates), steps=steps, method=method, seed=seed,
                                              batch_size=batch_size, device=device, progress=progress, **options)
-    for atoms in out:
+    for index, atoms in enumerate(out):
         atoms.calc = None
-    _write(output, out, {})
+        atoms.info["sample_of"] = index
+    out = _drop_diverged(out, keep_diverged)
+    _write(output, out, overwrite, {})
     return out

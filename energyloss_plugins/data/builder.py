@@ -37,6 +37,7 @@ from energyloss_plugins.data.sources import (
     parse_elements,
     resolve_source,
 )
+from energyloss_plugins.io import atomic_savez, atomic_write
 from energyloss_plugins.optional import require
 
 #: Format version of the database written by this module.
@@ -469,29 +470,6 @@ def _set_partial_state(
     db.metadata = md
 
 
-def _temp_path(path: str) -> str:
-    """A fresh file name beside ``path`` (never an existing file: a user's ``x.db.tmp`` is not touched)."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    os.remove(tmp)  # ASE's sqlite backend and np.savez create the file themselves
-    return tmp
-
-
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _is_split_file(path: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -616,8 +594,7 @@ def _write_final(out: str, split_file: str, rows: list[Any], mol_ids: np.ndarray
                  split: dict[str, np.ndarray]) -> None:
     """Write the rows (``mol_id`` = ``mol_ids``) and ``meta`` into a temporary file beside ``out``, the split
     file, then move the database into place."""
-    tmp = _temp_path(out)
-    try:
+    with atomic_write(out) as tmp:
         dst = _connect(tmp)
         with dst:
             dst.metadata = meta
@@ -625,11 +602,7 @@ def _write_final(out: str, split_file: str, rows: list[Any], mol_ids: np.ndarray
                 kvp = dict(r.key_value_pairs)
                 kvp["mol_id"] = int(mid)
                 dst.write(r.toatoms(), key_value_pairs=kvp, data=dict(r.data))
-        _atomic_savez(split_file, **split)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_savez(split_file, **split)
 
 
 def _package_version() -> str:
@@ -718,6 +691,8 @@ def build_dataset(
     report.resumed = len(done)
     _run(structures, s, db, done, skipped, failures, max_molecules, workers, progress)
     _count_failures(report, done, skipped, failures, max_molecules)
+    if not done:
+        _refuse_empty(partial, out, s, skipped, report)
     source_meta = {"source_label": structures.source, "n_source_entries": structures.n_read}
     _finalise(partial, out, split_path, s, max_molecules, report, source_meta)
     os.remove(partial)
@@ -800,6 +775,17 @@ def _count_failures(report: BuildReport, done: set[int], skipped: dict[int, str]
     for idx in counted:
         fail_total.update(failures.get(idx, {}))
     report.input_failures = dict(sorted(fail_total.items()))
+
+
+def _refuse_empty(partial: str, out: str, s: BuildSettings, skipped: dict[int, str], report: BuildReport) -> None:
+    """No molecule could be processed: drop the partial build and say why (an empty database would only
+    fail later, in training)."""
+    os.remove(partial)
+    reasons = Counter(skipped.values())
+    reasons.update(report.filtered)
+    why = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common(5))
+    raise ValueError(f"source {s.source!r}: no molecule could be processed ({why or 'no entries'}); nothing "
+                     f"was written to {out}. Check the source file and --elements/--max-heavy-atoms.")
 
 
 def _run(
@@ -889,7 +875,7 @@ def _ensure_split(out: str, split_path: str, s: BuildSettings) -> None:
         with np.load(split_path, allow_pickle=False) as z:
             if all(np.array_equal(z[k], split[k]) for k in split):
                 return
-    _atomic_savez(split_path, **split)
+    atomic_savez(split_path, **split)
 
 
 def _fill_report_from_meta(report: BuildReport, meta: dict[str, Any]) -> None:

@@ -3,6 +3,10 @@
 energyloss-data build nci -o qm9like/data.db --max-molecules 500 --max-heavy-atoms 9 --elements C,N,O,F
 energyloss-data build g2 -o g2/data.db --method as-given --inputs mmff,etkdg
 energyloss-data info qm9like/data.db
+
+User errors (bad options, unreadable sources, a source where no molecule can be processed) print one
+line and exit with status 2; Ctrl-C exits with 130 and keeps every molecule written so far (rerun the
+same command to resume).
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ import json
 import sys
 from collections.abc import Sequence
 
-from energyloss_plugins.optional import add_version_option, console_script
+from energyloss_plugins.console import ArgumentParser, console_script
+from energyloss_plugins.optional import add_version_option
 
 
 def _parser() -> argparse.ArgumentParser:
     from energyloss_plugins.data.builder import INPUT_KINDS, METHODS
     from energyloss_plugins.data.sources import SOURCE_NAMES
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="energyloss-data", description="Offline molecular datasets for structure tasks (ASE db)."
     )
     add_version_option(p)
@@ -59,58 +64,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-@console_script("energyloss-data")
+@console_script("energyloss-data", interrupted="interrupted; every molecule written so far is kept. Rerun the same "
+                                              "command to resume.")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``energyloss-data``; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "info":
         from energyloss_plugins.data.reader import read_metadata
 
-        try:
-            meta = read_metadata(args.path)
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"energyloss-data: {exc}", file=sys.stderr)
-            return 2
-        print(json.dumps(meta, indent=2, default=str))
+        print(json.dumps(read_metadata(args.path), indent=2, default=str))
         return 0
 
     from energyloss_plugins.data.builder import build_dataset, report_json
 
     try:
-        try:
-            split = tuple(float(x) for x in args.split.split(","))
-        except ValueError:
-            raise ValueError(
-                f"--split must be three comma-separated fractions such as 0.8,0.1,0.1, got {args.split!r}."
-            ) from None
-        report = build_dataset(
-            args.source,
-            args.out,
-            method=args.method,
-            inputs=args.inputs,
-            n_thermal=args.n_thermal,
-            temperature=args.temperature,
-            n_etkdg=args.n_etkdg,
-            max_molecules=args.max_molecules,
-            max_heavy_atoms=args.max_heavy_atoms,
-            elements=args.elements,
-            seed=args.seed,
-            split=split,
-            split_file=args.split_file,
-            resume=not args.no_resume,
-            overwrite=args.overwrite,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
-    except ValueError as exc:
-        print(f"energyloss-data: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "energyloss-data: interrupted; every molecule written so far is kept. Rerun the same command to resume.",
-            file=sys.stderr,
-        )
-        return 130
+        split = tuple(float(x) for x in args.split.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--split must be three comma-separated fractions such as 0.8,0.1,0.1, got {args.split!r}."
+        ) from None
+    report = build_dataset(
+        args.source,
+        args.out,
+        method=args.method,
+        inputs=args.inputs,
+        n_thermal=args.n_thermal,
+        temperature=args.temperature,
+        n_etkdg=args.n_etkdg,
+        max_molecules=args.max_molecules,
+        max_heavy_atoms=args.max_heavy_atoms,
+        elements=args.elements,
+        seed=args.seed,
+        split=split,
+        split_file=args.split_file,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     print(report_json(report) if args.json else report)
     return 0
 

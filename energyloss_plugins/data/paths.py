@@ -12,7 +12,8 @@ import glob
 import json
 import os
 import sqlite3
-import tempfile
+
+from energyloss_plugins.io import check_output_path as check_location
 
 #: Split file name of databases built before the per-database layout.
 LEGACY_SPLIT_NAME = "split.npz"
@@ -94,25 +95,7 @@ def check_output_path(path: str, what: str, owned_key: str | None, overwrite: bo
         ValueError: a directory, an unwritable or impossible location, or an existing file this
             project did not write.
     """
-    if os.path.isdir(path):
-        raise ValueError(f"{what}={path} is a directory; give a file path such as {os.path.join(path, 'data.db')}.")
-    folder = os.path.dirname(path)
-    probe = folder
-    while probe and not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if probe and not os.path.isdir(probe):
-        raise ValueError(f"{what}={path}: {probe} is a file, not a folder; choose another location.")
-    if os.path.exists(folder):
-        try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".energyloss-write-test-")
-            os.close(fd)
-            os.remove(tmp)
-        except OSError as exc:
-            raise ValueError(
-                f"{what}={path}: cannot write in {folder} ({exc.strerror}); choose a writable location."
-            ) from None
-    elif not os.access(probe or "/", os.W_OK):
-        raise ValueError(f"{what}={path}: cannot create the folder {folder} (no write permission in {probe}).")
+    check_location(path, name=what, overwrite=True, create_folder=True)
     if os.path.exists(path) and not overwrite:
         meta = ase_db_metadata(path) if owned_key is not None else None
         if meta is None or owned_key not in meta:

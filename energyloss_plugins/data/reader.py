@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins.layouts import flat_numbers
+
 
 @dataclass
 class DatasetRecord:
@@ -225,13 +227,14 @@ def collate_records(records: Sequence[DatasetRecord], dtype: torch.dtype = torch
     """
     if not records:
         raise ValueError("collate_records needs at least one record.")
-    offsets = np.cumsum([0] + [len(r.numbers) for r in records])
+    numbers, batch, counts = flat_numbers([r.numbers for r in records])
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
     return {
-        "numbers": torch.cat([r.numbers for r in records]),
+        "numbers": numbers,
         "positions": torch.cat([r.positions for r in records]).to(dtype),
         "target_positions": torch.cat([r.target_positions for r in records]).to(dtype),
-        "batch": torch.cat([torch.full((len(r.numbers),), b, dtype=torch.long) for b, r in enumerate(records)]),
-        "bonds": torch.cat([(r.bonds + int(o)).T for r, o in zip(records, offsets[:-1], strict=True)], dim=1),
+        "batch": batch,
+        "bonds": torch.cat([(r.bonds + o).T for r, o in zip(records, starts, strict=True)], dim=1),
         "bond_orders": torch.cat([r.bond_orders for r in records]),
         "formal_charges": torch.cat([r.formal_charges for r in records]),
         "ref_energy": torch.tensor([r.ref_energy for r in records], dtype=torch.float64),

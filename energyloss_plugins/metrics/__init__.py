@@ -16,6 +16,7 @@ reference set, Wasserstein-1 distances of bond lengths, angles, dihedrals and ra
 Importing this package needs torch and numpy only.
 """
 
+from energyloss_plugins.layouts import flat_molecules
 from energyloss_plugins.metrics.bonds import (
     ALLOWED_VALENCES,
     BOND_LENGTHS_PM,
@@ -33,6 +34,7 @@ from energyloss_plugins.metrics.bonds import (
 from energyloss_plugins.metrics.chemistry import (
     BOND_METHODS,
     connectivity,
+    edm_smiles,
     molecule_smiles,
     split_structures,
     symmetric_rmsd,
@@ -46,8 +48,6 @@ from energyloss_plugins.metrics.frechet import fcd_score
 from energyloss_plugins.metrics.generation import (
     GENERATION_METRICS,
     REFERENCE_METRICS,
-    edm_smiles,
-    flat_molecules,
     generation_metrics,
     molecule_smiles_set,
 )

@@ -23,7 +23,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.elements import COVALENT_RADII
 from energyloss_plugins.graphs import complete_pairs
-from energyloss_plugins.layouts import structure_counts, structure_index
+from energyloss_plugins.layouts import checked_structure_index, segment_mean, structure_counts
 
 MAX_Z = len(COVALENT_RADII)
 
@@ -112,13 +112,8 @@ def prepare_inputs(numbers: Tensor, positions: Tensor, batch: Tensor | None) -> 
         raise ValueError(f"numbers must hold integer atomic numbers, got dtype {numbers.dtype}.")
     if numbers.numel() and (int(numbers.min()) < 1 or int(numbers.max()) > MAX_Z):
         raise ValueError(f"atomic numbers must be in 1..{MAX_Z}, got {int(numbers.min())}..{int(numbers.max())}.")
-    n = positions.shape[0]
-    if batch is None:
-        batch = torch.zeros(n, dtype=torch.long, device=positions.device)
-    else:
-        _checks.check_batch(batch, n)
-        batch = batch.long()
-    batch, n_structures = structure_index(batch)  # distinct ids: no gaps, nothing allocated by the largest id
+    # distinct ids: no gaps, nothing allocated by the largest id
+    batch, n_structures = checked_structure_index(batch, positions.shape[0], positions.device)
     return numbers.long(), batch, n_structures
 
 
@@ -145,8 +140,7 @@ def covalent_bonds(
         ``(2, M)`` long flat atom indices, i < j, both atoms in the same structure.
     """
     numbers, batch, n_structures = prepare_inputs(numbers, positions, batch)
-    if tolerance <= 0:
-        raise ValueError(f"tolerance must be > 0, got {tolerance}.")
+    tolerance = _checks.check_number("tolerance", tolerance, low=0.0)
     pairs, d = _all_pairs(positions, batch, n_structures)
     radii = torch.tensor((0.0, *COVALENT_RADII), dtype=positions.dtype, device=positions.device)
     cutoff = tolerance * (radii[numbers[pairs[0]]] + radii[numbers[pairs[1]]])
@@ -207,8 +201,7 @@ def atom_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = No
     """
     numbers_l, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
     stable = stable_atoms(numbers_l, positions, batch_l).to(positions.dtype)
-    counts = structure_counts(batch_l, n_structures)  # >= 1: structures are the distinct ids of batch
-    return positions.new_zeros(n_structures).index_add_(0, batch_l, stable) / counts.to(positions.dtype)
+    return segment_mean(stable, batch_l, n_structures)  # every structure has atoms: the distinct ids of batch
 
 
 def molecule_stability(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> Tensor:
@@ -232,4 +225,4 @@ def fragment_counts(numbers: Tensor, positions: Tensor, batch: Tensor | None = N
     graph.add_edges_from(edges.t().tolist())
     first_atoms = [min(component) for component in nx.connected_components(graph)]
     owner = batch_l.cpu()[torch.tensor(first_atoms, dtype=torch.long)]
-    return torch.bincount(owner, minlength=n_structures)
+    return structure_counts(owner, n_structures)

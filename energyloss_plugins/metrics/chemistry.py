@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks, chem
+from energyloss_plugins.layouts import structure_counts
 from energyloss_plugins.metrics.bonds import distance_bond_orders, prepare_inputs
 from energyloss_plugins.optional import require
 
@@ -27,10 +28,8 @@ def split_structures(numbers: Tensor, positions: Tensor, batch: Tensor | None = 
     _, batch_l, n_structures = prepare_inputs(numbers, positions, batch)
     if n_structures == 0:
         raise ValueError("No atoms given; metrics need at least one structure with atoms.")
-    b = batch_l.cpu().numpy()
-    order = np.argsort(b, kind="stable")
-    counts = np.bincount(b, minlength=n_structures)
-    return np.split(order, np.cumsum(counts)[:-1])
+    order = np.argsort(batch_l.cpu().numpy(), kind="stable")
+    return np.split(order, np.cumsum(structure_counts(batch_l, n_structures).cpu().numpy())[:-1])
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -115,8 +114,10 @@ def symmetric_rmsd(
         heavy_only: RMSD over non-hydrogen atoms only (NaN for a structure without any).
         max_matches: cap on the symmetry-equivalent atom maps RDKit enumerates.
     """
-    Chem = require("rdkit.Chem", "symmetry-aware RMSD (RDKit)", "data")
-    from rdkit.Chem import rdDetermineBonds, rdMolAlign
+    feature = "symmetry-aware RMSD (RDKit)"
+    Chem = require("rdkit.Chem", feature, "data")
+    rdDetermineBonds = require("rdkit.Chem.rdDetermineBonds", feature, "data")
+    rdMolAlign = require("rdkit.Chem.rdMolAlign", feature, "data")
 
     _checks.check_positions("pred", pred, 2)
     _checks.check_same_shape(pred, target)
@@ -149,3 +150,14 @@ def symmetric_rmsd(
             Chem.FastFindRings(m)
         out.append(rdMolAlign.GetBestRMS(prb_mol, ref_mol, maxMatches=int(max_matches)))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def largest_fragment_smiles(mol: Any) -> str:
+    """Canonical SMILES (no explicit hydrogens, no stereo from 3D) of the largest fragment by atom count."""
+    fragments = chem.rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    return chem.canonical_smiles(max(fragments, key=lambda m: m.GetNumAtoms()) if fragments else mol)
+
+
+def edm_smiles(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[str | None]:
+    """Per structure: the largest fragment's canonical SMILES of the EDM-bond molecule, None if invalid."""
+    return [None if m is None else largest_fragment_smiles(m) for m in to_rdkit_mols(numbers, positions, batch, "edm")]

@@ -11,9 +11,13 @@ Reads any ``ase.io`` format (extxyz, xyz, sdf, ASE db, ...). For an ASE database
 row's data (``target_positions``) instead of the input geometries, once per molecule (``mol_id``).
 ``--train DB`` gives novelty: the training molecules (the ``train_idx`` rows of the database's split file
 beside the database when it exists, else all rows; targets when stored) go through the same
-bond/SMILES pipeline as the samples. ``--reference FILE|DB`` (default: the ``--train`` set, read the
-same way) gives Wasserstein-1 distances of bond lengths (Å), bond angles and dihedrals (degrees) and
-radii of gyration (Å), and the Fréchet ChemNet distance (the ``[metrics]`` extra).
+bond/SMILES pipeline as the samples; a training set without a valid molecule reports novelty as
+unavailable. ``--reference FILE|DB`` (default: the ``--train`` set, read the same way) gives
+Wasserstein-1 distances of bond lengths (Å), bond angles and dihedrals (degrees) and radii of
+gyration (Å), and the Fréchet ChemNet distance (the ``[metrics]`` extra). Periodic structures
+(crystals) are refused: the metrics are for molecules. ``--json PATH`` is checked before any work
+and never replaces a file without ``--overwrite`` (``--json -`` prints it). User errors print one
+line and exit with status 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from energyloss_plugins.optional import add_version_option, console_script, require
+from energyloss_plugins._checks import check_number
+from energyloss_plugins.console import ArgumentParser, console_script, positive_int
+from energyloss_plugins.io import atomic_write_text, check_output_path, read_structures
+from energyloss_plugins.optional import add_version_option, require
 
 #: Which geometry of a row to evaluate: the atoms' positions, or the builder's ``target_positions``.
 POSITIONS = ("atoms", "target")
@@ -77,17 +84,22 @@ def read_molecules(path: str, positions: str = "atoms", rows: Sequence[int] | No
 
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}.")
+    if limit is not None:
+        limit = check_number("limit", limit, low=1, low_inclusive=True, integer=True)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No file {path}.")
-    if not _is_database(path):
+    if not _is_database(path) or os.path.isdir(path):
         if positions == "target" or rows is not None:
             raise ValueError(f"positions='target' and rows apply to ASE databases built by energyloss-data; {path} "
                              "is a plain structure file: evaluate its positions (positions='atoms').")
-        import ase.io
-
-        frames = ase.io.read(path, index=":" if limit is None else f":{int(limit)}")
-        return [frames] if isinstance(frames, Atoms) else list(frames)
+        return read_structures(path, index=":" if limit is None else f":{limit}")
     from ase.db import connect
+
+    from energyloss_plugins.data.paths import ase_db_metadata
+
+    if ase_db_metadata(path) is None:  # read-only probe: connect() would add ASE's tables to a foreign file
+        raise ValueError(f"{path} is not an ASE database (empty, another SQLite file or not SQLite at all); give "
+                         "an ASE database or an .extxyz/.xyz file.")
 
     db = connect(path, type="db", use_lock_file=False)
     selected = db.select(sort="id") if rows is None else (db.get(id=int(i) + 1) for i in sorted(rows))
@@ -119,6 +131,12 @@ def training_molecules(path: str, split_file: str | None = None) -> list[Any]:
         return read_molecules(path)
     from ase.db import connect
 
+    from energyloss_plugins.data.paths import ase_db_metadata
+
+    if not os.path.isfile(path) or ase_db_metadata(path) is None:  # connect() would add tables to a foreign file
+        raise ValueError(f"--train {path} is not an ASE database (missing, empty, another SQLite file or not SQLite "
+                         "at all); give an energyloss-data database or an .extxyz/.xyz file.")
+
     from energyloss_plugins.data.paths import find_split_file
 
     split_file = split_file or find_split_file(path)
@@ -132,7 +150,7 @@ def training_molecules(path: str, split_file: str | None = None) -> list[Any]:
     return read_molecules(path, "target" if has_targets else "atoms", rows=rows)
 
 
-def format_table(metrics: dict) -> str:
+def format_table(metrics: dict, train_given: bool = False) -> str:
     """The metrics as an aligned two-column text table (fractions in %)."""
     lines = []
     for key, label in _LABELS.items():
@@ -141,8 +159,10 @@ def format_table(metrics: dict) -> str:
             text = str(value)
         elif key == "mean_fragments":
             text = "-" if value is None else f"{value:6.2f}"
+        elif value is None and key == "novelty":
+            text = "- (training set has no valid molecule)" if train_given else "- (no --train)"
         elif value is None:
-            text = "- (no --train)" if key == "novelty" else "-"
+            text = "-"
         elif isinstance(value, float) and math.isnan(value):
             text = "n/a"
         else:
@@ -163,7 +183,7 @@ def format_table(metrics: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="energyloss-evaluate",
         description="EDM's metrics of molecules (atom/molecule stability, validity, uniqueness, novelty), "
                     "connectivity (one fragment under EDM's bonds), and against a reference set Wasserstein-1 "
@@ -183,8 +203,9 @@ def _parser() -> argparse.ArgumentParser:
                         "of gyration (Å), and FCD; an energyloss-data database gives its train split's targets")
     p.add_argument("--no-fcd", action="store_true",
                    help="skip the Fréchet ChemNet distance (ChemNet runs on every valid SMILES of both sets)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N molecules")
+    p.add_argument("--limit", type=positive_int("--limit"), default=None, help="evaluate only the first N molecules")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON ('-': stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -198,26 +219,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from energyloss_plugins.metrics.distributions import profile
     from energyloss_plugins.metrics.generation import generation_metrics, molecule_smiles_set
 
+    if args.json not in (None, "-"):  # before the work: an existing file, a missing folder
+        check_output_path(args.json, name="--json", overwrite=args.overwrite, flag="--overwrite")
     progress = not args.no_progress
     reference_path = args.reference or args.train
-    try:
-        molecules = read_molecules(args.file, args.positions, limit=args.limit)
-        train_smiles = reference = None
-        if reference_path is not None:
-            same = args.train is not None and os.path.abspath(reference_path) == os.path.abspath(args.train)
-            reference = profile(training_molecules(reference_path, args.train_split_file if same else None),
-                                progress=progress)
-            if same:  # the reference's valid SMILES are the training SMILES: read the set once
-                train_smiles = set(reference.smiles)
-        if args.train is not None and train_smiles is None:
-            train = training_molecules(args.train, args.train_split_file)
-            train_smiles = molecule_smiles_set(train, progress=progress, total=len(train))
-        metrics = generation_metrics(molecules, train_smiles, reference=reference, fcd=not args.no_fcd,
-                                     progress=progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"energyloss-evaluate: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(metrics))
+    molecules = read_molecules(args.file, args.positions, limit=args.limit)
+    train_smiles = reference = None
+    if reference_path is not None:
+        same = args.train is not None and os.path.abspath(reference_path) == os.path.abspath(args.train)
+        reference = profile(training_molecules(reference_path, args.train_split_file if same else None),
+                            progress=progress)
+        if same:  # the reference's valid SMILES are the training SMILES: read the set once
+            train_smiles = set(reference.smiles)
+    if args.train is not None and train_smiles is None:
+        train = training_molecules(args.train, args.train_split_file)
+        train_smiles = molecule_smiles_set(train, progress=progress, total=len(train)) if train else set()
+    metrics = generation_metrics(molecules, train_smiles, reference=reference, fcd=not args.no_fcd,
+                                 progress=progress)
+    print(format_table(metrics, train_given=args.train is not None))
     if args.json is not None:
         clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
         record = {"file": os.path.abspath(args.file), "positions": args.positions,
@@ -229,8 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json == "-":
             print(text)
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            atomic_write_text(args.json, text + "\n")
     return 0
 
 

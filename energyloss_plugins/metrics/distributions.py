@@ -38,8 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor
 
+from energyloss_plugins.layouts import flat_molecules, segment_mean
 from energyloss_plugins.metrics.bonds import covalent_bonds
-from energyloss_plugins.metrics.geometry import _angles, bond_angles
+from energyloss_plugins.metrics.chemistry import edm_smiles
+from energyloss_plugins.metrics.geometry import angles_at, bond_angles
+from energyloss_plugins.optional import require
 
 #: Geometry distances of :func:`distribution_distances` (profile attribute, unit).
 GEOMETRY_DISTANCES = {
@@ -100,9 +103,7 @@ class SetProfile:
 
 def _type_names(numbers: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``(K,)`` type names of ``(k, K)`` atom tuples, canonical up to reversal (Hill order)."""
-    from rdkit import Chem
-
-    table = Chem.GetPeriodicTable()
+    table = require("rdkit.Chem", "geometry distances (element symbols)", "data").GetPeriodicTable()
     symbols = np.array(["", *(table.GetElementSymbol(z) for z in range(1, int(numbers.max(initial=1)) + 1))],
                        dtype=object)
     names = []
@@ -158,20 +159,16 @@ def chunk_geometry(numbers: Tensor, positions: Tensor, batch: Tensor) -> tuple[d
     b = bonds.cpu().numpy()
     lengths = _by_type(_type_names(z, b), np.linalg.norm(x[b[0]] - x[b[1]], axis=1))
     triples = bond_angles(bonds, z.shape[0])
-    angle_values = _angles(positions.detach().cpu().double(), triples).numpy() * (180.0 / math.pi)
+    angle_values = angles_at(positions.detach().cpu().double(), triples).numpy() * (180.0 / math.pi)
     angles = _by_type(_type_names(z, triples.numpy()), angle_values)
     paths = _dihedral_paths(b, z.shape[0])
     phi, defined = _dihedral_angles(x, paths)
     dihedrals = _by_type(_type_names(z, paths[:, defined]), phi[defined])
-    batch_np = batch.cpu().numpy()
-    n_structures = int(batch_np.max()) + 1
-    counts = np.bincount(batch_np, minlength=n_structures)
-    centre = np.zeros((n_structures, 3))
-    np.add.at(centre, batch_np, x)
-    centre /= counts[:, None]
-    square = np.zeros(n_structures)
-    np.add.at(square, batch_np, ((x - centre[batch_np]) ** 2).sum(1))
-    return lengths, angles, dihedrals, np.sqrt(square / counts)
+    pos, owner = positions.detach().cpu().double(), batch.cpu().long()
+    n_structures = int(owner.max()) + 1
+    centre = segment_mean(pos, owner, n_structures)
+    radii = segment_mean(((pos - centre[owner]) ** 2).sum(1), owner, n_structures).sqrt()
+    return lengths, angles, dihedrals, radii.numpy()
 
 
 def typed_distance(samples: dict[str, np.ndarray], reference: dict[str, np.ndarray]
@@ -239,8 +236,6 @@ def profile(molecules: Sequence, chunk_size: int = 500, progress: bool = False) 
 
     Molecules with non-finite positions are left out.
     """
-    from energyloss_plugins.metrics.generation import edm_smiles, flat_molecules
-
     finite = [m for m in molecules if np.isfinite(np.asarray(m.positions, dtype=float)).all()]
     out = SetProfile()
     bar = None

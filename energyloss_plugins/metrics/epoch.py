@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from energyloss_plugins.layouts import checked_structure_index, structure_counts
 from energyloss_plugins.metrics.summary import structure_metrics
 
 #: The figures :class:`StructureMetrics` accumulates, in the order of its states.
@@ -56,9 +57,8 @@ class StructureMetrics(Metric):
         """Add one batch of predicted and target positions ``(N, 3)`` Å."""
         per = structure_metrics(pred, target, batch, numbers, bonds=bonds, per_structure=True)
         n_structures = per["rmsd"].shape[0]
-        if batch is None:
-            batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
-        n_atoms = torch.bincount(batch.long(), minlength=n_structures)[:n_structures].double()
+        # the structures of structure_metrics: the distinct ids of batch, renumbered 0..B-1
+        n_atoms = structure_counts(checked_structure_index(batch, pred.shape[0], pred.device)[0], n_structures).double()
         for i, key in enumerate(STRUCTURE_METRICS):
             if key not in per:
                 continue

@@ -25,11 +25,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from energyloss_plugins._checks import MAX_ATOMS_PER_MOLECULE
+from energyloss_plugins.layouts import flat_molecules, structure_counts
 from energyloss_plugins.metrics.bonds import fragment_counts, stable_atoms
-from energyloss_plugins.metrics.chemistry import to_rdkit_mols
+from energyloss_plugins.metrics.chemistry import edm_smiles
 from energyloss_plugins.metrics.distributions import GEOMETRY_DISTANCES, SetProfile, distribution_distances, profile
 from energyloss_plugins.optional import MissingOptionalDependency
 
@@ -39,40 +40,6 @@ GENERATION_METRICS = ("n", "atom_stability", "mol_stability", "validity", "uniqu
 #: (Wasserstein-1 in Å or degrees; FCD unitless); None where not computable (``notes`` says why).
 REFERENCE_METRICS = ("connected", "valid_and_connected", "mean_fragments", *GEOMETRY_DISTANCES, "rg_distance",
                      "fcd")
-
-
-def flat_molecules(molecules: Sequence[Any], dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-    """``numbers`` ``(N,)`` long, ``positions`` ``(N, 3)`` Å, ``batch`` ``(N,)`` of a list of molecules.
-
-    Raises:
-        ValueError: the list is empty or a molecule has no atoms.
-    """
-    if len(molecules) == 0:
-        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
-    counts = [len(m.numbers) for m in molecules]
-    empty = [i for i, c in enumerate(counts) if c == 0]
-    if empty:
-        raise ValueError(f"Molecule(s) {empty[:10]} have no atoms; remove them before evaluating.")
-    numbers = torch.as_tensor(np.concatenate([np.asarray(m.numbers) for m in molecules]), dtype=torch.long)
-    positions = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
-                                dtype=dtype)
-    batch = torch.repeat_interleave(torch.arange(len(molecules)), torch.as_tensor(counts))
-    return numbers, positions, batch
-
-
-def largest_fragment_smiles(mol: Any) -> str:
-    """Canonical SMILES (no explicit hydrogens, no stereo from 3D) of the largest fragment by atom count."""
-    from rdkit import Chem
-
-    from energyloss_plugins import chem
-
-    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    return chem.canonical_smiles(max(fragments, key=lambda m: m.GetNumAtoms()) if fragments else mol)
-
-
-def edm_smiles(numbers: Tensor, positions: Tensor, batch: Tensor | None = None) -> list[str | None]:
-    """Per structure: the largest fragment's canonical SMILES of the EDM-bond molecule, None if invalid."""
-    return [None if m is None else largest_fragment_smiles(m) for m in to_rdkit_mols(numbers, positions, batch, "edm")]
 
 
 def molecule_smiles_set(molecules: Iterable[Any], chunk_size: int = 500, progress: bool = False,
@@ -150,7 +117,8 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         ``validity`` (fraction whose RDKit molecule sanitises; it judges the largest fragment only),
         ``uniqueness`` (distinct SMILES among the valid; NaN if none is valid), ``valid_unique``
         (distinct valid SMILES / n, EDM's "valid and unique"), ``novelty`` (fraction of the distinct
-        valid SMILES not in ``train_smiles``; None without a training set, NaN if none is valid),
+        valid SMILES not in ``train_smiles``; None without a training set or with an empty one, NaN if none
+        is valid),
         ``non_finite`` (molecules with NaN/Inf positions, counted as unstable, invalid and as
         fragmented as they have atoms);
         ``connected`` (fraction of molecules that are one fragment under EDM's bonds), ``valid_and_connected``
@@ -165,11 +133,20 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         not computable, and ``notes`` (key -> reason, or which reference types the samples lack).
 
     Raises:
-        ValueError: empty input, a molecule without atoms, or an element without a valence rule.
+        ValueError: empty input, a molecule without atoms or with more than 10,000, a periodic
+            structure (a crystal: bonds across the cell are not molecular bonds), or an element
+            without a valence rule.
     """
     n = len(atoms_list)
     if n == 0:
         raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
+    for index, m in enumerate(atoms_list):
+        if np.any(getattr(m, "pbc", False)):
+            raise ValueError(f"structure {index} is periodic (pbc={np.asarray(m.pbc).tolist()}): the generation "
+                             "metrics judge isolated molecules, not crystals; evaluate molecules only.")
+        if len(m.numbers) > MAX_ATOMS_PER_MOLECULE:
+            raise ValueError(f"structure {index} has {len(m.numbers)} atoms; the metrics take molecules of at most "
+                             f"{MAX_ATOMS_PER_MOLECULE} atoms.")
     # A diverged sampler leaves NaN/Inf positions: such a molecule has no bonds to judge, so all its
     # atoms count as unstable and it is neither stable nor valid (``non_finite`` says how many).
     finite = [m for m in atoms_list if np.isfinite(np.asarray(m.positions, dtype=float)).all()]
@@ -181,8 +158,7 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
     chunks = _chunks(finite, chunk_size, progress, len(finite), "evaluating", stability=True, geometry=samples)
     for smiles, (stable, batch, fragments) in chunks:
         n_stable_atoms += int(stable.sum())
-        unstable_per_mol = torch.zeros(len(smiles), dtype=torch.long).index_add_(0, batch, (~stable).long())
-        n_stable_mols += int((unstable_per_mol == 0).sum())
+        n_stable_mols += int((structure_counts(batch[~stable], len(smiles)) == 0).sum())
         valid.extend(s for s in smiles if s is not None)
         one = (fragments == 1).tolist()
         n_connected += sum(one)
@@ -190,7 +166,7 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         n_fragments += int(fragments.sum())
     unique = set(valid)
     novelty = None
-    if train_smiles is not None:
+    if train_smiles:  # an empty training set gives no novelty (not 100 %)
         novelty = len(unique - set(train_smiles)) / len(unique) if unique else math.nan
     out: dict[str, Any] = {
         "n": n,

@@ -15,7 +15,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.alignment import aligned_rmsd  # noqa: F401  (re-exported: metrics.aligned_rmsd)
 from energyloss_plugins.graphs import complete_pairs, unique_pairs
-from energyloss_plugins.layouts import segment_mean, structure_index
+from energyloss_plugins.layouts import checked_structure_index, segment_mean
 
 
 def check_pair(
@@ -29,12 +29,7 @@ def check_pair(
     n = pred.shape[0]
     if n == 0:
         raise ValueError("pred and target hold no atoms; metrics need at least one structure with atoms.")
-    if batch is None:
-        batch = torch.zeros(n, dtype=torch.long, device=pred.device)
-    else:
-        _checks.check_batch(batch, n)
-        batch = batch.long()
-    return structure_index(batch, n_structures)
+    return checked_structure_index(batch, n, pred.device, n_structures)
 
 
 def _check_bonds(bonds: Tensor, batch: Tensor) -> Tensor:
@@ -86,7 +81,9 @@ def bond_angles(bonds: Tensor, n_atoms: int) -> Tensor:
     return torch.stack([other[pairs[0]], centre[pairs[0]], other[pairs[1]]])
 
 
-def _angles(x: Tensor, triples: Tensor) -> Tensor:
+def angles_at(x: Tensor, triples: Tensor) -> Tensor:
+    """``(T,)`` angles in radians, [0, π], at the middle atom of each ``(3, T)`` triple ``(i, centre, k)``
+    of positions ``x`` ``(N, d)``."""
     u = x[triples[0]] - x[triples[1]]
     v = x[triples[2]] - x[triples[1]]
     if x.shape[1] == 2:
@@ -107,5 +104,5 @@ def angle_mae(
     batch, n_structures = check_pair(pred, target, batch, n_structures)
     bonds = _check_bonds(bonds, batch)
     triples = bond_angles(bonds, pred.shape[0])
-    err = (_angles(pred, triples) - _angles(target, triples)).abs() * (180.0 / math.pi)
+    err = (angles_at(pred, triples) - angles_at(target, triples)).abs() * (180.0 / math.pi)
     return segment_mean(err, batch[triples[1]], n_structures, empty=math.nan)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from energyloss_plugins.layouts import segment_mean
 from energyloss_plugins.metrics.bonds import HAS_RULE, MAX_Z, covalent_bonds, stable_atoms
 from energyloss_plugins.metrics.geometry import aligned_rmsd, angle_mae, bond_length_mae, check_pair
 
@@ -49,8 +50,7 @@ def structure_metrics(
         nums = numbers.long()
         if nums.numel() and 1 <= int(nums.min()) and int(nums.max()) <= MAX_Z and bool(HAS_RULE[nums.cpu()].all()):
             stable = stable_atoms(nums, pred, batch).to(pred.dtype)
-            n_atoms = torch.bincount(batch, minlength=n_structures)[:n_structures].to(pred.dtype)
-            frac = pred.new_zeros(n_structures).index_add_(0, batch, stable) / n_atoms.clamp_min(1)
+            frac = segment_mean(stable, batch, n_structures)
             if per_structure:
                 out["atom_stability"] = frac
             else:

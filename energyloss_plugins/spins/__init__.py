@@ -3,6 +3,11 @@
 Layout: ``couplings`` ``(B, 2, H, W)`` (channel 0 bond to the right neighbour, channel 1 bond to
 the neighbour below; zero wrapping bonds = open boundaries), ``spins`` ``(B, H, W)`` in {-1, +1},
 ``logits`` ``(B, H, W)`` (logit of q(spin = +1)). See ``docs/spins.md``.
+
+A physical system of its own beside the molecular core: lattices and energies (``lattice``), the
+losses (``functional``, ``modules``), exact ground states (``exact``), seeded cached datasets
+(``data``) and the CNN (``models``). The training loop that uses them is an example
+(``examples/spins/spin_training.py``), not part of the package.
 """
 
 from .data import SpinGlassDataset, cache_path, default_cache_dir, make_spin_glass_dataset
@@ -33,6 +38,7 @@ from .lattice import (
     infer_boundary,
     is_local_minimum,
     ising_energy,
+    ising_excess_energy,
     local_fields,
     random_couplings,
 )
@@ -73,6 +79,7 @@ __all__ = [
     "infer_boundary",
     "is_local_minimum",
     "ising_energy",
+    "ising_excess_energy",
     "local_fields",
     "random_couplings",
     "SpinResNet",

@@ -1,11 +1,15 @@
-"""Input validation for the spin sub-package: clear ``ValueError`` messages naming the fix."""
+"""Input validation for the spin sub-package: its tensor layouts, on top of the core's checks.
+
+Numbers, tensors and finiteness go through :mod:`energyloss_plugins._checks` (one number check for
+the whole package: numpy scalars accepted, strings and NaN refused).
+"""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from energyloss_plugins._checks import check_finite, check_number, check_tensor
 
 BOUNDARIES = ("open", "periodic")
 
@@ -15,19 +19,6 @@ def check_boundary(boundary: str) -> str:
     if boundary not in BOUNDARIES:
         raise ValueError(f"Unknown boundary {boundary!r}; valid boundaries are {list(BOUNDARIES)}.")
     return boundary
-
-
-def check_tensor(name: str, x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-    return x
-
-
-def check_finite(name: str, x: Tensor) -> None:
-    """Raise if ``x`` holds NaN or Inf."""
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s); check the data or the model (a diverged step).")
 
 
 def check_couplings(couplings: Tensor, name: str = "couplings") -> None:
@@ -88,17 +79,11 @@ def check_lattice_match(logits_shape: torch.Size, other: Tensor, other_name: str
 
 
 def check_positive_scalar(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value}.")
-    return value
+    return check_number(name, value, low=0.0)
 
 
 def check_finite_scalar(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}.")
-    return value
+    return check_number(name, value)
 
 
 def check_reduction(reduction: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from energyloss_plugins._checks import check_number
+from energyloss_plugins.io import atomic_savez
 
 from ._checks import check_boundary
 from .exact import ground_states
@@ -56,19 +56,6 @@ class SpinGlassDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"SpinGlassDataset(n={len(self)}, L={self.L}, seed={self.seed}, boundary={self.boundary!r})"
-
-
-def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _load(path: Path, L: int, n: int, seed: int, boundary: str) -> SpinGlassDataset | None:
@@ -129,7 +116,7 @@ def make_spin_glass_dataset(
     )
     ds = SpinGlassDataset(J, spins, energies, L, seed, boundary)
     if path is not None:
-        _atomic_save(
+        atomic_savez(
             path,
             meta=np.array([_FORMAT_VERSION, L, n, seed], dtype=np.int64),
             boundary=np.array(boundary),

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins._checks import check_number
+
 from ._checks import check_couplings
 from .lattice import ising_energy
 
@@ -290,8 +292,7 @@ def greedy_descent(couplings: Tensor, n_starts: int = 1000, seed: int | None = N
     Returns:
         ``(spins, energies)``: ``(n_starts, H, W)`` local minima and ``(n_starts,)`` float64 energies.
     """
-    if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
-        raise ValueError(f"n_starts must be an integer >= 1, got {n_starts!r}.")
+    n_starts = check_number("n_starts", n_starts, low=1, low_inclusive=True, integer=True)
     J = couplings.detach().to("cpu", torch.float64)
     if J.dim() == 4 and J.shape[0] == 1:
         J = J[0]

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss_plugins._checks import check_number
+
 from ._checks import check_boundary, check_couplings, check_finite, check_tensor
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "infer_boundary",
     "local_fields",
     "ising_energy",
+    "ising_excess_energy",
     "flip_costs",
     "coupling_features",
     "is_local_minimum",
@@ -75,8 +78,7 @@ def random_couplings(
         ``(n, 2, L, width)`` couplings.
     """
     width = L if width is None else width
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}.")
+    n = check_number("n", n, low=0, low_inclusive=True, integer=True)
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ValueError(f"Need finite low <= high, got low={low}, high={high}.")
     mask = boundary_mask(L, width, boundary)
@@ -150,6 +152,26 @@ def ising_energy(spins: Tensor, couplings: Tensor) -> Tensor:
     Jr, Jd = couplings[:, 0], couplings[:, 1]
     bonds = Jr * y * torch.roll(y, -1, dims=-1) + Jd * y * torch.roll(y, -1, dims=-2)
     return -bonds.sum(dim=(-2, -1))
+
+
+def ising_excess_energy(logits: Tensor, couplings: Tensor, ground_energies: Tensor) -> Tensor:
+    """Excess Ising energy of the hard prediction over the ground state, ``E(sign z) - E(y_ground)``.
+
+    The spin-glass benchmark's metric (paper Sec. 5): >= 0 for exact ``ground_energies``, 0 when
+    ``sign z`` is a ground state (either global-flip representative). Not the molecular
+    :func:`energyloss_plugins.metrics.excess_energy`, which scores structures under a reference
+    force field. ``sign(0)`` is taken as +1.
+
+    Args:
+        logits: ``(B, H, W)`` per-site logits (or spins; only the sign is used).
+        couplings: ``(B, 2, H, W)``.
+        ground_energies: ``(B,)`` exact ground-state energies.
+
+    Returns:
+        ``(B,)`` float64.
+    """
+    pred = torch.where(logits >= 0, 1.0, -1.0).to(torch.float64)
+    return ising_energy(pred, couplings.to(torch.float64)) - ground_energies.to(torch.float64)
 
 
 def flip_costs(spins: Tensor, couplings: Tensor) -> Tensor:

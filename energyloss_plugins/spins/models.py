@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from energyloss_plugins._checks import check_number
+
 from ._checks import check_couplings
 from .lattice import coupling_features
 
@@ -50,8 +52,8 @@ class SpinResNet(nn.Module):
         coords: bool = False,
     ) -> None:
         super().__init__()
-        if width < 1 or n_blocks < 0:
-            raise ValueError(f"Need width >= 1 and n_blocks >= 0, got width={width}, n_blocks={n_blocks}.")
+        width = check_number("width", width, low=1, low_inclusive=True, integer=True)
+        n_blocks = check_number("n_blocks", n_blocks, low=0, low_inclusive=True, integer=True)
         dilations = tuple(dilations) if dilations is not None else (1,) * n_blocks
         if len(dilations) != n_blocks or min(dilations, default=1) < 1:
             raise ValueError(f"dilations must hold n_blocks={n_blocks} integers >= 1, got {dilations}.")

@@ -7,7 +7,9 @@ test excess energy E(sign(z)) - E(ground) as mean ± std over seeds, and saves t
     python examples/spins/train_spins.py --L 8 --n-train 500 --n-test 100 --epochs 5 --seeds 0 1
     python examples/spins/train_spins.py --L 16 --n-train 2000 --epochs 8 --flip-invariant
 
-Outputs in ``--out``: ``curves.png`` and ``results.json``.
+Outputs in ``--out``: ``curves.png`` and ``results.json``. The loop itself is in ``spin_training.py``
+beside this file. The temperatures default to the values chosen on validation lattices by
+``benchmarks/spins_ground_state.py`` (docs/spins.md); this script scores on the test lattices only.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from pathlib import Path
 import torch
 
 from energyloss_plugins.spins import make_spin_glass_dataset, spin_loss_names
-from energyloss_plugins.spins.experiment import TrainConfig, plot_curves, train_spin_model
 from energyloss_plugins.spins.functional import canonical_loss_name
+from spin_training import TrainConfig, plot_curves, train_spin_model  # sibling module (the script's folder)
 
 
 def loss_kwargs(name: str, args: argparse.Namespace) -> dict:

@@ -1,10 +1,14 @@
-"""Tests of energyloss_plugins.spins: lattice energies, losses, exact ground states, dataset cache."""
+"""Tests of energyloss_plugins.spins (lattice energies, losses, exact ground states, dataset cache) and of the
+training loop of examples/spins."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +27,7 @@ from energyloss_plugins.spins import (
     infer_boundary,
     is_local_minimum,
     ising_energy,
+    ising_excess_energy,
     local_field_energy,
     local_field_free_energy_loss,
     local_field_weights,
@@ -34,7 +39,12 @@ from energyloss_plugins.spins import (
     true_energy_free_energy_loss,
 )
 from energyloss_plugins.spins.data import cache_path
-from energyloss_plugins.spins.experiment import TrainConfig, excess_energy, train_spin_model
+
+_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spins" / "spin_training.py"
+_spec = importlib.util.spec_from_file_location("spin_training", _EXAMPLE)
+spin_training = importlib.util.module_from_spec(_spec)
+sys.modules["spin_training"] = spin_training  # dataclasses look their module up there
+_spec.loader.exec_module(spin_training)
 
 torch.set_num_threads(1)
 
@@ -351,13 +361,13 @@ def test_dataset_cache_roundtrip_and_keys(tmp_path):
     assert torch.equal(rebuilt.spins, ds.spins)
 
 
-def test_excess_energy_nonnegative_and_zero_at_ground_state():
+def test_ising_excess_energy_nonnegative_and_zero_at_ground_state():
     ds = make_spin_glass_dataset(6, 8, seed=1, cache_dir=False, progress=False)
-    exact = excess_energy(ds.spins * 5.0, ds.couplings, ds.energies)
+    exact = ising_excess_energy(ds.spins * 5.0, ds.couplings, ds.energies)
     assert float(exact.abs().max()) < 1e-5
-    flipped = excess_energy(-ds.spins, ds.couplings, ds.energies)  # global flip: same energy
+    flipped = ising_excess_energy(-ds.spins, ds.couplings, ds.energies)  # global flip: same energy
     assert float(flipped.abs().max()) < 1e-5
-    rnd = excess_energy(torch.randn(8, 6, 6), ds.couplings, ds.energies)
+    rnd = ising_excess_energy(torch.randn(8, 6, 6), ds.couplings, ds.energies)
     assert float(rnd.min()) > -1e-5
 
 
@@ -373,16 +383,16 @@ def test_model_shapes_and_short_training(tmp_path):
     train = make_spin_glass_dataset(6, 256, seed=0, cache_dir=tmp_path, progress=False)
     test = make_spin_glass_dataset(6, 64, seed=1, cache_dir=tmp_path, progress=False)
     random_excess = float(
-        excess_energy(
+        ising_excess_energy(
             torch.randn(64, 6, 6, generator=torch.Generator().manual_seed(0)), test.couplings, test.energies
         ).mean()
     )
     # the unsupervised true-energy loss learns fast: well below a random guess
-    cfg = TrainConfig(epochs=6, batch_size=32, lr=3e-3, width=16, n_blocks=2, loss_kwargs={"T": 0.1})
-    res = train_spin_model("true_energy", train, test, seed=0, config=cfg)
+    cfg = spin_training.TrainConfig(epochs=6, batch_size=32, lr=3e-3, width=16, n_blocks=2, loss_kwargs={"T": 0.1})
+    res = spin_training.train_spin_model("true_energy", train, test, seed=0, config=cfg)
     assert res["final"]["excess_mean"] < 0.75 * random_excess
     # a supervised loss at least fits its training data: the training loss goes down
-    cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, width=16, n_blocks=2, gauge="center", coords=True)
-    res = train_spin_model("local_field", train, test, seed=0, config=cfg)
+    cfg = spin_training.TrainConfig(epochs=4, batch_size=32, lr=3e-3, width=16, n_blocks=2, gauge="center", coords=True)
+    res = spin_training.train_spin_model("local_field", train, test, seed=0, config=cfg)
     assert len(res["curves"]["train_loss"]) == 4 and res["curves"]["train_loss"][-1] < res["curves"]["train_loss"][0]
-    assert all(math.isfinite(v) for v in res["curves"]["test_excess"])
+    assert all(math.isfinite(v) for v in res["curves"]["held_out_excess"])

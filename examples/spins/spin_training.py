@@ -1,4 +1,10 @@
-"""Training and evaluation loop shared by ``examples/spins`` and ``benchmarks/spins_*``."""
+"""Training and evaluation loop of the spin-glass example and benchmark.
+
+Used by ``examples/spins/train_spins.py`` and ``benchmarks/spins_ground_state.py``; it needs only the
+public API of :mod:`energyloss_plugins.spins`. The held-out set passed to :func:`train_spin_model` is
+whatever the caller scores on: validation lattices while choosing hyper-parameters, test lattices
+once they are chosen.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,18 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .data import SpinGlassDataset
-from .exact import canonicalize, single_flip_descent
-from .lattice import ising_energy
-from .models import SpinResNet
-from .modules import get_spin_loss
+from energyloss_plugins.spins import (
+    SpinGlassDataset,
+    SpinResNet,
+    canonicalize,
+    get_spin_loss,
+    ising_excess_energy,
+    single_flip_descent,
+)
 
-__all__ = ["TrainConfig", "excess_energy", "evaluate", "plot_curves", "train_spin_model"]
+__all__ = ["TrainConfig", "evaluate", "plot_curves", "train_spin_model"]
 
 
 @dataclass
@@ -36,15 +45,6 @@ class TrainConfig:
     loss_kwargs: dict = field(default_factory=dict)
 
 
-def excess_energy(logits: Tensor, couplings: Tensor, ground_energies: Tensor) -> Tensor:
-    """Per-lattice excess energy ``E(sign(z)) - E(y_ground)`` (>= 0), float64 ``(B,)``.
-
-    ``sign(0)`` is taken as +1.
-    """
-    pred = torch.where(logits >= 0, 1.0, -1.0).to(torch.float64)
-    return ising_energy(pred, couplings.to(torch.float64)) - ground_energies.to(torch.float64)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module, ds: SpinGlassDataset, batch_size: int = 256, gauge: str = "corner", descent: bool = False
@@ -59,10 +59,10 @@ def evaluate(
     for i in range(0, len(ds), batch_size):
         J, y, e = ds.couplings[i : i + batch_size], spins[i : i + batch_size], ds.energies[i : i + batch_size]
         z = model(J)
-        exc.append(excess_energy(z, J, e))
+        exc.append(ising_excess_energy(z, J, e))
         pred = torch.where(z >= 0, 1.0, -1.0)
         if descent:
-            desc.append(excess_energy(single_flip_descent(pred, J), J, e))
+            desc.append(ising_excess_energy(single_flip_descent(pred, J), J, e))
         agree = (pred * y).flatten(1).mean(1)
         acc.append((agree + 1) / 2)
         ovl.append(agree.abs())
@@ -82,17 +82,19 @@ def evaluate(
 def train_spin_model(
     loss_name: str,
     train: SpinGlassDataset,
-    test: SpinGlassDataset,
+    held_out: SpinGlassDataset,
     seed: int,
     config: TrainConfig | None = None,
     log: bool = False,
+    keep_model: bool = False,
 ) -> dict:
-    """Train a :class:`~.models.SpinResNet` with one loss; return curves and final test metrics.
+    """Train a ``SpinResNet`` with one loss; return curves and the final metrics on ``held_out``.
 
     Returns:
         dict with ``loss``, ``seed``, ``config``, ``curves`` (``epoch``, ``train_loss``,
-        ``test_excess``, ``test_accuracy``), ``final`` (metrics of :func:`evaluate` after the last
-        epoch) and ``seconds``.
+        ``held_out_excess``, ``held_out_accuracy``; NaN on epochs not evaluated), ``final`` (metrics of
+        :func:`evaluate` on ``held_out`` after the last epoch, with descent) and ``seconds``; with
+        ``keep_model`` also ``model`` (the trained network, to score it later on another set).
     """
     cfg = config or TrainConfig()
     torch.manual_seed(seed)
@@ -109,7 +111,7 @@ def train_spin_model(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, (lambda k: 0.5 * (1 + math.cos(math.pi * k / total))) if cfg.cosine else (lambda k: 1.0)
     )
-    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_excess": [], "test_accuracy": []}
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "held_out_excess": [], "held_out_accuracy": []}
     t0 = time.time()
     final: dict[str, float] = {}
     for epoch in range(1, cfg.epochs + 1):
@@ -128,20 +130,20 @@ def train_spin_model(
         curves["epoch"].append(epoch)
         curves["train_loss"].append(running / count)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            final = evaluate(model, test, gauge=cfg.gauge, descent=epoch == cfg.epochs)
-            curves["test_excess"].append(final["excess_mean"])
-            curves["test_accuracy"].append(final["accuracy"])
+            final = evaluate(model, held_out, gauge=cfg.gauge, descent=epoch == cfg.epochs)
+            curves["held_out_excess"].append(final["excess_mean"])
+            curves["held_out_accuracy"].append(final["accuracy"])
         else:
-            curves["test_excess"].append(float("nan"))
-            curves["test_accuracy"].append(float("nan"))
+            curves["held_out_excess"].append(float("nan"))
+            curves["held_out_accuracy"].append(float("nan"))
         if log:
             print(
                 f"  [{loss_name} seed={seed}] epoch {epoch}/{cfg.epochs} train loss {running / count:.4g} "
-                f"test excess {curves['test_excess'][-1]:.3f} acc {curves['test_accuracy'][-1]:.3f} "
+                f"held-out excess {curves['held_out_excess'][-1]:.3f} acc {curves['held_out_accuracy'][-1]:.3f} "
                 f"({time.time() - t0:.0f} s)",
                 flush=True,
             )
-    return {
+    result = {
         "loss": loss_name,
         "seed": seed,
         "config": asdict(cfg),
@@ -149,12 +151,15 @@ def train_spin_model(
         "final": final,
         "seconds": time.time() - t0,
     }
+    if keep_model:
+        result["model"] = model
+    return result
 
 
 def plot_curves(results: list[dict], path: str | os.PathLike, title: str) -> None:
     """PNG of runs of :func:`train_spin_model` (dicts with ``label`` and ``curves``). Two panels: training
     progress (each loss rescaled to [0, 1]: (loss - min) / (first - min), since the losses live on different
-    scales and signs) and the test excess energy per epoch."""
+    scales and signs) and the held-out excess energy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,9 +176,9 @@ def plot_curves(results: list[dict], path: str | os.PathLike, title: str) -> Non
         lo, hi = min(train), train[0]
         scaled = [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in train]
         axes[0].plot(ep, scaled, color=c, label=lab, alpha=0.8)
-        axes[1].plot(ep, r["curves"]["test_excess"], color=c, label=lab, alpha=0.8)
+        axes[1].plot(ep, r["curves"]["held_out_excess"], color=c, label=lab, alpha=0.8)
     axes[0].set(xlabel="epoch", ylabel="(loss - min) / (first - min)", title="training loss, rescaled per run")
-    axes[1].set(xlabel="epoch", ylabel="test excess energy", title="E(sign z) - E(ground), test mean")
+    axes[1].set(xlabel="epoch", ylabel="held-out excess energy", title="E(sign z) - E(ground), held-out mean")
     axes[1].set_yscale("log")
     for ax in axes:
         ax.grid(alpha=0.3)
