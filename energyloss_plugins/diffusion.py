@@ -154,6 +154,31 @@ def network_target(noised: Mapping[str, Tensor], batch: Tensor, parameterization
     return x0
 
 
+def time_features(t: Tensor, frequencies: Tensor) -> Tensor:
+    """Sinusoidal features [t, sin(ω t), cos(ω t)] ``(..., 2K + 1)`` of diffusion times t ``(...)`` ∈ [0, 1].
+
+    ``frequencies`` ω ``(K,)`` (a module buffer of each adapter's time embedding); the result has its dtype.
+    """
+    t = t.unsqueeze(-1).to(frequencies.dtype)
+    angles = t * frequencies
+    return torch.cat([t, angles.sin(), angles.cos()], dim=-1)
+
+
+#: Stride between the validation-noise seeds of two processes (a prime above any epoch's batch count).
+RANK_SEED_STRIDE = 100003
+
+
+def eval_generator(seed: int, batch_idx: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of the validation/test noise of batch ``batch_idx`` on process ``rank`` (both adapters).
+
+    The same batch gets the same noise every epoch, so validation losses are comparable across epochs.
+    The process rank is mixed in so that under DDP (each rank holding different molecules) the ranks do
+    not draw the same noise for their i-th batches; a single process (rank 0) draws ``seed + batch_idx``.
+    ``batch_idx`` and ``rank`` are Python ints (Lightning's), so nothing is read from the device.
+    """
+    return torch.Generator(device=device).manual_seed(int(seed) + int(batch_idx) + RANK_SEED_STRIDE * int(rank))
+
+
 #: A per-structure loss ``fn(x_hat (N, d), x0 (N, d), batch (N,), n_structures) -> (B,)``.
 PerStructureLoss = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 

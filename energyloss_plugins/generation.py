@@ -27,7 +27,7 @@ function of :mod:`energyloss_plugins.diffusion`, types by argmax of the one-hot 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.config import LossConfig
-from energyloss_plugins.diffusion import PerStructureLoss, com_free_noise, remove_com, reverse_step
+from energyloss_plugins.diffusion import PerStructureLoss, com_free_noise, network_target, remove_com, reverse_step
 from energyloss_plugins.layouts import structure_counts, structure_index
 from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.tasks import DiffusionObjective
@@ -155,6 +155,29 @@ class AtomCountDistribution:
             raise ValueError("counts must hold the atom count (>= 1) of at least one molecule.")
         return cls(torch.bincount(counts).tolist())
 
+    @classmethod
+    def from_molecules(cls, numbers: Iterable[Tensor], elements: Sequence[int], *, others: Iterable[Tensor] = (),
+                       setting: Callable[[list[int]], str] = lambda zs: f"elements={zs}") -> AtomCountDistribution:
+        """From the atomic numbers ``(n_i,)`` of every training molecule, checked against the model's ``elements``.
+
+        ``others``: atomic numbers of the validation/test molecules (checked too, not counted: they are
+        encoded as well, so a fix read from the training split alone would fail again on them).
+        ``setting(zs)`` spells how the adapter's user sets the elements to ``zs`` (e.g. ``--elements 1,6,8``),
+        for the error. Runs once before training, on host tensors.
+        """
+        counts, seen = [], set()
+        for z in numbers:
+            z = torch.as_tensor(z)
+            counts.append(int(z.numel()))
+            seen.update(torch.unique(z).tolist())
+        for z in others:
+            seen.update(torch.unique(torch.as_tensor(z)).tolist())
+        unknown = sorted(seen - {int(e) for e in elements})
+        if unknown:
+            raise ValueError(f"the data holds elements {unknown} outside {setting(sorted(elements))}; "
+                             f"pass {setting(sorted(seen))}.")
+        return cls.from_counts(counts)
+
     @property
     def max_atoms(self) -> int:
         return len(self.histogram) - 1
@@ -224,6 +247,10 @@ class GenerationObjective:
         eps_h = torch.randn(h0.shape, dtype=h0.dtype, device=h0.device, generator=generator)
         a, s = noised["alpha"][batch].unsqueeze(1), noised["sigma"][batch].unsqueeze(1)
         return {**noised, "h0": h0, "eps_h": eps_h, "h_t": a * h0 + s * eps_h, "numbers": numbers}
+
+    def position_target(self, noised: Mapping[str, Tensor], batch: Tensor) -> Tensor:
+        """What a perfect network outputs for the positions ``(N, 3)``: ε_x, or ε_x − x for flow matching."""
+        return network_target(noised, batch, self.parameterization)
 
     def type_target(self, noised: Mapping[str, Tensor]) -> Tensor:
         """What a perfect network outputs for the types: ε_h, or ε_h − h for flow matching."""
@@ -369,3 +396,26 @@ def sample_molecules(objective: GenerationObjective, denoiser: JointDenoiser, at
         if bar is not None:
             bar.close()
     return molecules
+
+
+@torch.no_grad()
+def sample_with_model(model: torch.nn.Module, objective: GenerationObjective, denoiser: JointDenoiser,
+                      atom_counts: AtomCountDistribution | None, n: int, *, how_to_count: str,
+                      **options) -> list[ase.Atoms]:
+    """:func:`sample_molecules` with a trained ``model`` (the adapters' ``sample_molecules``).
+
+    ``model`` is put in eval mode for the sampling (its mode is restored after) and fixes the device and
+    dtype; ``denoiser`` calls it. ``how_to_count`` completes the error when it has no atom-count histogram
+    (how this adapter gets one). ``options``: ``steps``, ``method``, ``seed``, ``batch_size``, ``progress``.
+    """
+    if atom_counts is None:
+        raise ValueError("this model has no atom-count histogram: train it (the histogram of the training split is "
+                         f"stored in the checkpoint) or {how_to_count}.")
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        return sample_molecules(objective, denoiser, atom_counts, n, device=parameter.device, dtype=parameter.dtype,
+                                **options)
+    finally:
+        model.train(was_training)

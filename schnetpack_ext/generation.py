@@ -30,7 +30,7 @@ from schnetpack.model.base import AtomisticModel
 from schnetpack.task import ModelOutput
 from torch import nn
 
-from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_molecules
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_with_model
 from schnetpack_ext.checkpoint import apply_ema_weights
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.losses import EnergyLoss, LossContext, StructureLossFn, per_structure_loss, plain_config
@@ -120,9 +120,11 @@ class GenerationOutput(ModelOutput):
             plain_config(elements), position_weight=position_weight, schedule=schedule,
             precision=precision, parameterization=parameterization, max_weight=max_weight)
 
-    def network_target(self, noised: dict[str, torch.Tensor]) -> torch.Tensor:
-        """What a perfect network outputs for the positions (ε_x, or ε_x − x for flow matching)."""
-        return noised["eps"] - noised["x0"] if self.objective.flow_matching else noised["eps"]
+    def network_target(self, noised: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """What a perfect network outputs for the positions ``(N, 3)`` (ε_x, or ε_x − x for flow matching), as
+        :meth:`DiffusionOutput.network_target`: the core's
+        :meth:`~energyloss_plugins.generation.GenerationObjective.position_target`."""
+        return self.objective.position_target(noised, batch)
 
     def calculate_loss(self, pred, target):
         if self.loss_weight == 0:
@@ -191,25 +193,15 @@ class GenerationTask(ContextTask):
                 raise ValueError("GenerationTask counts the atoms per molecule of the training split of a SchNetPack "
                                  "AtomsDataModule: train with one (spktrain does), or pass atom_counts=[...] "
                                  "(number of training molecules per atom count).")
-            counts, seen = [], set()
-            for row in dataset.iter_properties(load_properties=[], load_structure=True):
-                numbers = row[properties.Z]
-                counts.append(int(numbers.shape[0]))
-                seen.update(int(z) for z in torch.unique(numbers))
-            # validation and test molecules are encoded too: a hint from the training split alone
-            # would fail again on them
-            for name in ("val_dataset", "test_dataset"):
-                other = getattr(datamodule, name, None)
-                if hasattr(other, "iter_properties"):
-                    for row in other.iter_properties(load_properties=[], load_structure=True):
-                        seen.update(int(z) for z in torch.unique(row[properties.Z]))
-            unknown = sorted(seen - set(self.elements))
-            if unknown:
-                raise ValueError(f"the data (train, validation and test splits) holds elements {unknown} outside "
-                                 f"the model's elements {list(self.elements)}: set globals.elements to "
-                                 f"{sorted(seen)}.")
-            self.atom_counts = AtomCountDistribution.from_counts(counts)
-            log.info("atom counts of %d training molecules: %s", len(counts), self.atom_counts)
+            rows = dataset.iter_properties(load_properties=[], load_structure=True)
+            # validation and test molecules are encoded too: their elements are checked as well
+            splits = [getattr(datamodule, name, None) for name in ("val_dataset", "test_dataset")]
+            others = (row[properties.Z] for split in splits if hasattr(split, "iter_properties")
+                      for row in split.iter_properties(load_properties=[], load_structure=True))
+            self.atom_counts = AtomCountDistribution.from_molecules(
+                (row[properties.Z] for row in rows), self.elements, others=others,
+                setting=lambda zs: f"globals.elements=[{','.join(map(str, zs))}]")
+            log.info("atom counts of the training molecules: %s", self.atom_counts)
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
@@ -240,7 +232,7 @@ class GenerationTask(ContextTask):
                                       n_structures=len(batch[properties.n_atoms]), validate_args=False)
         new = self.network_inputs(batch, noised)
         output = self.generation_output
-        new[output.target_property] = output.network_target(noised)
+        new[output.target_property] = output.network_target(noised, batch[properties.idx_m])
         return new, {"_noised": noised}
 
     def _prepare(self, batch, batch_idx, subset: str):
@@ -278,20 +270,14 @@ class GenerationTask(ContextTask):
             seed: None for fresh randomness, an int for reproducible samples (same ``batch_size``).
             batch_size: molecules per network call.
         """
-        if self.atom_counts is None:
-            raise ValueError("this model has no atom-count histogram: train it with GenerationTask (which counts the "
-                             "training split) or pass atom_counts=[...] to GenerationTask.")
-        device = next(self.parameters()).device
-        was_training, pp = self.training, self.model.do_postprocessing
-        self.eval()
-        self.model.do_postprocessing = False
+        postprocessing = self.model.do_postprocessing
+        self.model.do_postprocessing = False  # the denoiser's outputs are raw network outputs
         try:
-            return sample_molecules(self.objective, self.denoiser(), self.atom_counts, n, steps=steps, method=method,
-                                    seed=seed, batch_size=batch_size, progress=progress, device=device,
-                                    dtype=next(self.parameters()).dtype)
+            return sample_with_model(self, self.objective, self.denoiser(), self.atom_counts, n,
+                                     how_to_count="pass atom_counts=[...] to GenerationTask", steps=steps,
+                                     method=method, seed=seed, batch_size=batch_size, progress=progress)
         finally:
-            self.train(was_training)
-            self.model.do_postprocessing = pp
+            self.model.do_postprocessing = postprocessing
 
 
 def load_generation_model(checkpoint: str, map_location: str = "cpu", use_ema: bool = True, *,

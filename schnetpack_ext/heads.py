@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from energyloss_plugins.diffusion import time_features
+
 #: Key under which the diffusion task passes the per-structure time t ∈ [0, 1] ``(B,)``.
 DIFFUSION_TIME = "diffusion_t"
 
@@ -104,7 +106,5 @@ class TimeEmbedding(nn.Module):
             raise KeyError(
                 "TimeEmbedding needs inputs['diffusion_t']: train and sample with schnetpack_ext.DiffusionTask."
             )
-        t = inputs[DIFFUSION_TIME].to(q.dtype)[inputs[properties.idx_m]].unsqueeze(-1)
-        angles = t * self.frequencies.to(q.dtype)
-        features = torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=-1)
-        return self.net(features).reshape(q.shape)
+        t = inputs[DIFFUSION_TIME].to(q.dtype)[inputs[properties.idx_m]]
+        return self.net(time_features(t, self.frequencies.to(q.dtype))).reshape(q.shape)

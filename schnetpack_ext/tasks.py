@@ -27,6 +27,7 @@ from schnetpack.task import AtomisticTask, ModelOutput
 from torch import nn
 
 from energyloss_plugins.checkpoints import load_checkpoint
+from energyloss_plugins.diffusion import eval_generator
 from energyloss_plugins.layouts import flat_numbers
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.checkpoint import plain_hparams, save_plain_hparams
@@ -99,9 +100,7 @@ class ContextTask(AtomisticTask):
         """
         if subset == "train":
             return None
-        generator = torch.Generator(device=batch[properties.R].device)
-        generator.manual_seed(self.val_seed + int(batch_idx) + 100003 * int(self.global_rank))
-        return generator
+        return eval_generator(self.val_seed, batch_idx, self.global_rank, batch[properties.R].device)
 
     def _step(self, step, subset, batch, batch_idx):
         batch, extra = self._prepare(batch, batch_idx, subset)

@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from energyloss_plugins.diffusion import remove_com
+from energyloss_plugins.diffusion import eval_generator, remove_com, time_features
 from energyloss_plugins.generation import (
     AtomCountDistribution,
     GenerationObjective,
     TypeEncoding,
     sample_molecules,
+    sample_with_model,
     to_atoms,
 )
 
@@ -216,3 +217,73 @@ def test_sampler_rejects_bad_requests():
         obj.sample(den, torch.tensor([3]), steps=2, method="heun")
     with pytest.raises(ValueError, match="n_atoms"):
         obj.sample(den, torch.tensor([0, 3]), steps=2)
+
+
+def test_atom_counts_from_molecules_count_sizes_and_refuse_unknown_elements():
+    molecules = [torch.tensor([8, 1, 1]), torch.tensor([6, 1, 1, 1, 1]), torch.tensor([7, 1, 1, 1]),
+                 torch.tensor([6, 8, 1, 1])]
+    counts = AtomCountDistribution.from_molecules(iter(molecules), ELEMENTS)
+    assert counts.histogram == [0.0, 0.0, 0.0, 1.0, 2.0, 1.0]
+    assert counts.histogram == AtomCountDistribution.from_counts([len(z) for z in molecules]).histogram
+    # an element outside the model's: the error names it, the model's elements and how to set them
+    with pytest.raises(ValueError, match=r"elements \[9, 16\] outside elements=\[1, 6, 7, 8\]; "
+                                         r"pass elements=\[1, 6, 8, 9, 16\]"):
+        AtomCountDistribution.from_molecules([torch.tensor([9, 6, 1]), torch.tensor([16, 8, 1])], ELEMENTS)
+    # validation/test molecules are checked (their elements in the fix) but not counted
+    with pytest.raises(ValueError, match=r"elements \[17\] outside --elements 1,6,7,8; pass --elements 1,6,7,8,17"):
+        AtomCountDistribution.from_molecules(molecules, ELEMENTS, others=[torch.tensor([17, 6])],
+                                             setting=lambda zs: "--elements " + ",".join(map(str, zs)))
+    counted = AtomCountDistribution.from_molecules(molecules, ELEMENTS, others=[torch.tensor([6] * 9)])
+    assert counted.histogram == counts.histogram
+    with pytest.raises(ValueError, match="counts"):
+        AtomCountDistribution.from_molecules([], ELEMENTS)
+
+
+def test_eval_generator_repeats_per_batch_and_differs_across_batches_and_ranks():
+    def draw(*args):
+        return torch.randn(8, generator=eval_generator(*args))
+
+    assert torch.equal(draw(1234, 3, 0), draw(1234, 3, 0))  # same batch, every epoch
+    # a single process: seed + batch index (TorchMD-Net's earlier seeding); rank r: + 100003 r (SchNetPack's)
+    assert torch.equal(draw(1234, 3, 0), torch.randn(8, generator=torch.Generator().manual_seed(1237)))
+    assert torch.equal(draw(1234, 3, 2), torch.randn(8, generator=torch.Generator().manual_seed(1237 + 2 * 100003)))
+    assert not torch.equal(draw(1234, 3, 0), draw(1234, 4, 0))
+    assert not torch.equal(draw(1234, 3, 0), draw(1234, 3, 1))  # DDP ranks draw different noise
+
+
+def test_time_features_are_t_and_its_sines_and_cosines():
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    freqs = torch.tensor([1.0, 3.0], dtype=torch.float32)
+    f = time_features(t, freqs)
+    assert f.shape == (3, 5) and f.dtype == torch.float32
+    for row, tau in zip(f.double(), t.tolist(), strict=True):
+        expected = [tau, math.sin(tau), math.sin(3 * tau), math.cos(tau), math.cos(3 * tau)]
+        assert torch.allclose(row, torch.tensor(expected, dtype=torch.float64), atol=1e-6)
+
+
+def test_sample_with_model_restores_the_mode_and_names_the_missing_histogram():
+    obj = GenerationObjective(ELEMENTS)
+    den = EquivariantDenoiser(obj.n_features)
+    model = torch.nn.Linear(2, 2).double().train()
+    modes = []
+
+    def denoiser(x, h, t, batch):
+        modes.append(model.training)
+        assert x.dtype == torch.float64  # the model's dtype
+        return den(x, h, t, batch)
+
+    counts = AtomCountDistribution.from_counts([3, 4])
+    mols = sample_with_model(model, obj, denoiser, counts, 3, how_to_count="pass atom_counts", steps=3, seed=0,
+                             progress=False)
+    again = sample_molecules(obj, den, counts, 3, steps=3, seed=0, progress=False, dtype=torch.float64)
+    assert len(mols) == 3 and modes and not any(modes) and model.training
+    assert all((a.positions == b.positions).all() for a, b in zip(mols, again, strict=True))
+    with pytest.raises(ValueError, match="no atom-count histogram.*pass atom_counts"):
+        sample_with_model(model, obj, denoiser, None, 3, how_to_count="pass atom_counts", steps=3, progress=False)
+
+    def failing(x, h, t, batch):
+        raise RuntimeError("denoiser failed")
+
+    with pytest.raises(RuntimeError, match="denoiser failed"):
+        sample_with_model(model, obj, failing, counts, 1, how_to_count="", steps=2, progress=False)
+    assert model.training  # restored after a failure too

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torchmdnet.models.output_modules import OutputModel
 from torchmdnet.models.utils import MLP, GatedEquivariantBlock
 
+from energyloss_plugins.diffusion import time_features
 from energyloss_plugins.graphs import complete_pairs
 
 #: Suffix of the ``output_model`` names stored in checkpoints: without ``import torchmdnet_ext``,
@@ -54,8 +55,7 @@ class _TimeEmbedding(nn.Module):
         self.mlp.reset_parameters()
 
     def forward(self, t: Tensor) -> Tensor:
-        angles = t.unsqueeze(-1).to(self.freqs.dtype) * self.freqs
-        return self.mlp(torch.cat([t.unsqueeze(-1).to(self.freqs.dtype), angles.sin(), angles.cos()], dim=-1))
+        return self.mlp(time_features(t, self.freqs))
 
 
 class _PairVectorTerm(nn.Module):

@@ -37,7 +37,8 @@ from torchmdnet.module import LNNP
 
 from energyloss_plugins.config import ENERGY_OPTIONS, LossConfig
 from energyloss_plugins.console import check_option
-from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding
+from energyloss_plugins.diffusion import eval_generator
+from energyloss_plugins.generation import AtomCountDistribution, GenerationObjective, TypeEncoding, sample_with_model
 from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from energyloss_plugins.tasks import DiffusionObjective, StructureObjective
@@ -203,6 +204,8 @@ class PositionLNNP(LNNP):
         # Dataset-level structure metrics per stage; their states are not saved in checkpoints.
         self._structure_metrics = torch.nn.ModuleDict({stage: StructureMetrics() for stage in ("val", "test")})
         self.atom_counts: AtomCountDistribution | None = None
+        # Running averages of the train/val losses ({stage: {name: loss}}) for ema_alpha_y (smooth_loss).
+        self.loss_ema: dict[str, dict[str, torch.Tensor]] = {}
         # Upstream's step() has no batch index; validation/test record it here so that the generation
         # task draws the same noise for a batch every epoch (comparable validation losses).
         self._eval_batch_idx = 0
@@ -238,6 +241,21 @@ class PositionLNNP(LNNP):
         s = batch.s if self.hparams.spin else None
         return box, q, s
 
+    def smooth_loss(self, stage: str, name: str, loss: torch.Tensor) -> torch.Tensor:
+        """The loss ``name`` of ``stage`` smoothed by an exponential moving average, as TorchMD-Net's ``LNNP``.
+
+        With α = ``ema_alpha_y`` in (0, 1), train and val losses become α · loss + (1 − α) · previous (the
+        first one is its own previous); test losses and α = 1 are unchanged. The running values are
+        detached tensors kept on the module (not in checkpoints), so nothing is read back to the host.
+        """
+        alpha = self.hparams.ema_alpha_y
+        if stage not in ("train", "val") or not 0 < alpha < 1:
+            return loss
+        previous = self.loss_ema.setdefault(stage, {}).get(name, loss.detach())
+        loss = alpha * loss + (1 - alpha) * previous
+        self.loss_ema[stage][name] = loss.detach()
+        return loss
+
     def step(self, batch, loss_fn_list, stage):
         """Forward pass and losses, with upstream ``LNNP.step``'s contract.
 
@@ -272,7 +290,7 @@ class PositionLNNP(LNNP):
             elif self.hparams.task == "generation":
                 generator = None
                 if stage != "train":  # the same noise every epoch: comparable validation losses
-                    generator = torch.Generator(device=target.device).manual_seed(VAL_SEED + self._eval_batch_idx)
+                    generator = eval_generator(VAL_SEED, self._eval_batch_idx, self.global_rank, target.device)
                 noised = self.objective.noise(target, z, b, generator=generator, n_structures=n_structures,
                                               validate_args=False)
                 out_x, out_h = denoise(self.model, noised["x_t"], noised["h_t"], noised["t"], b)
@@ -289,7 +307,7 @@ class PositionLNNP(LNNP):
                 else:
                     loss = objective.loss(*compared, b, numbers=z, bonds=bonds, springs=springs,
                                           n_structures=n_structures, validate_args=False)
-                loss = self._update_loss_with_ema(stage, "y", name, loss)
+                loss = self.smooth_loss(stage, name, loss)
                 if self.hparams.y_weight > 0:
                     self.losses[stage]["y"][name].append(loss.detach())
                 total_loss = loss * self.hparams.y_weight
@@ -337,21 +355,12 @@ class PositionLNNP(LNNP):
         """Histogram of atoms per training molecule; checks the elements of every split against ``elements``."""
         dm = self.trainer.datamodule
         dataset = dm.dataset
-        counts, seen = [], set()
-        for i in dm.idx_train:
-            z = dataset[int(i)].z
-            counts.append(int(z.numel()))
-            seen.update(int(e) for e in torch.unique(z))
-        # validation and test molecules are encoded too: a hint from the training split alone would fail again
-        for idx in (getattr(dm, "idx_val", None), getattr(dm, "idx_test", None)):
-            for i in idx if idx is not None else ():
-                seen.update(int(e) for e in torch.unique(dataset[int(i)].z))
-        unknown = sorted(seen - set(self.hparams.elements))
-        if unknown:
-            raise ValueError(f"the data (train, validation and test splits) holds elements {unknown} outside "
-                             f"--elements {','.join(map(str, self.hparams.elements))}; pass "
-                             f"--elements {','.join(map(str, sorted(seen)))}.")
-        return AtomCountDistribution.from_counts(counts)
+        # validation and test molecules are encoded too: their elements are checked as well
+        others = (dataset[int(i)].z for idx in (getattr(dm, "idx_val", None), getattr(dm, "idx_test", None))
+                  if idx is not None for i in idx)
+        return AtomCountDistribution.from_molecules((dataset[int(i)].z for i in dm.idx_train), self.hparams.elements,
+                                                    others=others,
+                                                    setting=lambda zs: "--elements " + ",".join(map(str, zs)))
 
     def on_save_checkpoint(self, checkpoint):
         if self.atom_counts is not None:
@@ -371,22 +380,11 @@ class PositionLNNP(LNNP):
             seed: None for fresh randomness, an int for reproducible samples.
             batch_size: molecules per network call.
         """
-        from energyloss_plugins.generation import sample_molecules
-
         if self.hparams.task != "generation":
             raise ValueError(f"sample_molecules needs a model trained with task generation, not {self.hparams.task!r}.")
-        if self.atom_counts is None:
-            raise ValueError("this model has no atom-count histogram yet: train it (the histogram of the training "
-                             "split is stored in the checkpoint) "
-                             "or set model.atom_counts = AtomCountDistribution(...).")
-        was_training = self.training
-        self.eval()
-        try:
-            return sample_molecules(self.objective, lambda x, h, t, b: denoise(self.model, x, h, t, b),
-                                    self.atom_counts, n, steps=steps, method=method, seed=seed,
-                                    batch_size=batch_size, progress=progress, device=self.device, dtype=self.dtype)
-        finally:
-            self.train(was_training)
+        return sample_with_model(self, self.objective, lambda x, h, t, b: denoise(self.model, x, h, t, b),
+                                 self.atom_counts, n, how_to_count="set model.atom_counts = AtomCountDistribution(...)",
+                                 steps=steps, method=method, seed=seed, batch_size=batch_size, progress=progress)
 
 
 #: What the console script is called, for messages that send users to it.
