@@ -124,3 +124,23 @@ class InterleavedSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(self._slice())
+
+
+def trained_structure_files(directory, steps: int) -> dict:
+    """A tiny PaiNN structure task trained ``steps`` steps in ``directory`` (a pathlib folder): the task, its
+    Lightning checkpoint ``ckpt``, a whole-model pickle ``best_model`` (as spktrain exports) and the ``db``."""
+    import warnings
+
+    db = tiny_structure_db(str(directory))
+    torch.manual_seed(0)
+    task = structure_task()
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", default_root_dir=str(directory))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, loader(db, batch_size=4, shuffle=True))
+    ckpt = str(directory / "structure.ckpt")
+    trainer.save_checkpoint(ckpt)
+    best_model = str(directory / "best_model")
+    torch.save(task.model, best_model)
+    return {"task": task, "ckpt": ckpt, "best_model": best_model, "db": db}

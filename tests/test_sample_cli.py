@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ pytest.importorskip("rdkit")
 from ase.io import read, write  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-from _schnetpack_helpers import loader, structure_task, tiny_structure_db  # noqa: E402
+from _schnetpack_helpers import trained_structure_files  # noqa: E402
 from energyloss_plugins.ase import predict_structures  # noqa: E402
 from energyloss_plugins.sample_cli import main  # noqa: E402
 
@@ -28,21 +27,9 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny PaiNN structure task trained for a few steps: its Lightning checkpoint, best_model and inputs."""
-    import pytorch_lightning as pl
-
     directory = tmp_path_factory.mktemp("sample_cli")
-    db = tiny_structure_db(str(directory))
-    torch.manual_seed(0)
-    task = structure_task()
-    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", default_root_dir=str(directory))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(task, loader(db, batch_size=4, shuffle=True))
-    ckpt = str(directory / "structure.ckpt")
-    trainer.save_checkpoint(ckpt)
-    best_model = str(directory / "best_model")
-    torch.save(task.model, best_model)
+    files = trained_structure_files(directory, steps=4)
+    task, ckpt, best_model, db = files["task"], files["ckpt"], files["best_model"], files["db"]
     from ase.db import connect
 
     with connect(db) as conn:

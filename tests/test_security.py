@@ -21,7 +21,7 @@ pytest.importorskip("schnetpack")
 pytest.importorskip("rdkit")
 
 
-from _schnetpack_helpers import loader, structure_task, tiny_structure_db  # noqa: E402
+from _schnetpack_helpers import loader, structure_task, trained_structure_files  # noqa: E402
 from energyloss_plugins.checkpoints import (  # noqa: E402
     CorruptCheckpointError,
     UntrustedCheckpointError,
@@ -61,22 +61,8 @@ def _evil(directory, fmt: str = "zip") -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny structure task trained 2 steps: its Lightning checkpoint and a best_model (whole-model pickle)."""
-    import pytorch_lightning as pl
-
-    directory = tmp_path_factory.mktemp("security")
-    db = tiny_structure_db(str(directory))
-    torch.manual_seed(0)
-    task = structure_task()
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", default_root_dir=str(directory))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(task, loader(db, batch_size=4, shuffle=True))
-    ckpt = str(directory / "structure.ckpt")
-    trainer.save_checkpoint(ckpt)
-    best_model = str(directory / "best_model")
-    torch.save(task.model, best_model)
-    return {"task": task.eval(), "ckpt": ckpt, "best_model": best_model, "db": db}
+    files = trained_structure_files(tmp_path_factory.mktemp("security"), steps=2)
+    return {**files, "task": files["task"].eval()}
 
 
 @pytest.mark.parametrize("fmt", ["zip", "raw"])

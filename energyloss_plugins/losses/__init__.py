@@ -20,16 +20,8 @@ One module per family, re-exported here (``from energyloss_plugins.losses import
 :mod:`~energyloss_plugins.losses.registry` (:data:`LOSSES`, :func:`get_loss`, :func:`loss_options`,
 :func:`call_loss`).
 
-The pair energy comes in two steps (docs/losses.md, "The lean path"):
-
-1. :func:`resolve_springs`: the pairs, reference distances and springs of reference structures
-   (edge set, rigid-sparse draw, symmetrisation, spring scheme) as a :class:`PairSprings`. They
-   depend on the reference only: resolve once per structure and cache;
-2. :func:`pair_energy_kernel`: ``(pred, distances, pairs, springs, batch) -> loss``, the only math.
-   With ``validate_args=False`` it reads nothing back to the host and compiles with
-   ``torch.compile(fullgraph=True)``.
-
-:func:`pair_energy_loss` is the two in one call (resolving on every call, as the paper does).
+The pair energy comes in two steps, springs of the reference then the kernel (the lean path):
+see :mod:`~energyloss_plugins.losses.pair_energy` and docs/losses.md.
 """
 
 from energyloss_plugins.losses._common import REDUCTIONS
