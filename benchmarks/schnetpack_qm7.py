@@ -10,10 +10,12 @@ beside) but not the comparison, in two settings:
 - rotated: every target randomly rotated against its input (`globals.rotate_targets=true`), as a
   user's data arrives in arbitrary frames.
 
-Evaluates each best model on the test molecules with the core's metrics (aligned RMSD, bond-length
-and angle MAE, atom/molecule stability) and writes a markdown table.
+Runs already in ``<out>/results.json`` are skipped, so a rerun resumes. Evaluates each best model on
+the test molecules with the core's metrics (aligned RMSD, bond-length and angle MAE, atom/molecule
+stability) and writes a markdown table.
 
     python benchmarks/schnetpack_qm7.py --num-steps 1500 --molecules 1500
+    python benchmarks/schnetpack_qm7.py --num-steps 1500 --only mse,energy --seed 1   # a second seed
     python benchmarks/schnetpack_qm7.py --only energy --settings same --tag lr2e-3 --extra globals.lr=2e-3
 
 Not a test: it reads /work/shared/data/qm7 (or --source) and takes tens of minutes.
@@ -50,6 +52,7 @@ def main(argv=None):
     p.add_argument("--settings", default="same,rotated")
     p.add_argument("--tag", default="", help="suffix of the run names (for tuning variants)")
     p.add_argument("--extra", nargs="*", default=[], help="extra spktrain overrides for these runs")
+    p.add_argument("--seed", type=int, default=0, help="training seed (initial weights, batches, rotations)")
     args = p.parse_args(argv)
     if args.budget is not None:
         p.error("--budget (a wall-clock limit per run) was replaced by --num-steps: every loss trains for the same "
@@ -77,11 +80,14 @@ def main(argv=None):
     results.setdefault("MMFF94 input (no model)", evaluate_inputs(datapath))
     common = ["data.batch_size=16", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
               "model.representation.n_interactions=2", "globals.displacement_scale=0.1",
-              "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false", "+seed=0"]
+              "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false", f"+seed={args.seed}"]
+    suffix = "".join(f"_{t}" for t in ([args.tag] if args.tag else []) + ([f"seed{args.seed}"] if args.seed else []))
     for setting in args.settings.split(","):
         for loss in args.only.split(","):
-            name = f"{setting} | {loss}{(' ' + args.tag) if args.tag else ''}"
-            run_id = f"{setting}_{loss}{('_' + args.tag) if args.tag else ''}"
+            run_id = f"{setting}_{loss}{suffix}"
+            name = f"{setting} | {loss}{suffix.replace('_', ' ')}"
+            if name in results:  # finished in an earlier call: rerunning the script resumes
+                continue
             overrides = [*common, f"globals.rotate_targets={'true' if setting == 'rotated' else 'false'}", *args.extra]
             start = time.time()
             run_dir = run_spktrain(datapath, loss, os.path.join(args.out, "runs"), run_id, round(3600 * args.max_hours),
