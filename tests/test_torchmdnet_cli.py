@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import glob
 import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -99,3 +103,70 @@ def test_upstream_module_is_restored_after_main_and_get_args(tmp_path):
     assert main(["--dataset", "EnergyLossDB", "--dataset-root", "x.db", "--derivative", "true",
                  "--log-dir", str(tmp_path)]) == 2
     assert (upstream.get_args, upstream.get_argparse, upstream.LNNP, upstream.DataModule) == before
+
+
+TINY = ["--embedding-dimension", "16", "--num-layers", "1", "--num-rbf", "8", "--num-heads", "2", "--batch-size", "8",
+        "--inference-batch-size", "8", "--num-epochs", "1", "--num-workers", "0", "--save-interval", "1"]
+
+
+@contextlib.contextmanager
+def _writes_recorded(modules, writes: list):
+    """Record every attribute set or deleted on ``modules`` (as ``(module, name)``) inside the block."""
+
+    class Recording(types.ModuleType):
+        def __setattr__(self, name, value):
+            writes.append((self.__name__, name))
+            super().__setattr__(name, value)
+
+        def __delattr__(self, name):
+            writes.append((self.__name__, name))
+            super().__delattr__(name)
+
+    for module in modules:
+        module.__class__ = Recording
+    try:
+        yield
+    finally:
+        for module in modules:
+            types.ModuleType.__setattr__(module, "__class__", types.ModuleType)
+
+
+def _val_losses(run, column: str) -> list[float]:
+    with open(os.path.join(run, "metrics.csv")) as f:
+        return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
+
+
+def test_runs_compose_torchmdnets_public_pieces_and_never_write_to_its_modules(tmp_path):
+    """Structure and energy runs, a resumed run (--load-model) and --load-weights train and test without
+    setting anything in torchmd-train's module or those of its LNNP and DataModule."""
+    import torchmdnet.data
+    import torchmdnet.module
+
+    from _host_datasets import torchmdnet_hdf5
+    from torchmdnet_ext.cli import main
+
+    h5 = torchmdnet_hdf5(str(tmp_path / "t.h5"), with_targets=True)
+    modules = (upstream, torchmdnet.module, torchmdnet.data)
+    before = {module.__name__: dict(vars(module)) for module in modules}
+    energy = ["--dataset", "HDF5", "--dataset-root", h5, "--model", "tensornet", *TINY]
+    runs = {name: str(tmp_path / name) for name in ("structure", "energy", "resumed", "weights")}
+    writes: list = []
+    with _writes_recorded(modules, writes):
+        assert main(["--conf", "structure_tensornet", "--dataset", "PositionHDF5", "--dataset-root", h5, *TINY,
+                     "--log-dir", runs["structure"]]) == 0
+        assert main([*energy, "--log-dir", runs["energy"]]) == 0
+        (first,) = glob.glob(os.path.join(runs["structure"], "epoch=0-*.ckpt"))
+        assert main(["--load-model", first, "--num-epochs", "2", "--log-dir", runs["resumed"]]) == 0
+        (trained,) = glob.glob(os.path.join(runs["energy"], "epoch=0-*.ckpt"))
+        assert main([*energy, "--load-weights", trained, "--log-dir", runs["weights"]]) == 0
+    assert writes == []
+    for module in modules:  # the same objects as before: nothing swapped and restored
+        assert all(vars(module)[name] is value for name, value in before[module.__name__].items())
+    # each run tested its best checkpoint after fitting (upstream's test step)
+    for run in runs.values():
+        assert _val_losses(run, "test_total_l1_loss")
+    # resumed at epoch 1 from the structure run's checkpoint: no epoch-0 checkpoint of its own
+    assert [os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(runs["resumed"], "*.ckpt"))] == [
+        "epoch=1"]
+    # same seed and data: only the loaded weights can make the validation loss differ from the energy run's
+    assert _val_losses(runs["weights"], "val_total_mse_loss") != _val_losses(runs["energy"], "val_total_mse_loss")

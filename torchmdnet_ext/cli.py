@@ -24,33 +24,34 @@ One run, one folder: without ``--log-dir`` on the command line each run writes t
 ``--checkpoint-monitor``/``--early-stopping-monitor`` accept any logged metric; by default they
 follow ``val_total_<train_loss>`` (TorchMD-Net's default ``val_total_mse_loss`` for task energy).
 
-How this wraps TorchMD-Net 3.1's ``torchmdnet.scripts.train`` (instead of copying it), and why:
+How this builds on TorchMD-Net 3.1's ``torchmdnet.scripts.train`` (instead of copying or patching it):
 
 - The parser is upstream's ``get_argparse()``, used as an argparse parent after ``import
   torchmdnet_ext`` has registered our losses, heads and datasets, so upstream's choices accept
   them. The three options whose upstream definition we must change are redefined through argparse's
   documented ``conflict_handler="resolve"``: ``--conf`` (also a shipped name), and the two monitors
   (upstream allows only ``train/val_total_mse_loss``, which a position task never logs).
-- ``main`` runs upstream's ``main``. That function takes no arguments and looks up ``get_args``,
-  ``LNNP`` and ``DataModule`` as module globals, so for the duration of the call (and only then)
-  :func:`_substituted` replaces them in ``torchmdnet.scripts.train``: ``get_args`` returns the
-  arguments completed here; for position tasks ``LNNP`` is :class:`~torchmdnet_ext.module.PositionLNNP`
-  (same constructor and ``load_from_checkpoint``) and ``DataModule`` is
-  :class:`~torchmdnet_ext.data.PositionDataModule` (the builder's ``split.npz``). Task ``energy``
-  runs upstream's classes unchanged. ``get_args`` lets upstream's ``get_args`` do its side effects
-  (``--redirect``, ``inference_batch_size``, ``input.yaml``) on the completed arguments the same way.
+- Upstream's ``main`` takes no arguments: it parses ``sys.argv`` with its own parser and builds its
+  own ``LNNP`` and ``DataModule``, with no hook for other classes. So :func:`train` runs the same
+  steps from TorchMD-Net's and Lightning's public pieces (seed, data module, prior models, model,
+  ``--load-weights`` through upstream's ``fix_state_dict``, ``ModelCheckpoint``/``EarlyStopping``,
+  ``check_logs``, CSV/W&B/TensorBoard loggers, ``Trainer.fit`` resuming ``--load-model``, then a test
+  of the best checkpoint), with :class:`~torchmdnet_ext.module.PositionLNNP` and
+  :class:`~torchmdnet_ext.data.PositionDataModule` (the builder's ``split.npz``) for the position
+  tasks and upstream's ``LNNP``/``DataModule`` unchanged for task ``energy``. No module of TorchMD-Net
+  is modified. :func:`get_args` does what upstream's ``get_args`` does after parsing (``--redirect``,
+  ``inference_batch_size``, ``input.yaml``). Every checkpoint it reads is read with
+  ``weights_only=True`` unless ``--trust-checkpoint``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from types import ModuleType
+from collections.abc import Sequence
 
 from energyloss_plugins.console import ArgumentParser, console_script
 from energyloss_plugins.optional import add_version_option, require
@@ -61,12 +62,14 @@ RUN_FOLDER_ENV = "ENERGYLOSS_TORCHMD_RUN_FOLDER"
 POSITION_DATASETS = ("EnergyLossDB", "PositionHDF5")
 
 
-def _upstream() -> ModuleType:
-    """``torchmdnet.scripts.train`` after registering our names (so its parser's choices list them)."""
+def _upstream_parser() -> argparse.ArgumentParser:
+    """``torchmd-train``'s parser, built after registering our names (so its choices list them)."""
     require("torchmdnet", PROG, "torchmdnet")
+    from torchmdnet.scripts.train import get_argparse as upstream_argparse
+
     import torchmdnet_ext  # noqa: F401  (registers losses, heads, datasets)
 
-    return require("torchmdnet.scripts.train", PROG, "torchmdnet")
+    return upstream_argparse()
 
 
 def _bool(text) -> bool:
@@ -89,19 +92,6 @@ def _open_conf(name_or_path: str):
     return open(name_or_path)
 
 
-@contextlib.contextmanager
-def _substituted(module: ModuleType, **names) -> Iterator[None]:
-    """Temporarily set module-level ``names`` of ``module`` (restored on exit, also on error)."""
-    saved = {name: getattr(module, name) for name in names}
-    try:
-        for name, value in names.items():
-            setattr(module, name, value)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
-
-
 def get_argparse() -> argparse.ArgumentParser:
     """Upstream's ``torchmd-train`` parser plus this package's options (see the module docstring)."""
     from torchmdnet.utils import LoadFromFile
@@ -111,7 +101,7 @@ def get_argparse() -> argparse.ArgumentParser:
 
     parser = ArgumentParser(prog=PROG,
                             description="TorchMD-Net training with the energy loss (energyloss-plugins)",
-                            parents=[_upstream().get_argparse()], add_help=False, conflict_handler="resolve")
+                            parents=[_upstream_parser()], add_help=False, conflict_handler="resolve")
     add_version_option(parser)
     parser.add_argument("--conf", "-c", type=_open_conf, action=LoadFromFile,
                         help=f"Configuration yaml file, or the name of a shipped one ({', '.join(config_names())})")
@@ -214,27 +204,32 @@ def run_folder(args: argparse.Namespace, argv: Sequence[str]) -> str:
             folder = f"{base}-{n}"
 
 
-class _Parsed:
-    """Stands in for upstream's parser inside upstream's ``get_args``: returns arguments already parsed."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-
-    def parse_args(self) -> argparse.Namespace:
-        return self.args
-
 
 def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and complete the arguments, then let upstream's ``get_args`` apply its side effects.
+    """Parse and complete the arguments, then do what upstream's ``get_args`` does after its parse.
+
+    That is: ``--redirect`` (stdout and stderr to ``<log_dir>/log``), ``inference_batch_size``
+    defaulting to ``batch_size``, and the arguments written to ``<log_dir>/input.yaml`` (upstream's
+    ``save_argparse``). Upstream's ``get_args`` itself cannot be called: it parses ``sys.argv`` with
+    upstream's parser.
 
     Raises ValueError for options that do not fit together (e.g. a position task with ``derivative: true``).
     """
-    upstream = _upstream()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _complete(get_argparse().parse_args(argv))
     args.log_dir = run_folder(args, argv)
-    with _substituted(upstream, get_argparse=lambda: _Parsed(args)):
-        args = upstream.get_args()
+    from torchmdnet.utils import save_argparse
+
+    if args.redirect:
+        import logging
+
+        sys.stdout = open(os.path.join(args.log_dir, "log"), "w")  # noqa: SIM115  (stays open: the run's output)
+        sys.stderr = sys.stdout
+        logging.getLogger("pytorch_lightning").addHandler(logging.StreamHandler(sys.stdout))
+    if args.inference_batch_size is None:
+        args.inference_batch_size = args.batch_size
+    os.makedirs(os.path.abspath(args.log_dir), exist_ok=True)
+    save_argparse(args, os.path.join(args.log_dir, "input.yaml"), exclude=["conf"])
     if args.ngpus == -1:
         import torch
 
@@ -243,38 +238,124 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _classes(task: str) -> tuple[type, type]:
+    """The LightningModule and DataModule classes of ``task``: ours for position tasks, upstream's for energy."""
+    from torchmdnet_ext.module import TASKS
+
+    if task in TASKS:
+        from torchmdnet_ext.data import PositionDataModule
+        from torchmdnet_ext.module import PositionLNNP
+
+        return PositionLNNP, PositionDataModule
+    from torchmdnet.data import DataModule
+    from torchmdnet.module import LNNP
+
+    return LNNP, DataModule
+
+
+def _callbacks(args: argparse.Namespace, n_test: int) -> list:
+    """Upstream's callbacks: the 10 best checkpoints on ``checkpoint_monitor``, early stopping on its monitor."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    monitor = args.checkpoint_monitor
+    name = f"epoch={{epoch}}-{monitor.split('_')[0]}_loss={{{monitor}:.4f}}"
+    if n_test:
+        name += "-test_loss={test_total_l1_loss:.4f}"
+    callbacks = [ModelCheckpoint(dirpath=args.log_dir, monitor=monitor, save_top_k=10,
+                                 every_n_epochs=args.save_interval, filename=name, auto_insert_metric_name=False)]
+    if args.early_stopping_monitor is not None:
+        callbacks.append(EarlyStopping(args.early_stopping_monitor, patience=args.early_stopping_patience))
+    return callbacks
+
+
+def _loggers(args: argparse.Namespace) -> list:
+    """Upstream's loggers: CSV in the run folder, W&B (``--wandb-use``), TensorBoard (``--tensorboard-use``)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    loggers = [CSVLogger(args.log_dir, name="", version="")]
+    if args.wandb_use:
+        loggers.append(WandbLogger(project=args.wandb_project, name=args.wandb_name, save_dir=args.log_dir,
+                                   resume="must" if args.wandb_resume_from_id is not None else None,
+                                   id=args.wandb_resume_from_id))
+    if args.tensorboard_use:
+        loggers.append(TensorBoardLogger(args.log_dir, name="tensorboard", version="", default_hp_metric=False))
+    return loggers
+
+
+def train(args: argparse.Namespace) -> None:
+    """Train on completed ``args`` (:func:`get_args`), then test the best checkpoint: upstream ``main``'s steps.
+
+    The steps and their settings are those of TorchMD-Net 3.1's ``torchmdnet.scripts.train.main``,
+    composed here because that function accepts neither arguments nor classes (module docstring).
+    ``--load-weights`` is read by :func:`energyloss_plugins.checkpoints.load_checkpoint`, and Lightning
+    reads ``--load-model`` and the best checkpoint, with ``weights_only=True`` unless ``--trust-checkpoint``.
+    """
+    import lightning.pytorch as pl
+    from lightning_utilities.core.rank_zero import rank_zero_warn
+    from torchmdnet.models.model import create_prior_models
+    from torchmdnet.scripts.train import fix_state_dict
+    from torchmdnet.utils import check_logs
+
+    from energyloss_plugins.checkpoints import load_checkpoint
+
+    module_class, data_class = _classes(args.task)
+    if args.remove_ref_energy:  # upstream: delta learning disables the dataset's Atomref prior
+        priors = [] if args.prior_model is None else args.prior_model
+        args.prior_model = [*(priors if isinstance(priors, list) else [priors]), {"Atomref": {"enable": False}}]
+    pl.seed_everything(args.seed, workers=True)
+    data = data_class(args)
+    data.prepare_data()
+    data.setup("fit")
+    prior_models = create_prior_models(vars(args), data.dataset)
+    args.prior_args = [p.get_init_args() for p in prior_models]
+    model = module_class(args, prior_model=prior_models, mean=data.mean, std=data.std)
+    if args.load_weights is not None:
+        print(f"Loading weights from {args.load_weights}")
+        state = load_checkpoint(args.load_weights, trusted=args.trust_checkpoint)
+        model.model.load_state_dict(fix_state_dict(state))
+    check_logs(args.log_dir)
+    loggers = _loggers(args)
+    if args.test_interval > 0:
+        rank_zero_warn(f"WARNING: Test set will be evaluated every {args.test_interval} epochs. "
+                       "This will slow down training.")
+    devices = {"accelerator": "auto", "devices": args.ngpus, "num_nodes": args.num_nodes}
+    trainer = pl.Trainer(strategy="auto", max_epochs=args.num_epochs, default_root_dir=args.log_dir,
+                         callbacks=_callbacks(args, len(data.idx_test)), logger=loggers, precision=args.precision,
+                         gradient_clip_val=args.gradient_clipping, inference_mode=False,
+                         # testing during training needs the dataloaders rebuilt every epoch (upstream)
+                         reload_dataloaders_every_n_epochs=1 if args.test_interval > 0 else 0, **devices)
+    weights_only = not args.trust_checkpoint
+    trainer.fit(model, data, ckpt_path=None if args.reset_trainer else args.load_model, weights_only=weights_only)
+    best = module_class.load_from_checkpoint(trainer.checkpoint_callback.best_model_path, weights_only=weights_only)
+    pl.Trainer(logger=loggers, inference_mode=False, **devices).test(best, data)
+
+
+def _check_position_dataset(args: argparse.Namespace) -> None:
+    """A position dataset names an existing database (checked before a model is built or a folder filled)."""
+    if args.dataset not in POSITION_DATASETS:
+        return
+    if not args.dataset_root or args.dataset_root == "~/data":  # upstream's default names no database
+        raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
+                         "--dataset-root qm7/data.db (make one with energyloss-data build).")
+    if not os.path.exists(args.dataset_root):
+        raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data build.")
+
+
 @console_script(PROG, interrupted="interrupted; checkpoints written so far are kept in --log-dir.")
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (upstream's main).
+    """Entry point of ``energyloss-torchmd-train``: train, then test the best checkpoint (:func:`train`).
 
     User errors (options that do not fit, a missing database, elements outside ``--elements``, splits
     too small to validate on) print one line and exit with status 2.
     """
-    upstream = _upstream()
     args = get_args(argv)
-    if args.dataset in POSITION_DATASETS:  # before a model is built or a log folder filled
-        if not args.dataset_root or args.dataset_root == "~/data":  # upstream's default names no database
-            raise ValueError(f"--dataset {args.dataset} needs --dataset-root: the database to train on, e.g. "
-                             "--dataset-root qm7/data.db (make one with energyloss-data build).")
-        if not os.path.exists(args.dataset_root):
-            raise ValueError(f"--dataset-root {args.dataset_root} does not exist; make one with energyloss-data "
-                             "build.")
-    from torchmdnet_ext.module import TASKS
-
-    hooks = {"get_args": lambda: args}
-    if args.task in TASKS:
-        from torchmdnet_ext.data import PositionDataModule
-        from torchmdnet_ext.module import PositionLNNP
-
-        hooks.update(LNNP=PositionLNNP, DataModule=PositionDataModule)
-    if args.trust_checkpoint:  # upstream's loads default to weights_only=True; the opt-in lifts that for this run
-        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    _check_position_dataset(args)
     fresh = not any(name.endswith(".ckpt") for name in os.listdir(args.log_dir))
-    with _substituted(upstream, **hooks), warnings.catch_warnings():
+    with warnings.catch_warnings():
         if fresh:  # only this run's input.yaml and splits are there; Lightning would call that "not empty"
             for what in ("Checkpoint directory", "Experiment logs directory"):  # ModelCheckpoint, CSVLogger
                 warnings.filterwarnings("ignore", message=rf"{what} .* exists and is not empty")
-        upstream.main()
+        train(args)
     return 0
 
 
