@@ -38,10 +38,11 @@ How this builds on TorchMD-Net 3.1's ``torchmdnet.scripts.train`` (instead of co
   ``check_logs``, CSV/W&B/TensorBoard loggers, ``Trainer.fit`` resuming ``--load-model``, then a test
   of the best checkpoint), with :class:`~torchmdnet_ext.module.PositionLNNP` and
   :class:`~torchmdnet_ext.data.PositionDataModule` (the builder's ``split.npz``) for the position
-  tasks and upstream's ``LNNP``/``DataModule`` unchanged for task ``energy``. No module of TorchMD-Net
-  is modified. :func:`get_args` does what upstream's ``get_args`` does after parsing (``--redirect``,
-  ``inference_batch_size``, ``input.yaml``). Every checkpoint it reads is read with
-  ``weights_only=True`` unless ``--trust-checkpoint``.
+  tasks and upstream's ``LNNP``/``DataModule`` unchanged for task ``energy``. Nothing in TorchMD-Net's
+  modules is set or swapped (beyond the names ``import torchmdnet_ext`` registers).
+  :func:`get_args` does what upstream's ``get_args`` does after parsing (``--redirect``,
+  ``inference_batch_size``, ``input.yaml``). Every checkpoint read is read with ``weights_only=True``
+  unless ``--trust-checkpoint``.
 """
 
 from __future__ import annotations
