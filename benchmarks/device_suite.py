@@ -91,9 +91,9 @@ def _env(threads: int | None = None) -> dict:
 
 def _write_json(path: str, data) -> None:
     """Atomically (a reader never sees half a file; the worker may be killed at the deadline)."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from energyloss_plugins.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _read_json(path: str, default):

@@ -145,6 +145,13 @@ def complete_pairs(batch: Tensor, n_structures: int) -> Tensor:
     return PairSet(batch, n_structures).materialize()
 
 
+def complete_directed_pairs(batch: Tensor, n_structures: int) -> Tensor:
+    """``(2, 2E)`` all ordered pairs ``(i, j)``, ``i ≠ j``, inside each structure: :func:`complete_pairs`
+    followed by the same pairs reversed (the neighbour-list convention of SchNetPack and PyG)."""
+    pairs = complete_pairs(batch, n_structures)
+    return torch.cat([pairs, pairs.flip(0)], dim=1)
+
+
 def build_pairs(
     graph: str,
     target: Tensor,

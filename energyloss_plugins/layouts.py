@@ -177,6 +177,12 @@ def _check_shape(x: Tensor, ndim: int) -> None:
                          f"got {_checks.describe(x)}.")
 
 
+def segment_sum(x: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+    """``(B, *x.shape[1:])`` sum of ``x`` ``(M, ...)`` over the rows each structure owns (``batch`` ``(M,)`` in
+    ``[0, B)``; no host synchronisation)."""
+    return x.new_zeros((n_structures, *x.shape[1:])).index_add_(0, batch, x)
+
+
 def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0) -> Tensor:
     """``(B, *x.shape[1:])`` mean of ``x`` over the atoms (or pairs, angles, ...) of each structure.
 
@@ -184,7 +190,7 @@ def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0
         x: ``(M, ...)`` values; ``batch``: ``(M,)`` owning structure in ``[0, B)``.
         empty: the value of a structure that owns nothing (0 for centring, NaN for metrics).
     """
-    total = x.new_zeros((n_structures, *x.shape[1:])).index_add_(0, batch, x)
+    total = segment_sum(x, batch, n_structures)
     counts = structure_counts(batch, n_structures).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
     mean = total / counts.clamp_min(1)
     return mean if empty == 0.0 else torch.where(counts > 0, mean, torch.full_like(mean, empty))

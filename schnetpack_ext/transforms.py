@@ -7,6 +7,7 @@ import torch
 from schnetpack.transform.base import Transform
 
 from energyloss_plugins.augment import seeded_rotation
+from energyloss_plugins.graphs import complete_directed_pairs
 
 
 class RotateTarget(Transform):
@@ -127,10 +128,8 @@ class CompleteNeighborList(Transform):
     is_postprocessor: bool = False
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = inputs[properties.Z].shape[0]
-        same = ~torch.eye(n, dtype=torch.bool)
-        idx_i, idx_j = same.nonzero(as_tuple=True)
-        inputs[properties.idx_i], inputs[properties.idx_j] = idx_i, idx_j
-        inputs[properties.offsets] = torch.zeros(idx_i.shape[0], 3, dtype=inputs[properties.R].dtype)
+        pairs = complete_directed_pairs(torch.zeros(inputs[properties.Z].shape[0], dtype=torch.long), 1)
+        inputs[properties.idx_i], inputs[properties.idx_j] = pairs[0], pairs[1]
+        inputs[properties.offsets] = torch.zeros(pairs.shape[1], 3, dtype=inputs[properties.R].dtype)
         inputs[COMPLETE_PAIRS] = torch.ones(1, dtype=torch.bool)
         return inputs

@@ -22,7 +22,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.coefficients import CoefficientFn, PairContext, resolve_coefficients, scheme_function
 from energyloss_plugins.graphs import PairSet, build_pairs
-from energyloss_plugins.layouts import FlatBatch, to_flat
+from energyloss_plugins.layouts import FlatBatch, segment_sum, to_flat
 from energyloss_plugins.losses._common import LOW_PRECISION, REDUCTIONS, no_autocast, reduce_structures
 from energyloss_plugins.periodic import MinimumImage
 
@@ -540,7 +540,7 @@ def _pair_energy(pred: Tensor, pairs: PairSet, chunk_size: int, *, target: Tenso
                 vec *= kdiff.div_(dist.clamp_min_(_MIN_DISTANCE))
                 grad_t.index_add_(1, j, vec)
                 grad_t.index_add_(1, i, vec.neg_())  # not alpha=-1: a much slower path for 2-D
-        energy = e_atom.new_zeros(pairs.n_structures).index_add_(0, batch, e_atom)
+        energy = segment_sum(e_atom, batch, pairs.n_structures)
     if grad_t is None:
         return energy
     return _AttachGradient.apply(pred, energy, grad_t.t(), batch)
