@@ -600,16 +600,10 @@ def _snapshot(paths) -> dict[str, bytes | None]:
 
 
 def _cli(argv: list[str], protect: list[str]) -> tuple[int, str, bool]:
+    """`energyloss-data ARGV` through :func:`_run_main`."""
     from energyloss_plugins.data.cli import main
 
-    before = _snapshot(protect)
-    err_buf = io.StringIO()
-    with contextlib.redirect_stderr(err_buf), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, err_buf.getvalue(), _snapshot(protect) == before
+    return _run_main(main, argv, protect)
 
 
 #: Options of a small, quick `energyloss-data build` (two molecules of at most four heavy atoms).
@@ -879,13 +873,8 @@ def _adapter_cases(tmp: str) -> None:
 def _run_main(main, argv: list[str], protect: list[str]) -> tuple[int, str, bool]:
     """Run a console script's ``main``; ``(exit code, stderr, files in protect unchanged)``."""
     before = _snapshot(protect)
-    err_buf = io.StringIO()
-    with contextlib.redirect_stderr(err_buf), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, err_buf.getvalue(), _snapshot(protect) == before
+    code, _, err_ = _run_main_stdout(main, argv)
+    return code, err_, _snapshot(protect) == before
 
 
 def _numpy_scalar_cases() -> None:
@@ -1437,6 +1426,7 @@ def _gm(mols):
 
 
 def _run_main_stdout(main, argv):
+    """Run a console script's ``main``; ``(exit code, stdout, stderr)`` (argparse's exits give their code)."""
     out = io.StringIO()
     err_buf = io.StringIO()
     with contextlib.redirect_stderr(err_buf), contextlib.redirect_stdout(out):
