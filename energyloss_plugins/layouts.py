@@ -54,6 +54,12 @@ def batch_from_counts(counts: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
 
 
+def first_atoms(counts: Tensor) -> Tensor:
+    """``(B,)`` flat index of each structure's first atom in a sorted batch with ``counts`` ``(B,)`` atoms each
+    (no host synchronisation)."""
+    return torch.cumsum(counts, 0) - counts
+
+
 def structure_index(batch: Tensor, n_structures: int | None = None, *,
                     validate_args: bool = True) -> tuple[Tensor, int]:
     """A flat structure index as ``(batch (N,) long in [0, B), B)``.

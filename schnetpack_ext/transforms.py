@@ -8,6 +8,7 @@ from schnetpack.transform.base import Transform
 
 from energyloss_plugins.augment import seeded_rotation
 from energyloss_plugins.graphs import complete_directed_pairs
+from energyloss_plugins.layouts import first_atoms
 
 
 class RotateTarget(Transform):
@@ -108,9 +109,8 @@ def batch_springs(batch: dict[str, torch.Tensor]):
     if SPRING_COUNT not in batch:
         return None
     n_atoms, counts = batch[properties.n_atoms], batch[SPRING_COUNT]
-    first_atom = torch.cumsum(n_atoms, 0) - n_atoms
     # output_size from a shape: repeat_interleave would otherwise read the total back to the host.
-    offset = torch.repeat_interleave(first_atom, counts, output_size=batch[SPRING_I].shape[0])
+    offset = torch.repeat_interleave(first_atoms(n_atoms), counts, output_size=batch[SPRING_I].shape[0])
     pairs = torch.stack([batch[SPRING_I] + offset, batch[SPRING_J] + offset])
     return PairSprings(pairs, batch[SPRING_K], batch[SPRING_DISTANCE], batch[properties.idx_m], n_atoms.shape[0])
 
