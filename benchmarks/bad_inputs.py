@@ -600,46 +600,46 @@ def _snapshot(paths) -> dict[str, bytes | None]:
 
 
 def _cli(argv: list[str], protect: list[str]) -> tuple[int, str, bool]:
+    """`energyloss-data ARGV` through :func:`_run_main`."""
     from energyloss_plugins.data.cli import main
 
-    before = _snapshot(protect)
-    err_buf = io.StringIO()
-    with contextlib.redirect_stderr(err_buf), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, err_buf.getvalue(), _snapshot(protect) == before
+    return _run_main(main, argv, protect)
 
 
-def _data_cases(tmp: str) -> None:
+#: Options of a small, quick `energyloss-data build` (two molecules of at most four heavy atoms).
+SMALL_BUILD = ["--max-molecules", "2", "--max-heavy-atoms", "4", "--no-progress"]
+
+
+def _foreign_file(tmp: str, kind: str) -> str:
+    """A ``data.db`` in a fresh folder that the builder did not write: ``text``, ``ase`` (a user's ASE
+    database), ``sqlite`` (another program's) or ``empty``."""
     from ase import Atoms
     from ase.db import connect
 
+    p = os.path.join(tempfile.mkdtemp(dir=tmp), "data.db")
+    if kind == "text":
+        _write_text(p)
+    elif kind == "ase":
+        with connect(p) as db:
+            db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]), note="mine")
+    elif kind == "sqlite":
+        con = sqlite3.connect(p)
+        con.execute("CREATE TABLE t (x)")
+        con.execute("INSERT INTO t VALUES (1)")
+        con.commit()
+        con.close()
+    elif kind == "empty":
+        open(p, "w").close()
+    return p
+
+
+def _data_output_cases(tmp: str) -> None:
+    """`energyloss-data build`: output locations that would lose a user's file or cannot be written."""
     s = "data"
-    small = ["--max-molecules", "2", "--max-heavy-atoms", "4", "--no-progress"]
-
-    def foreign(kind: str) -> str:
-        d = tempfile.mkdtemp(dir=tmp)
-        p = os.path.join(d, "data.db")
-        if kind == "text":
-            _write_text(p)
-        elif kind == "ase":
-            with connect(p) as db:
-                db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]), note="mine")
-        elif kind == "sqlite":
-            con = sqlite3.connect(p)
-            con.execute("CREATE TABLE t (x)")
-            con.execute("INSERT INTO t VALUES (1)")
-            con.commit()
-            con.close()
-        elif kind == "empty":
-            open(p, "w").close()
-        return p
-
+    small = SMALL_BUILD
     for kind in ("text", "ase", "sqlite", "empty"):
         add(s, f"-o an existing {kind} file",
-            lambda kind=kind: (lambda p: _cli(["build", "nci", "-o", p, *small], [p]))(foreign(kind)),
+            lambda kind=kind: (lambda p: _cli(["build", "nci", "-o", p, *small], [p]))(_foreign_file(tmp, kind)),
             Kept(("--overwrite",)))
 
     def into_directory():
@@ -682,6 +682,14 @@ def _data_cases(tmp: str) -> None:
         return code, err_, kept and os.path.exists(out)
 
     add(s, "user's <out>.tmp beside the output", user_tmp_file_kept, Kept(must_fail=False))
+
+
+def _data_cases(tmp: str) -> None:
+    """`energyloss-data` and the data API: splits, rebuilds, option values, sources and readers."""
+    from ase.db import connect
+
+    s = "data"
+    small = SMALL_BUILD
 
     def two_datasets_one_folder():
         from energyloss_plugins.data import find_split_file, read_split, split_molecules
@@ -732,7 +740,7 @@ def _data_cases(tmp: str) -> None:
     add(s, "info on a missing path", lambda: _cli(["info", os.path.join(tmp, "nope.db")], []), Kept(("nope.db",)))
 
     def info_foreign_sqlite():
-        p = foreign("sqlite")
+        p = _foreign_file(tmp, "sqlite")
         return _cli(["info", p], [p])
 
     add(s, "info on a foreign SQLite file", info_foreign_sqlite, Kept(("ASE database",)))
@@ -740,7 +748,7 @@ def _data_cases(tmp: str) -> None:
     def read_foreign():
         from energyloss_plugins.data import read_dataset
 
-        p = foreign("sqlite")
+        p = _foreign_file(tmp, "sqlite")
         before = _snapshot([p])
         try:
             read_dataset(p)
@@ -865,13 +873,8 @@ def _adapter_cases(tmp: str) -> None:
 def _run_main(main, argv: list[str], protect: list[str]) -> tuple[int, str, bool]:
     """Run a console script's ``main``; ``(exit code, stderr, files in protect unchanged)``."""
     before = _snapshot(protect)
-    err_buf = io.StringIO()
-    with contextlib.redirect_stderr(err_buf), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, err_buf.getvalue(), _snapshot(protect) == before
+    code, _, err_ = _run_main_stdout(main, argv)
+    return code, err_, _snapshot(protect) == before
 
 
 def _numpy_scalar_cases() -> None:
@@ -1188,7 +1191,6 @@ def _spring_hessian_brute(pos, pairs, k):
 
 def _python_output_cases(tmp: str) -> None:
     """predict_structures / sample_structures: output files checked first, never replaced without overwrite."""
-    from ase import Atoms
     from ase.build import molecule
     from ase.io import read
 
@@ -1265,7 +1267,20 @@ def _python_output_cases(tmp: str) -> None:
 
     add(s, "a failed write leaves the old file and no temporary", atomic_on_failure, Result(bool))
 
+
+def _diverged_cases(tmp: str) -> None:
+    """sample_structures / predict_structures when the model returns NaN (or there is nothing to sample)."""
+    from ase import Atoms
+    from ase.build import molecule
+    from ase.io import read
+
+    from energyloss_plugins.ase import predict_structures, sample_structures
+
     s = "diverged"
+    water = molecule("H2O")
+
+    def den(x, t, batch, numbers):
+        return torch.zeros_like(x)
 
     def nan_den(x, t, batch, numbers):
         out = torch.zeros_like(x)
@@ -1411,6 +1426,7 @@ def _gm(mols):
 
 
 def _run_main_stdout(main, argv):
+    """Run a console script's ``main``; ``(exit code, stdout, stderr)`` (argparse's exits give their code)."""
     out = io.StringIO()
     err_buf = io.StringIO()
     with contextlib.redirect_stderr(err_buf), contextlib.redirect_stdout(out):
@@ -1622,8 +1638,8 @@ def main(argv: list[str] | None = None) -> int:
         for make in (_core_cases, _module_cases, _graph_cases, _periodic_cases, _diffusion_cases, _spin_cases,
                      _ase_cases, _numpy_scalar_cases, _integer_cases, _crash_cases, _silent_cases, _hessian_cases):
             make()
-        for make_in in (_data_cases, _adapter_cases, _python_output_cases, _evaluate_cases, _sample_cli_cases,
-                        _data_cli_cases, _torchmd_cli_cases):
+        for make_in in (_data_output_cases, _data_cases, _adapter_cases, _python_output_cases, _diverged_cases,
+                        _evaluate_cases, _sample_cli_cases, _data_cli_cases, _torchmd_cli_cases):
             make_in(tmp)
         cases = [c for c in CASES if a.only is None or c.surface == a.only]
         for c in cases:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from energyloss_plugins.data import build_dataset, collate_records, read_dataset
+from energyloss_plugins.layouts import structure_counts
 from energyloss_plugins.metrics import (
     aligned_rmsd,
     angle_mae,
@@ -62,7 +63,7 @@ def input_gaps(path, sym_kinds=("etkdg",), energies=False, chunk=256):
             stats["rmsd"] += aligned_rmsd(x, y, batch).tolist()
             heavy = z != 1
             hb = batch[heavy]
-            n_heavy = torch.bincount(hb, minlength=len(part))
+            n_heavy = structure_counts(hb, len(part))
             rh = aligned_rmsd(x[heavy], y[heavy], hb, len(part))
             stats["rmsd_heavy"] += torch.where(n_heavy >= 2, rh, torch.nan).tolist()  # undefined below 2 heavy atoms
             stats["bond_mae"] += bond_length_mae(x, y, b["bonds"], batch).tolist()

@@ -91,9 +91,9 @@ def _env(threads: int | None = None) -> dict:
 
 def _write_json(path: str, data) -> None:
     """Atomically (a reader never sees half a file; the worker may be killed at the deadline)."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from energyloss_plugins.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _read_json(path: str, default):
@@ -405,17 +405,32 @@ def _cell(key: str, value) -> str:
 
 
 def markdown(results: dict) -> str:
+    """results.md: the device, then one part per section that ran, then the sections' errors."""
     dev = results.get("device", {})
     lines = [f"# Device suite: {dev.get('name', '?')}" + (" (smoke run: tiny sizes, CPU)" if dev.get("smoke") else ""),
              "", f"torch {dev.get('torch')}, CUDA {dev.get('cuda', '—')}; total wall {dev.get('wall_s', '—')} s "
              f"of a {dev.get('budget_s')} s budget.", ""]
-    t = results.get("tests", {})
-    lines += ["## tests/test_cuda.py", "", f"passed {t.get('passed')}, failed {t.get('failed')}, skipped "
+    lines += _tests_markdown(results.get("tests", {}))
+    lines += _loss_cost_markdown(results.get("loss_cost", {}))
+    lines += _step_overhead_markdown(results.get("step_overhead", {}))
+    lines += _generation_markdown(results.get("generation", {}))
+    for section in SECTIONS:
+        if "error" in results.get(section, {}) and section != "tests":
+            lines += [f"{section}: error: {results[section]['error']}", ""]
+    return "\n".join(lines)
+
+
+def _tests_markdown(t: dict) -> list[str]:
+    lines = ["## tests/test_cuda.py", "", f"passed {t.get('passed')}, failed {t.get('failed')}, skipped "
               f"{t.get('skipped')} ({t.get('wall_s')} s)" + (f"; failed: {', '.join(t['failed_tests'])}"
                                                              if t.get("failed_tests") else ""), ""]
     if "error" in t:
         lines += [f"error: {t['error']}", ""]
-    lc = results.get("loss_cost", {})
+    return lines
+
+
+def _loss_cost_markdown(lc: dict) -> list[str]:
+    lines: list[str] = []
     if lc.get("batches") or lc.get("single"):
         lines += ["## Loss cost (forward + backward)", "", lc.get("method", ""), "",
                   "| batch | loss | ms | × MSE | peak MiB |", "|---|---|---|---|---|"]
@@ -430,7 +445,11 @@ def markdown(results: dict) -> str:
                 peak = "—" if v["peak_mib"] is None else f"{v['peak_mib']:.1f}"
                 lines.append(f"| {int(n):,} | {name} | {v['ms']:.3f} | {peak} |")
         lines.append("")
-    so = results.get("step_overhead", {})
+    return lines
+
+
+def _step_overhead_markdown(so: dict) -> list[str]:
+    lines: list[str] = []
     if so.get("batches"):
         lines += ["## Training-step overhead (PaiNN, energy vs MSE, interleaved)", "",
                   f"{so['clock']}; {so['target']}.", "",
@@ -446,7 +465,11 @@ def markdown(results: dict) -> str:
             lines.append(f"[{'MET' if res['met'] else 'NOT MET'}] {n} molecules, energy-cached: step "
                          f"{100 * (r['over_mse'] - 1):+.2f} %, loss's own extra cost {r['loss_extra_pct']:+.2f} %")
         lines.append("")
-    gen = results.get("generation", {})
+    return lines
+
+
+def _generation_markdown(gen: dict) -> list[str]:
+    lines: list[str] = []
     if "energy" in gen:
         keys = [k for k in gen["energy"] if isinstance(gen["energy"][k], (int, float)) and k not in (
             "steps", "lr", "returncode", "train_wall_s", "sampling_wall_s")]
@@ -471,16 +494,14 @@ def markdown(results: dict) -> str:
                                                              ("atom_stability", "mol_stability", "validity")))
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
         lines.append("")
-    for section in SECTIONS:
-        if "error" in results.get(section, {}) and section != "tests":
-            lines += [f"{section}: error: {results[section]['error']}", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write(out: str, results: dict) -> None:
     _write_json(os.path.join(out, "results.json"), results)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown(results))
+    from energyloss_plugins.io import atomic_write_text
+
+    atomic_write_text(os.path.join(out, "results.md"), markdown(results))
 
 
 # --- main ---------------------------------------------------------------------------------------------
@@ -519,35 +540,49 @@ SMOKE = {"gen_steps": 8, "width": 16, "interactions": 1, "batch_size": 16, "samp
          "sample_steps": 4, "sample_batch": 6, "loader_workers": 0, "val_every_epochs": 1, "threads": 1}
 
 
+def _usage_error(args: argparse.Namespace, sections: list[str], device: str) -> str | None:
+    """What is wrong with the command line (one line), or None."""
+    if not args.out:
+        return "--out DIR is required (results.json and results.md go there)"
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        return f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}"
+    if device == "cpu" and not args.smoke:
+        return "no CUDA device; run with --smoke for the CPU check of the same code paths"
+    if "generation" in sections and not args.smoke and not os.path.exists(args.qm7):
+        return f"no QM7 file at {args.qm7}; pass --qm7 (benchmarks/device_wheels.sh copies it into wheels/)"
+    return None
+
+
+def _run_section(section: str, args: argparse.Namespace, device: str, out: str, gen_dir: str, db_build: dict,
+                 deadline: float) -> dict:
+    if section == "tests":
+        return run_tests(out, deadline - time.monotonic())
+    if section == "loss_cost":
+        return loss_cost(device, args.smoke, deadline)
+    if section == "step_overhead":
+        return step_overhead(device, args.smoke, deadline)
+    return generation(args, device, gen_dir, db_build, deadline)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.sample_worker:
         sample_worker(args.sample_worker)
         return 0
-    if not args.out:
-        print("device_suite: --out DIR is required (results.json and results.md go there)", file=sys.stderr)
-        return 2
     for key, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.budget_s = args.budget_s or (600.0 if args.smoke else 540.0)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        print(f"device_suite: unknown sections {unknown}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
-        return 2
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    problem = _usage_error(args, sections, device)
+    if problem:
+        print(f"device_suite: {problem}", file=sys.stderr)
+        return 2
     if args.smoke:  # CPU times of one thread: spinning OpenMP threads on a shared machine would count too
         torch.set_num_threads(1)
-    if device == "cpu" and not args.smoke:
-        print("device_suite: no CUDA device; run with --smoke for the CPU check of the same code paths",
-              file=sys.stderr)
-        return 2
     source = None
-    if "generation" in sections and not args.smoke and not os.path.exists(args.qm7):
-        print(f"device_suite: no QM7 file at {args.qm7}; pass --qm7 (benchmarks/device_wheels.sh copies it into "
-              "wheels/)", file=sys.stderr)
-        return 2
     out = os.path.abspath(args.out)
     gen_dir = os.path.join(out, "generation")
     os.makedirs(gen_dir, exist_ok=True)
@@ -582,14 +617,7 @@ def main(argv=None) -> int:
         print(f"[device_suite] {section} (until +{clock.elapsed() + deadline - time.monotonic():.0f} s)", flush=True)
         start = time.monotonic()
         try:
-            if section == "tests":
-                results[section] = run_tests(out, deadline - time.monotonic())
-            elif section == "loss_cost":
-                results[section] = loss_cost(device, args.smoke, deadline)
-            elif section == "step_overhead":
-                results[section] = step_overhead(device, args.smoke, deadline)
-            else:
-                results[section] = generation(args, device, gen_dir, db_build, deadline)
+            results[section] = _run_section(section, args, device, out, gen_dir, db_build, deadline)
         except Exception as exc:  # one failed section must not cost the others' figures
             results[section] = {"error": f"{type(exc).__name__}: {exc}"}
         results[section].setdefault("section_wall_s", round(time.monotonic() - start, 1))

@@ -50,6 +50,7 @@ from energyloss_plugins import (  # noqa: E402
     resolve_springs,
 )
 from energyloss_plugins.graphs import rigid_sparse_graph  # noqa: E402
+from energyloss_plugins.layouts import batch_from_counts  # noqa: E402
 
 GiB = 2**30
 DENSITY = 0.1  # atoms per Å^3, about that of organic molecules and liquids
@@ -89,7 +90,7 @@ def make_batch(sizes: list[int], seed: int, device: str = "cpu") -> dict:
     target = torch.cat(targets)
     pred = target + 0.2 * torch.randn(target.shape, generator=g)
     counts = torch.tensor(sizes)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    batch = batch_from_counts(counts)
     data = {"pred": pred.to(device), "target": target.to(device), "batch": batch.to(device), "sizes": sizes}
     return data
 

@@ -79,6 +79,7 @@ def main(argv=None):
 
     from ase import Atoms
 
+    from energyloss_plugins.layouts import flat_molecules
     from energyloss_plugins.metrics import molecule_stability, stable_atoms
     from schnetpack_ext import DiffusionTask
     from schnetpack_ext.checkpoint import apply_ema_weights
@@ -95,9 +96,7 @@ def main(argv=None):
     elapsed = time.time() - start
     valid = [isinstance(a, Atoms) and len(a) == len(c) and np.isfinite(a.positions).all()
              and (a.numbers == c.numbers).all() for a, c in zip(samples, chosen, strict=True)]
-    numbers = torch.as_tensor(np.concatenate([a.numbers for a in samples]))
-    positions = torch.as_tensor(np.concatenate([a.positions for a in samples]))
-    batch = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(a) for a in samples]))
+    numbers, positions, batch = flat_molecules(samples)
     ref_positions = torch.as_tensor(np.concatenate(chosen_targets))
     report = {
         "checkpoint": ckpt, "loss": args.loss, "max_steps": None if args.budget else args.max_steps,

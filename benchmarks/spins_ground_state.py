@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "spins"))
+from energyloss_plugins.io import atomic_write_text  # noqa: E402
 from energyloss_plugins.spins import (  # noqa: E402
     ising_excess_energy,
     make_spin_glass_dataset,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             return json.loads(path.read_text())
         r = train_spin_model(loss, train, held_out, seed, TrainConfig(loss_kwargs=kw, **base), keep_model=True)
         model = r.pop("model")
-        path.write_text(json.dumps(r))
+        atomic_write_text(path, json.dumps(r))  # reloaded on a rerun: never half a file
         r["model"] = model
         print(
             f"[{stage}] {loss} {kw} seed {seed}: excess {r['final']['excess_mean']:7.2f} "
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             reuse = models.get((family, json.dumps(kw, sort_keys=True), seed)) if family else None
             if reuse is not None and not path.exists():  # the sweep's model of the chosen setting
                 final = evaluate(reuse, test, gauge=base["gauge"], descent=True)
-                path.write_text(json.dumps({"final": final, "reused_from_sweep": True}))
+                atomic_write_text(path, json.dumps({"final": final, "reused_from_sweep": True}))
                 finals.append(final)
             else:
                 finals.append(run(loss, kw, seed, test, "test")["final"])

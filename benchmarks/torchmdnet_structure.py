@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from energyloss_plugins.data.paths import find_split_file
+from energyloss_plugins.io import atomic_write_text
 
 QM7 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "qm7", "qm7_pbe0.extxyz.gz")
 LOSSES = ("mse_loss", "kabsch_loss", "energy_loss")
@@ -160,9 +161,9 @@ def main():
                 print(f"== {model} {frame} {loss}", flush=True)
                 r = train_and_predict(db, model, frame, loss, a.num_steps, a.out, a.seed)
                 results.append({"model": model, "setting": frame, "loss": loss, **r})
-                json.dump(results, open(path, "w"), indent=1)
+                atomic_write_text(path, json.dumps(results, indent=1))  # resumable: never half a file
                 print(table(results), flush=True)
-    json.dump(results, open(path, "w"), indent=1)
+    atomic_write_text(path, json.dumps(results, indent=1))
     print(table(results))
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.layouts import segment_mean, structure_index
+from energyloss_plugins.layouts import segment_mean, segment_sum, structure_index
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def kabsch_rotation(mobile: Tensor, reference: Tensor, batch: Tensor, n_structur
     # is ill-conditioned in float32.
     outer = (m.double().unsqueeze(2) * r.double().unsqueeze(1)).reshape(m.shape[0], m.shape[1] * m.shape[1])
     d = mobile.shape[1]
-    cov = outer.new_zeros(n_structures, d * d).index_add_(0, batch, outer).view(n_structures, d, d)
+    cov = segment_sum(outer, batch, n_structures).view(n_structures, d, d)
     u, _, vh = torch.linalg.svd(cov)
     # Flip the last singular direction where needed so that det(R) = +1 (no reflection).
     sign = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))

@@ -36,7 +36,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.config import LossConfig
 from energyloss_plugins.diffusion import PerStructureLoss, com_free_noise, network_target, remove_com, reverse_step
-from energyloss_plugins.layouts import structure_counts, structure_index
+from energyloss_plugins.layouts import batch_from_counts, segment_mean, structure_counts, structure_index
 from energyloss_plugins.losses import PairSprings
 from energyloss_plugins.tasks import DiffusionObjective
 
@@ -275,9 +275,7 @@ class GenerationObjective:
                                         n_structures=n_structures, validate_args=validate_args,
                                         per_structure=per_structure)
         squared = ((out_h - self.type_target(noised)) ** 2).sum(-1)
-        per_structure = squared.new_zeros(n_structures).index_add_(0, batch, squared)
-        counts = structure_counts(batch, n_structures).clamp_min(1).to(squared.dtype)
-        types = (per_structure / counts).mean() if n_structures else out_h.sum() * 0.0
+        types = segment_mean(squared, batch, n_structures).mean() if n_structures else out_h.sum() * 0.0
         return {"positions": self.position_weight * scale * positions, "types": scale * types}
 
     def loss(self, out_x: Tensor, out_h: Tensor, noised: Mapping[str, Tensor], batch: Tensor, *,
@@ -316,7 +314,7 @@ class GenerationObjective:
         n_atoms = _checks.check_integers("n_atoms", n_atoms, low=1, high=_checks.MAX_ATOMS_PER_MOLECULE)
         n_atoms = n_atoms.to(device)
         n_structures = n_atoms.shape[0]
-        batch = torch.repeat_interleave(torch.arange(n_structures, device=device), n_atoms)
+        batch = batch_from_counts(n_atoms)
         if initial is None:
             x = com_free_noise(torch.empty(batch.shape[0], 3, dtype=dtype, device=device), batch, generator)
             h = torch.randn(batch.shape[0], self.n_features, dtype=dtype, device=device, generator=generator)
@@ -355,7 +353,7 @@ def to_atoms(numbers: Tensor, positions: Tensor, batch: Tensor) -> list[ase.Atom
     _checks.check_batch(batch, positions.shape[0])
     batch, n_structures = structure_index(batch)
     order = torch.argsort(batch, stable=True)
-    counts = torch.bincount(batch, minlength=n_structures).tolist()
+    counts = structure_counts(batch, n_structures).tolist()
     return [Atoms(numbers=z.numpy(), positions=x.numpy())
             for z, x in zip(torch.split(numbers[order], counts), torch.split(positions[order], counts), strict=True)]
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.layouts import structure_counts
+from energyloss_plugins.layouts import first_atoms, structure_counts
 
 GRAPH_NAMES = ("complete", "radius", "bonds", "rigid_sparse")
 
@@ -92,7 +92,7 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
         order = torch.argsort(batch, stable=True)
         batch = batch[order]
     counts = structure_counts(batch, n_structures)
-    starts = torch.cumsum(counts, 0) - counts
+    starts = first_atoms(counts)
     n_pairs = counts * (counts - 1) // 2
     small = (counts >= 2) & (counts <= _TEMPLATE_MAX_ATOMS) & (n_pairs <= max_pairs)
     large = (counts >= 2) & ~small
@@ -143,6 +143,13 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
 def complete_pairs(batch: Tensor, n_structures: int) -> Tensor:
     """``(2, E)`` all unordered pairs ``i < j`` inside each structure (the complete graph, materialised)."""
     return PairSet(batch, n_structures).materialize()
+
+
+def complete_directed_pairs(batch: Tensor, n_structures: int) -> Tensor:
+    """``(2, 2E)`` all ordered pairs ``(i, j)``, ``i ≠ j``, inside each structure: :func:`complete_pairs`
+    followed by the same pairs reversed (the neighbour-list convention of SchNetPack and PyG)."""
+    pairs = complete_pairs(batch, n_structures)
+    return torch.cat([pairs, pairs.flip(0)], dim=1)
 
 
 def build_pairs(
@@ -455,7 +462,7 @@ def rigid_sparse_pairs(batch: Tensor, n_structures: int, d: int, seed: int = 0, 
     counts = structure_counts(batch, n_structures)
     # Atom positions in batch-sorted order; None when the batch is already sorted (the usual case).
     order = torch.argsort(batch, stable=True) if bool((batch[1:] < batch[:-1]).any()) else None
-    starts = torch.cumsum(counts, 0) - counts
+    starts = first_atoms(counts)
     out = []
     for n in torch.unique(counts).tolist():
         if n < 2:

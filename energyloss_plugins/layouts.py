@@ -54,6 +54,12 @@ def batch_from_counts(counts: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
 
 
+def first_atoms(counts: Tensor) -> Tensor:
+    """``(B,)`` flat index of each structure's first atom in a sorted batch with ``counts`` ``(B,)`` atoms each
+    (no host synchronisation)."""
+    return torch.cumsum(counts, 0) - counts
+
+
 def structure_index(batch: Tensor, n_structures: int | None = None, *,
                     validate_args: bool = True) -> tuple[Tensor, int]:
     """A flat structure index as ``(batch (N,) long in [0, B), B)``.
@@ -177,6 +183,12 @@ def _check_shape(x: Tensor, ndim: int) -> None:
                          f"got {_checks.describe(x)}.")
 
 
+def segment_sum(x: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+    """``(B, *x.shape[1:])`` sum of ``x`` ``(M, ...)`` over the rows each structure owns (``batch`` ``(M,)`` in
+    ``[0, B)``; no host synchronisation)."""
+    return x.new_zeros((n_structures, *x.shape[1:])).index_add_(0, batch, x)
+
+
 def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0) -> Tensor:
     """``(B, *x.shape[1:])`` mean of ``x`` over the atoms (or pairs, angles, ...) of each structure.
 
@@ -184,7 +196,7 @@ def segment_mean(x: Tensor, batch: Tensor, n_structures: int, empty: float = 0.0
         x: ``(M, ...)`` values; ``batch``: ``(M,)`` owning structure in ``[0, B)``.
         empty: the value of a structure that owns nothing (0 for centring, NaN for metrics).
     """
-    total = x.new_zeros((n_structures, *x.shape[1:])).index_add_(0, batch, x)
+    total = segment_sum(x, batch, n_structures)
     counts = structure_counts(batch, n_structures).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
     mean = total / counts.clamp_min(1)
     return mean if empty == 0.0 else torch.where(counts > 0, mean, torch.full_like(mean, empty))

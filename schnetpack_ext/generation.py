@@ -35,7 +35,7 @@ from schnetpack_ext.checkpoint import apply_ema_weights
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.losses import EnergyLoss, LossContext, StructureLossFn, per_structure_loss, plain_config
 from schnetpack_ext.outputs import SPRINGS
-from schnetpack_ext.tasks import ContextTask, full_neighbor_list, noisy_neighbor_list
+from schnetpack_ext.tasks import ContextTask, noisy_molecule_inputs, noisy_neighbor_list
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +245,8 @@ class GenerationTask(ContextTask):
         dtype = next(self.parameters()).dtype
 
         def denoise(x, h, t, batch):
-            n_structures = t.shape[0]
-            counts = torch.bincount(batch, minlength=n_structures)
-            device = x.device
-            inputs = {properties.Z: torch.full_like(batch, DUMMY_NUMBER), properties.R: x.to(dtype),
-                      properties.idx_m: batch, properties.n_atoms: counts, GENERATION_TYPES: h.to(dtype),
-                      DIFFUSION_TIME: t.to(dtype),
-                      properties.cell: torch.zeros(n_structures, 3, 3, dtype=dtype, device=device),
-                      properties.pbc: torch.zeros(n_structures, 3, dtype=torch.bool, device=device)}
-            inputs.update(full_neighbor_list(batch, self.cutoff, x.to(dtype)))
+            inputs = noisy_molecule_inputs(torch.full_like(batch, DUMMY_NUMBER), x, t, batch, self.cutoff, dtype)
+            inputs[GENERATION_TYPES] = h.to(dtype)
             results = self.model(inputs)
             return results[output.name].to(x.dtype), results[output.type_name].to(h.dtype)
 

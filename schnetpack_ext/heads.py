@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyloss_plugins.diffusion import time_features
+from energyloss_plugins.layouts import segment_mean
 
 #: Key under which the diffusion task passes the per-structure time t ∈ [0, 1] ``(B,)``.
 DIFFUSION_TIME = "diffusion_t"
@@ -76,10 +77,7 @@ class PositionHead(nn.Module):
         delta = self.scale * v.squeeze(-1)
         if self.remove_mean:
             idx_m = inputs[properties.idx_m]
-            n_structures = int(inputs[properties.n_atoms].shape[0])
-            total = delta.new_zeros(n_structures, 3).index_add_(0, idx_m, delta)
-            count = delta.new_zeros(n_structures).index_add_(0, idx_m, torch.ones_like(delta[:, 0])).clamp_min(1)
-            delta = delta - (total / count.unsqueeze(1))[idx_m]
+            delta = delta - segment_mean(delta, idx_m, inputs[properties.n_atoms].shape[0])[idx_m]
         inputs[self.output_key] = inputs[properties.R] + delta if self.add_positions else delta
         return inputs
 

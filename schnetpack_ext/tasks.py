@@ -28,7 +28,8 @@ from torch import nn
 
 from energyloss_plugins.checkpoints import load_checkpoint
 from energyloss_plugins.diffusion import eval_generator
-from energyloss_plugins.layouts import flat_numbers
+from energyloss_plugins.graphs import complete_directed_pairs
+from energyloss_plugins.layouts import flat_numbers, structure_counts, structure_index
 from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.checkpoint import plain_hparams, save_plain_hparams
 from schnetpack_ext.heads import DIFFUSION_TIME
@@ -185,20 +186,38 @@ class StructureTask(ContextTask):
 
 
 def full_neighbor_list(idx_m: torch.Tensor, cutoff: float | None = None,
-                       positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       positions: torch.Tensor | None = None, *, n_structures: int | None = None
+                       ) -> dict[str, torch.Tensor]:
     """All ordered atom pairs (i ≠ j) inside each structure, optionally within ``cutoff`` Å of ``positions``.
 
-    Returns SchNetPack's ``_idx_i``, ``_idx_j`` and zero ``_offsets`` (non-periodic molecules).
-    O(N²) in the batch's atom count: meant for molecules (diffusion rebuilds it every step).
+    Returns SchNetPack's ``_idx_i``, ``_idx_j`` and zero ``_offsets`` (non-periodic molecules). The
+    pairs are the core's :func:`~energyloss_plugins.graphs.complete_directed_pairs` (read back to the
+    host: meant for molecules, which diffusion relists every step). ``n_structures``: B when ``idx_m``
+    lies in ``[0, B)``; None counts the distinct ids.
     """
-    same = idx_m.unsqueeze(0) == idx_m.unsqueeze(1)
-    same.fill_diagonal_(False)
+    batch, n_structures = structure_index(idx_m, n_structures, validate_args=False)
+    pairs = complete_directed_pairs(batch, n_structures)
     if cutoff is not None and positions is not None:
-        same &= torch.cdist(positions.detach(), positions.detach()) < cutoff
-    idx_i, idx_j = same.nonzero(as_tuple=True)
+        x = positions.detach()
+        pairs = pairs[:, (x[pairs[1]] - x[pairs[0]]).norm(dim=-1) < cutoff]
     dtype = positions.dtype if positions is not None else torch.float32
-    return {properties.idx_i: idx_i, properties.idx_j: idx_j,
-            properties.offsets: torch.zeros(idx_i.shape[0], 3, dtype=dtype, device=idx_m.device)}
+    return {properties.idx_i: pairs[0], properties.idx_j: pairs[1],
+            properties.offsets: torch.zeros(pairs.shape[1], 3, dtype=dtype, device=idx_m.device)}
+
+
+def noisy_molecule_inputs(numbers: torch.Tensor, x: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
+                          cutoff: float | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """SchNetPack's inputs of noisy molecules for a sampler's denoiser: atomic numbers ``(N,)``, positions
+    ``x`` ``(N, 3)`` Å, diffusion time ``t`` ``(B,)`` and structure index ``batch`` ``(N,)`` in ``[0, B)``;
+    no cell, neighbours within ``cutoff`` Å (None: all pairs of a molecule); floats in ``dtype``."""
+    n_structures, device = t.shape[0], x.device
+    x = x.to(dtype)
+    inputs = {properties.Z: numbers, properties.R: x, properties.idx_m: batch,
+              properties.n_atoms: structure_counts(batch, n_structures), DIFFUSION_TIME: t.to(dtype),
+              properties.cell: torch.zeros(n_structures, 3, 3, dtype=dtype, device=device),
+              properties.pbc: torch.zeros(n_structures, 3, dtype=torch.bool, device=device)}
+    inputs.update(full_neighbor_list(batch, cutoff, x, n_structures=n_structures))
+    return inputs
 
 
 def noisy_neighbor_list(batch: dict[str, torch.Tensor], cutoff: float | None,
@@ -208,7 +227,8 @@ def noisy_neighbor_list(batch: dict[str, torch.Tensor], cutoff: float | None,
     synchronisation), else :func:`full_neighbor_list` (which reads the pair count back to the host)."""
     if cutoff is None and COMPLETE_PAIRS in batch:
         return {key: batch[key] for key in (properties.idx_i, properties.idx_j, properties.offsets)}
-    return full_neighbor_list(batch[properties.idx_m], cutoff, positions)
+    return full_neighbor_list(batch[properties.idx_m], cutoff, positions,
+                              n_structures=batch[properties.n_atoms].shape[0])
 
 
 class DiffusionTask(ContextTask):
@@ -296,13 +316,8 @@ class DiffusionTask(ContextTask):
                 chunk = numbers_list[start : start + batch_size]
                 numbers, idx_m, counts = flat_numbers(chunk, device)
 
-                def denoiser(x, t, batch, numbers=numbers, counts=counts):
-                    inputs = {properties.Z: numbers, properties.R: x.to(dtype), properties.idx_m: batch,
-                              properties.n_atoms: counts, DIFFUSION_TIME: t.to(dtype),
-                              properties.cell: torch.zeros(len(counts), 3, 3, dtype=dtype, device=device),
-                              properties.pbc: torch.zeros(len(counts), 3, dtype=torch.bool, device=device)}
-                    inputs.update(full_neighbor_list(batch, self.cutoff, x.to(dtype)))
-                    return self.model(inputs)[name]
+                def denoiser(x, t, batch, numbers=numbers):
+                    return self.model(noisy_molecule_inputs(numbers, x, t, batch, self.cutoff, dtype))[name]
 
                 x = self.diffusion_output.objective.sample(denoiser, idx_m, steps=steps, method=method,
                                                            progress=progress, generator=generator)

@@ -7,6 +7,8 @@ import torch
 from schnetpack.transform.base import Transform
 
 from energyloss_plugins.augment import seeded_rotation
+from energyloss_plugins.graphs import complete_directed_pairs
+from energyloss_plugins.layouts import first_atoms
 
 
 class RotateTarget(Transform):
@@ -107,9 +109,8 @@ def batch_springs(batch: dict[str, torch.Tensor]):
     if SPRING_COUNT not in batch:
         return None
     n_atoms, counts = batch[properties.n_atoms], batch[SPRING_COUNT]
-    first_atom = torch.cumsum(n_atoms, 0) - n_atoms
     # output_size from a shape: repeat_interleave would otherwise read the total back to the host.
-    offset = torch.repeat_interleave(first_atom, counts, output_size=batch[SPRING_I].shape[0])
+    offset = torch.repeat_interleave(first_atoms(n_atoms), counts, output_size=batch[SPRING_I].shape[0])
     pairs = torch.stack([batch[SPRING_I] + offset, batch[SPRING_J] + offset])
     return PairSprings(pairs, batch[SPRING_K], batch[SPRING_DISTANCE], batch[properties.idx_m], n_atoms.shape[0])
 
@@ -127,10 +128,8 @@ class CompleteNeighborList(Transform):
     is_postprocessor: bool = False
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = inputs[properties.Z].shape[0]
-        same = ~torch.eye(n, dtype=torch.bool)
-        idx_i, idx_j = same.nonzero(as_tuple=True)
-        inputs[properties.idx_i], inputs[properties.idx_j] = idx_i, idx_j
-        inputs[properties.offsets] = torch.zeros(idx_i.shape[0], 3, dtype=inputs[properties.R].dtype)
+        pairs = complete_directed_pairs(torch.zeros(inputs[properties.Z].shape[0], dtype=torch.long), 1)
+        inputs[properties.idx_i], inputs[properties.idx_j] = pairs[0], pairs[1]
+        inputs[properties.offsets] = torch.zeros(pairs.shape[1], 3, dtype=inputs[properties.R].dtype)
         inputs[COMPLETE_PAIRS] = torch.ones(1, dtype=torch.bool)
         return inputs

@@ -22,6 +22,7 @@ from energyloss_plugins.data import (  # noqa: E402
     read_split,
     split_file_for,
 )
+from energyloss_plugins.data.partial import partial_state  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -92,7 +93,7 @@ def test_interrupt_midway_and_resume(reference, smi, tmp_path, monkeypatch):
     assert os.path.exists(partial) and not out.exists()
     # nothing built is lost: 4 molecules written, the Se molecule recorded as skipped
     assert sorted({r[3]["source_index"] for r in _rows(partial)}) == [0, 1, 2, 4]
-    assert builder._partial_state(partial)[2] == {3: "no_mmff_params"}
+    assert partial_state(partial)[2] == {3: "no_mmff_params"}
     monkeypatch.setattr(builder, "process_entry", original)
 
     # resuming with other settings is refused, not silently mixed

@@ -97,14 +97,7 @@ def prepare_hparams(hparams) -> dict:
         h["max_weight"] = DIFFUSION_MAX_WEIGHT
     if h["task"] == "generation":
         h["elements"] = _parse_elements(h["elements"])
-    # numeric options checked here, before any data is read (one line from the console script)
-    for key, low, inclusive in (("position_weight", 0.0, True), ("y_weight", 0.0, True),
-                                ("sampling_steps", 1, True)):
-        if h.get(key) is not None:
-            check_option(f"--{key.replace('_', '-')}", h[key], low=low, low_inclusive=inclusive,
-                         integer=key == "sampling_steps")
-    if h.get("max_weight") is not None:
-        check_option("--max-weight", h["max_weight"], low=0.0)
+    _check_numbers(h)
     h.setdefault("train_loss", "energy_loss")
     if h["train_loss"] not in CORE_NAMES:
         raise ValueError(f"train_loss {h['train_loss']!r} does not apply to position targets; choose one of "
@@ -112,6 +105,29 @@ def prepare_hparams(hparams) -> dict:
                          "l1_loss).")
     h["train_loss_arg"] = parse_mapping(h.get("train_loss_arg"), "train_loss_arg")
     loss_config(h["train_loss"], h["train_loss_arg"])  # fails now for a misspelt scheme, graph or option
+    _refuse_energy_options(h)
+    h["output_model"] = _output_model(h["task"], h.get("output_model"))
+    for key in ("precision", "load_model", "charge", "spin", "remove_ref_energy"):
+        h.setdefault(key, {"precision": 32}.get(key))
+    for key in ("y_weight", "ema_alpha_y"):  # upstream's step reads them; its command-line defaults
+        h.setdefault(key, 1.0)
+    h["remove_ref_energy"] = bool(h["remove_ref_energy"])
+    return h
+
+
+def _check_numbers(h: Mapping) -> None:
+    """The numeric options, checked before any data is read (one line from the console script)."""
+    for key, low, inclusive in (("position_weight", 0.0, True), ("y_weight", 0.0, True),
+                                ("sampling_steps", 1, True)):
+        if h.get(key) is not None:
+            check_option(f"--{key.replace('_', '-')}", h[key], low=low, low_inclusive=inclusive,
+                         integer=key == "sampling_steps")
+    if h.get("max_weight") is not None:
+        check_option("--max-weight", h["max_weight"], low=0.0)
+
+
+def _refuse_energy_options(h: Mapping) -> None:
+    """Upstream's options for energy targets, which a position task cannot honour."""
     if h.get("derivative"):
         raise ValueError("derivative: true (forces as -dE/dx) does not apply to position targets; "
                          "set derivative: false.")
@@ -121,19 +137,17 @@ def prepare_hparams(hparams) -> dict:
         raise ValueError("remove_ref_energy does not apply to position targets.")
     if h.get("prior_model"):
         raise ValueError("Prior models add energies; position heads do not take them (remove prior_model).")
-    wanted = "PositionOutput" if h["task"] == "structure" else "NoiseOutput"  # generation: ε_x head
-    output = h.get("output_model") or "Scalar"
+
+
+def _output_model(task: str, output: str | None) -> str:
+    """The head of ``task`` as stored in checkpoints; upstream's default ``Scalar`` picks it."""
+    wanted = "PositionOutput" if task == "structure" else "NoiseOutput"  # generation: ε_x head
+    output = output or "Scalar"
     if output == "Scalar":  # TorchMD-Net's default: pick the head of the task
         output = wanted
     if heads.base_name(output) != wanted:
-        raise ValueError(f"task {h['task']!r} needs output_model: {wanted} (a per-atom vector head), got {output!r}.")
-    h["output_model"] = heads.checkpoint_name(output)
-    for key in ("precision", "load_model", "charge", "spin", "remove_ref_energy"):
-        h.setdefault(key, {"precision": 32}.get(key))
-    for key in ("y_weight", "ema_alpha_y"):  # upstream's step reads them; its command-line defaults
-        h.setdefault(key, 1.0)
-    h["remove_ref_energy"] = bool(h["remove_ref_energy"])
-    return h
+        raise ValueError(f"task {task!r} needs output_model: {wanted} (a per-atom vector head), got {output!r}.")
+    return heads.checkpoint_name(output)
 
 
 def _parse_elements(value) -> list[int]:

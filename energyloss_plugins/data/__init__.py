@@ -16,18 +16,8 @@ from energyloss_plugins.chem import (
     ChemError,
     harmonic_samples,
 )
-from energyloss_plugins.data.builder import (
-    CHEAP_INPUT,
-    INPUT_KINDS,
-    METHODS,
-    PROPERTY_UNITS,
-    BuildReport,
-    BuildSettings,
-    build_dataset,
-    make_settings,
-    process_entry,
-    split_molecules,
-)
+from energyloss_plugins.data.builder import build_dataset
+from energyloss_plugins.data.inputs import process_entry
 from energyloss_plugins.data.paths import find_split_file, split_file_for
 from energyloss_plugins.data.reader import (
     DatasetRecord,
@@ -38,7 +28,17 @@ from energyloss_plugins.data.reader import (
     read_metadata,
     read_split,
 )
+from energyloss_plugins.data.report import BuildReport
+from energyloss_plugins.data.settings import (
+    CHEAP_INPUT,
+    INPUT_KINDS,
+    METHODS,
+    PROPERTY_UNITS,
+    BuildSettings,
+    make_settings,
+)
 from energyloss_plugins.data.sources import SOURCE_NAMES, SourceEntry, Structures, load_structures, nci_path
+from energyloss_plugins.data.splits import split_molecules
 
 __all__ = [
     "BOLTZMANN_EV",

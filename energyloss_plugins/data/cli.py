@@ -21,7 +21,7 @@ from energyloss_plugins.optional import add_version_option
 
 
 def _parser() -> argparse.ArgumentParser:
-    from energyloss_plugins.data.builder import INPUT_KINDS, METHODS
+    from energyloss_plugins.data.settings import INPUT_KINDS, METHODS
     from energyloss_plugins.data.sources import SOURCE_NAMES
 
     p = ArgumentParser(
@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(read_metadata(args.path), indent=2, default=str))
         return 0
 
-    from energyloss_plugins.data.builder import build_dataset, report_json
+    from energyloss_plugins.data.builder import build_dataset
+    from energyloss_plugins.data.report import report_json
 
     try:
         split = tuple(float(x) for x in args.split.split(","))

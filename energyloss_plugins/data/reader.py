@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from energyloss_plugins.layouts import flat_numbers
+from energyloss_plugins.layouts import first_atoms, flat_numbers
 
 
 @dataclass
@@ -228,7 +228,7 @@ def collate_records(records: Sequence[DatasetRecord], dtype: torch.dtype = torch
     if not records:
         raise ValueError("collate_records needs at least one record.")
     numbers, batch, counts = flat_numbers([r.numbers for r in records])
-    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    starts = first_atoms(counts).tolist()
     return {
         "numbers": numbers,
         "positions": torch.cat([r.positions for r in records]).to(dtype),

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from energyloss_plugins import _checks
 from energyloss_plugins.alignment import kabsch_align
-from energyloss_plugins.layouts import to_flat
+from energyloss_plugins.layouts import segment_sum, to_flat
 from energyloss_plugins.losses._common import LOW_PRECISION, REDUCTIONS, no_autocast, reduce_structures
 
 
@@ -27,7 +27,7 @@ def _per_atom_loss(pred: Tensor, target: Tensor, batch: Tensor | None, mask: Ten
         flat = to_flat(pred, target, batch, mask, n_structures, validate_args=validate_args)
         p = kabsch_align(flat.pred, flat.target, flat.batch, flat.n_structures) if align else flat.pred
         values = per_atom(p, flat.target.detach())
-        per_structure = values.new_zeros(flat.n_structures).index_add_(0, flat.batch, values)
+        per_structure = segment_sum(values, flat.batch, flat.n_structures)
         return reduce_structures(per_structure, flat, reduction, normalize)
 
 

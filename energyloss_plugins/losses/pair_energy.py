@@ -22,7 +22,7 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.coefficients import CoefficientFn, PairContext, resolve_coefficients, scheme_function
 from energyloss_plugins.graphs import PairSet, build_pairs
-from energyloss_plugins.layouts import FlatBatch, to_flat
+from energyloss_plugins.layouts import FlatBatch, segment_sum, to_flat
 from energyloss_plugins.losses._common import LOW_PRECISION, REDUCTIONS, no_autocast, reduce_structures
 from energyloss_plugins.periodic import MinimumImage
 
@@ -347,39 +347,18 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
              graph_kwargs: Mapping | None, edge_index: Tensor | None, bonds: Tensor | None, cell, pbc,
              validate_args: bool) -> PairSprings | _SchemeSprings:
     """Pairs and springs of ``flat.target``: explicit springs resolved, scheme springs left to the chunks."""
-    target, batch, n_structures = flat.target, flat.batch, flat.n_structures
+    target = flat.target
     numbers = _flat_atoms_attr(numbers, flat, "numbers")
     if bonds is not None:  # (2, M), or (M, 2) as databases store them
         bonds = _checks.as_pair_index("bonds", bonds, target.shape[0]).to(target.device)
-    image = MinimumImage(target, batch, n_structures, cell, pbc) if cell is not None else None
+    image = MinimumImage(target, flat.batch, flat.n_structures, cell, pbc) if cell is not None else None
     if isinstance(coefficients, (list, tuple)) or type(coefficients).__module__ == "numpy":
         raise ValueError(f"coefficients: per-pair springs must be a torch.Tensor of shape (E,) (one per edge_index "
                          f"pair), got a {type(coefficients).__name__}; use torch.as_tensor(...).")
     if edge_index is not None:
-        if validate_args:
-            _check_pairs("edge_index", edge_index, batch)
-        elif not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, "
-                             f"got {_checks.describe(edge_index)}.")
-        edge_index = edge_index.long()
-        k = None
-        if isinstance(coefficients, Tensor):
-            if coefficients.shape != (edge_index.shape[1],):
-                raise ValueError(f"coefficients: per-pair springs must have shape (E,) = ({edge_index.shape[1]},), "
-                                 f"one per edge_index pair, got {tuple(coefficients.shape)}.")
-            if validate_args:
-                _check_springs("coefficients", coefficients)
-            k = coefficients.detach().to(target.dtype)
-        if validate_args:
-            edge_index, k = _unordered_once(edge_index, k, target.shape[0])
-        if k is not None:
-            shifts = image.shifts(edge_index) if image is not None else None
-            vec = target[edge_index[1]] - target[edge_index[0]]
-            distances = (vec if shifts is None else vec + shifts).norm(dim=-1)
-            if validate_args:
-                _check_reference_distances(distances, edge_index)
-            return PairSprings(edge_index, k, distances, batch, n_structures, shifts, image, dim=target.shape[1])
-        pairs = PairSet(batch, n_structures, edge_index)
+        pairs = _given_pairs(flat, edge_index, coefficients, image, validate_args)
+        if isinstance(pairs, PairSprings):
+            return pairs
     else:
         if isinstance(coefficients, Tensor):
             raise ValueError("coefficients: a tensor of per-pair springs needs the matching edge_index= pair list.")
@@ -387,20 +366,58 @@ def _resolve(flat: FlatBatch, numbers: Tensor | None, coefficients, coefficient_
         if image is not None:
             def distance_fn(p: Tensor) -> Tensor:
                 return (target[p[1]] - target[p[0]] + image.shifts(p)).norm(dim=-1)
-        pairs = build_pairs(graph, target, batch, n_structures, bonds=bonds, numbers=numbers,
+        pairs = build_pairs(graph, target, flat.batch, flat.n_structures, bonds=bonds, numbers=numbers,
                             distance_fn=distance_fn, **dict(graph_kwargs or {}))
-    if validate_args:
-        coeff = resolve_coefficients(coefficients, coefficient_kwargs)
-    else:
-        fn, params = scheme_function(coefficients), dict(coefficient_kwargs or {})
-
-        def coeff(ctx: PairContext) -> Tensor:
-            return fn(ctx, **params)
     bond_keys = None
     if bonds is not None:
         lo, hi = torch.minimum(bonds[0], bonds[1]), torch.maximum(bonds[0], bonds[1])
         bond_keys = torch.unique(lo * target.shape[0] + hi)
+    coeff = _coefficient_function(coefficients, coefficient_kwargs, validate_args)
     return _SchemeSprings(pairs, target, coeff, numbers, bond_keys, image, validate_args)
+
+
+def _given_pairs(flat: FlatBatch, edge_index: Tensor, coefficients, image: MinimumImage | None,
+                 validate_args: bool) -> PairSprings | PairSet:
+    """The caller's ``edge_index`` ``(2, E)``: with per-pair springs ``coefficients`` ``(E,)`` (eV/Å²) the
+    resolved :class:`PairSprings`, else the pairs that a coefficient scheme will weigh."""
+    target, batch, n_structures = flat.target, flat.batch, flat.n_structures
+    if validate_args:
+        _check_pairs("edge_index", edge_index, batch)
+    elif not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must be a (2, E) integer tensor of atom pairs, "
+                         f"got {_checks.describe(edge_index)}.")
+    edge_index = edge_index.long()
+    k = None
+    if isinstance(coefficients, Tensor):
+        if coefficients.shape != (edge_index.shape[1],):
+            raise ValueError(f"coefficients: per-pair springs must have shape (E,) = ({edge_index.shape[1]},), "
+                             f"one per edge_index pair, got {tuple(coefficients.shape)}.")
+        if validate_args:
+            _check_springs("coefficients", coefficients)
+        k = coefficients.detach().to(target.dtype)
+    if validate_args:
+        edge_index, k = _unordered_once(edge_index, k, target.shape[0])
+    if k is None:
+        return PairSet(batch, n_structures, edge_index)
+    shifts = image.shifts(edge_index) if image is not None else None
+    vec = target[edge_index[1]] - target[edge_index[0]]
+    distances = (vec if shifts is None else vec + shifts).norm(dim=-1)
+    if validate_args:
+        _check_reference_distances(distances, edge_index)
+    return PairSprings(edge_index, k, distances, batch, n_structures, shifts, image, dim=target.shape[1])
+
+
+def _coefficient_function(coefficients, coefficient_kwargs: Mapping | None,
+                          validate_args: bool) -> Callable[[PairContext], Tensor]:
+    """``ctx -> (E,)`` springs of a coefficient scheme; checked once with ``validate_args`` (else no checks)."""
+    if validate_args:
+        return resolve_coefficients(coefficients, coefficient_kwargs)
+    fn, params = scheme_function(coefficients), dict(coefficient_kwargs or {})
+
+    def coeff(ctx: PairContext) -> Tensor:
+        return fn(ctx, **params)
+
+    return coeff
 
 
 #: Reference atoms closer than this (Å) are taken for a duplicated atom: springs such as 1/r² would be
@@ -540,7 +557,7 @@ def _pair_energy(pred: Tensor, pairs: PairSet, chunk_size: int, *, target: Tenso
                 vec *= kdiff.div_(dist.clamp_min_(_MIN_DISTANCE))
                 grad_t.index_add_(1, j, vec)
                 grad_t.index_add_(1, i, vec.neg_())  # not alpha=-1: a much slower path for 2-D
-        energy = e_atom.new_zeros(pairs.n_structures).index_add_(0, batch, e_atom)
+        energy = segment_sum(e_atom, batch, pairs.n_structures)
     if grad_t is None:
         return energy
     return _AttachGradient.apply(pred, energy, grad_t.t(), batch)

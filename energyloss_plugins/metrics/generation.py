@@ -137,16 +137,8 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
             structure (a crystal: bonds across the cell are not molecular bonds), or an element
             without a valence rule.
     """
+    _check_molecules(atoms_list)
     n = len(atoms_list)
-    if n == 0:
-        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
-    for index, m in enumerate(atoms_list):
-        if np.any(getattr(m, "pbc", False)):
-            raise ValueError(f"structure {index} is periodic (pbc={np.asarray(m.pbc).tolist()}): the generation "
-                             "metrics judge isolated molecules, not crystals; evaluate molecules only.")
-        if len(m.numbers) > MAX_ATOMS_PER_MOLECULE:
-            raise ValueError(f"structure {index} has {len(m.numbers)} atoms; the metrics take molecules of at most "
-                             f"{MAX_ATOMS_PER_MOLECULE} atoms.")
     # A diverged sampler leaves NaN/Inf positions: such a molecule has no bonds to judge, so all its
     # atoms count as unstable and it is neither stable nor valid (``non_finite`` says how many).
     finite = [m for m in atoms_list if np.isfinite(np.asarray(m.positions, dtype=float)).all()]
@@ -165,9 +157,6 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         n_valid_connected += sum(c and s is not None for c, s in zip(one, smiles, strict=True))
         n_fragments += int(fragments.sum())
     unique = set(valid)
-    novelty = None
-    if train_smiles:  # an empty training set gives no novelty (not 100 %)
-        novelty = len(unique - set(train_smiles)) / len(unique) if unique else math.nan
     out: dict[str, Any] = {
         "n": n,
         "atom_stability": n_stable_atoms / n_atoms,
@@ -175,7 +164,7 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
         "validity": len(valid) / n,
         "uniqueness": len(unique) / len(valid) if valid else math.nan,
         "valid_unique": len(unique) / n,
-        "novelty": novelty,
+        "novelty": _novelty(unique, train_smiles),
         "non_finite": n - len(finite),
         "connected": n_connected / n,
         "valid_and_connected": n_valid_connected / n,
@@ -183,6 +172,27 @@ def generation_metrics(atoms_list: Sequence[Any], train_smiles: set[str] | None 
     }
     out.update(_reference_metrics(samples, reference, fcd, chunk_size, progress))
     return out
+
+
+def _check_molecules(atoms_list: Sequence[Any]) -> None:
+    """Some molecules, none periodic, none larger than the metrics take (see :func:`generation_metrics`)."""
+    if len(atoms_list) == 0:
+        raise ValueError("No molecules given; pass a non-empty list of ase.Atoms.")
+    for index, m in enumerate(atoms_list):
+        if np.any(getattr(m, "pbc", False)):
+            raise ValueError(f"structure {index} is periodic (pbc={np.asarray(m.pbc).tolist()}): the generation "
+                             "metrics judge isolated molecules, not crystals; evaluate molecules only.")
+        if len(m.numbers) > MAX_ATOMS_PER_MOLECULE:
+            raise ValueError(f"structure {index} has {len(m.numbers)} atoms; the metrics take molecules of at most "
+                             f"{MAX_ATOMS_PER_MOLECULE} atoms.")
+
+
+def _novelty(unique: set[str], train_smiles: set[str] | None) -> float | None:
+    """Fraction of the distinct valid SMILES not in the training set; None without one (an empty training
+    set gives no novelty, not 100 %), NaN when nothing is valid."""
+    if not train_smiles:
+        return None
+    return len(unique - set(train_smiles)) / len(unique) if unique else math.nan
 
 
 def _reference_metrics(samples: SetProfile | None, reference: Sequence[Any] | SetProfile | None, fcd: bool,

@@ -150,16 +150,16 @@ class StackedAdam:
 
 
 def loss_values(name: str, pred: torch.Tensor, target: torch.Tensor, length_scale: float) -> torch.Tensor:
-    """``(M,)`` mean loss of each model; ``pred``/``target`` ``(M, B, N, 2)`` in the flat layout."""
+    """``(M,)`` mean loss of each model; ``pred``/``target`` ``(M, B, N, 2)``, passed to the losses in the
+    padded layout ``(M·B, N, 2)`` (every slot an atom)."""
     n_models, b, n, _ = pred.shape
-    batch = torch.arange(n_models * b).repeat_interleave(n)
-    flat_p, flat_t = pred.reshape(-1, 2), target.reshape(-1, 2)
+    padded_p, padded_t = pred.reshape(-1, n, 2), target.reshape(-1, n, 2)
     if name == "mse":
-        per = mse_loss(flat_p, flat_t, batch, reduction="none")
+        per = mse_loss(padded_p, padded_t, reduction="none")
     elif name == "kabsch":
-        per = kabsch_mse_loss(flat_p, flat_t, batch, reduction="none")
+        per = kabsch_mse_loss(padded_p, padded_t, reduction="none")
     else:
-        per = pair_energy_loss(flat_p, flat_t, batch, coefficients="exp", reduction="none",
+        per = pair_energy_loss(padded_p, padded_t, coefficients="exp", reduction="none",
                                coefficient_kwargs={"length_scale": length_scale},
                                graph="rigid_sparse" if name == "sparse" else "complete")
     return per.view(n_models, b).mean(1)
