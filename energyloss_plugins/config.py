@@ -31,6 +31,7 @@ which then runs :func:`~energyloss_plugins.losses.pair_energy_kernel` alone.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import zlib
 from collections.abc import Mapping
@@ -261,9 +262,25 @@ class LossConfig:
         _checks.check_finite("target", target)
         pairs = _complete_template(target.shape[0], str(target.device)).long()
         springs = resolve_springs(target, edge_index=pairs, numbers=numbers, validate_args=False,
-                                  coefficients=resolve_coefficients(self.coefficients, self.coefficient_kwargs))
+                                  coefficients=_checked_scheme(self.coefficients, self.coefficient_kwargs))
         _check_reference_distances(springs.distances, springs.pairs)
         return springs
+
+
+def _checked_scheme(scheme: str | CoefficientFn, params: Mapping) -> CoefficientFn:
+    """:func:`~energyloss_plugins.coefficients.resolve_coefficients` (the checked scheme), built once per named
+    scheme and parameters: building it inspects the scheme's signature, a third of a small molecule's springs."""
+    try:
+        return _checked_named_scheme(scheme, tuple(sorted(params.items())))
+    except TypeError:  # a callable scheme or unhashable parameters: built per call
+        return resolve_coefficients(scheme, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_named_scheme(scheme: str, params: tuple) -> CoefficientFn:
+    if not isinstance(scheme, str):
+        raise TypeError(scheme)
+    return resolve_coefficients(scheme, dict(params))
 
 
 def _check_parameters(what: str, fn, kwargs: Mapping, skip: int) -> None:
