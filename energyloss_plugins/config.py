@@ -43,14 +43,14 @@ from torch import Tensor
 from energyloss_plugins import _checks
 from energyloss_plugins.coefficients import CoefficientFn, coefficient_names, resolve_coefficients, scheme_function
 from energyloss_plugins.graphs import (
-    _TEMPLATE_MAX_ATOMS,
     GRAPH_NAMES,
-    _complete_template,
+    TEMPLATE_MAX_ATOMS,
+    complete_template,
     rigid_sparse_graph,
     symmetrize_pairs,
 )
 from energyloss_plugins.losses import LOSSES, REDUCTIONS, PairSprings, call_loss, resolve_springs
-from energyloss_plugins.losses.pair_energy import _check_reference_distances
+from energyloss_plugins.losses.pair_energy import check_reference_distances
 
 #: Coefficient name for springs stored per structure with the data (fitted to a Hessian by
 #: :func:`energyloss_plugins.ase.add_springs_to_db`); read from each batch by the task objectives.
@@ -235,7 +235,7 @@ class LossConfig:
                                      "(energyloss_plugins.ase.add_springs_to_db); this structure has none.")
                 return resolve_springs(target, edge_index=stored[0], coefficients=stored[1].to(target.dtype),
                                        numbers=numbers, bonds=bonds)
-            if self.graph == "complete" and bonds is None and target.shape[0] <= _TEMPLATE_MAX_ATOMS:
+            if self.graph == "complete" and bonds is None and target.shape[0] <= TEMPLATE_MAX_ATOMS:
                 return self._complete_springs(target, numbers)
             edge_index = None
             if self.graph == "rigid_sparse":
@@ -260,10 +260,10 @@ class LossConfig:
         loader at every epoch.
         """
         _checks.check_finite("target", target)
-        pairs = _complete_template(target.shape[0], str(target.device)).long()
+        pairs = complete_template(target.shape[0], str(target.device)).long()
         springs = resolve_springs(target, edge_index=pairs, numbers=numbers, validate_args=False,
                                   coefficients=_checked_scheme(self.coefficients, self.coefficient_kwargs))
-        _check_reference_distances(springs.distances, springs.pairs)
+        check_reference_distances(springs.distances, springs.pairs)
         return springs
 
 

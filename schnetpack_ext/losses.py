@@ -46,10 +46,11 @@ from energyloss_plugins.diffusion import PerStructureLoss
 from energyloss_plugins.tasks import BatchSprings, StructureObjective
 
 #: What ``coefficients: hessian`` needs in SchNetPack (the rest of its error messages).
-HESSIAN_FIX = ("the SchNetPack adapter reads from the data pipeline only: store them with "
-               "energyloss_plugins.ase.add_springs_to_db, list spring_pairs and spring_k in data.load_properties and "
-               "schnetpack_ext.PairSpringsTransform (coefficients: hessian) in data.transforms (docs/schnetpack.md); "
-               "or choose a scheme computed from the reference, e.g. coefficients: exp.")
+HESSIAN_FIX = ("the SchNetPack adapter reads from the data pipeline only: fit and store them with "
+               "energyloss_plugins.ase.add_springs_to_db(db, calculator) (which lists them in the database's "
+               "_property_unit_dict), load them with data.load_properties: [target_positions, spring_pairs, spring_k], "
+               "and list schnetpack_ext.PairSpringsTransform with coefficients: hessian in data.transforms "
+               "(docs/schnetpack.md); or choose a scheme computed from the reference, e.g. coefficients: exp.")
 
 
 def plain_config(value):

@@ -50,11 +50,6 @@ SPRING_I, SPRING_J, SPRING_DISTANCE, SPRING_K, SPRING_COUNT = (
 #: Row-data keys of the springs :func:`energyloss_plugins.ase.add_springs_to_db` stores:
 #: ``(E, 2)`` pairs, ``(E,)`` eV/Å².
 STORED_SPRINGS = ("spring_pairs", "spring_k")
-#: How to make the stored springs reach the loss (for error messages).
-STORED_SPRINGS_FIX = ("fit and store them with energyloss_plugins.ase.add_springs_to_db(db, calculator) (which lists "
-                      "them in the database's _property_unit_dict), load them with data.load_properties: "
-                      "[target_positions, spring_pairs, spring_k], and list schnetpack_ext.PairSpringsTransform "
-                      "with coefficients: hessian in data.transforms (docs/schnetpack.md).")
 #: Marks a batch whose ``_idx_i``/``_idx_j`` are all ordered pairs of each molecule (:class:`CompleteNeighborList`).
 COMPLETE_PAIRS = "_complete_pairs"
 
@@ -113,12 +108,14 @@ class PairSpringsTransform(Transform):
 
     def _stored(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The row's stored springs ``(pairs (2, E) long, k (E,))``, popped from ``inputs`` (hessian only)."""
+        from schnetpack_ext.losses import HESSIAN_FIX
+
         if not self.config.uses_data_springs:
             return None
         missing = [key for key in STORED_SPRINGS if key not in inputs]
         if missing:
             raise KeyError(f"PairSpringsTransform(coefficients='hessian'): no {' or '.join(map(repr, missing))} in the "
-                           f"sample; {STORED_SPRINGS_FIX}")
+                           f"sample; {HESSIAN_FIX}")
         pairs, k = (inputs.pop(key) for key in STORED_SPRINGS)
         # SchNetPack multiplies every loaded property by a unit factor (1.0), which turns the int64 pairs into floats.
         return pairs.reshape(-1, 2).round().long().T.contiguous(), k.reshape(-1)
