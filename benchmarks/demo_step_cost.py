@@ -7,7 +7,13 @@ Runs the demo's own ``spktrain`` command (``examples/schnetpack/demo.py``: PaiNN
 for ``--short`` and ``--long`` optimiser steps per loss, the runs interleaved, and reports the
 process CPU time (user + sys of the ``spktrain`` child) per step as
 (CPU(long) − CPU(short)) / (long − short): start-up, the final test and the model export cancel,
-and a shared machine's load, which moves wall times by several fold, moves CPU time little.
+and a shared machine's load, which moves wall times by several fold, moves CPU time less (still
+±10 % from run to run on the 2 shared vCPUs of docs/benchmarks.md).
+
+It also times, in this process and interleaved (10 rounds over the training molecules), the
+per-molecule springs of the data pipeline (``PairSpringsTransform`` → ``LossConfig.structure_springs``)
+against the flat-batch :func:`energyloss_plugins.resolve_springs` on one molecule: the part of the
+energy run's extra cost that is ours, resolved to a few percent.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -42,11 +49,39 @@ def timed_run(datapath: str, loss: str, steps: int, out: str) -> tuple[float, fl
     return child_cpu() - c0, time.perf_counter() - w0
 
 
+def springs_per_molecule(datapath: str, rounds: int = 10) -> dict[str, list[float]]:
+    """CPU ms per molecule of ``structure_springs`` and of ``resolve_springs`` on the demo's first 84 molecules."""
+    import schnetpack as spk
+    import schnetpack.transform as trn
+    import torch
+
+    from energyloss_plugins import resolve_springs
+    from energyloss_plugins.config import LossConfig
+
+    torch.set_num_threads(1)
+    dataset = spk.data.ASEAtomsData(datapath, load_properties=["target_positions"], transforms=[trn.CastTo32()])
+    samples = [dataset[i] for i in range(min(len(dataset), 84))]
+    config = LossConfig(coefficient_kwargs={"k0": 1.0})  # the structure experiment's default springs
+    paths = {"structure_springs": lambda s: config.structure_springs(s["target_positions"],
+                                                                     numbers=s["_atomic_numbers"]),
+             "resolve_springs": lambda s: resolve_springs(s["target_positions"], numbers=s["_atomic_numbers"],
+                                                          **config.energy_kwargs())}
+    times = {name: [] for name in paths}
+    for r in range(rounds):
+        for name in (list(paths) if r % 2 else list(paths)[::-1]):
+            c0 = time.process_time()
+            for sample in samples:
+                paths[name](sample)
+            times[name].append(1e3 * (time.process_time() - c0) / len(samples))
+    return times
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for the demo database and the runs")
     p.add_argument("--short", type=int, default=20)
     p.add_argument("--long", type=int, default=320)
+    p.add_argument("--springs-only", action="store_true", help="only the per-molecule springs (seconds)")
     args = p.parse_args(argv)
     from energyloss_plugins.data import build_dataset
 
@@ -55,6 +90,11 @@ def main(argv=None) -> None:
         os.makedirs(args.out, exist_ok=True)
         build_dataset("nci", datapath, method="mmff", inputs="uff", max_molecules=120, max_heavy_atoms=8,
                       elements="C,N,O,F", seed=0, split=(0.7, 0.1, 0.2), progress=False)
+    for name, values in springs_per_molecule(datapath).items():
+        print(f"springs of one molecule, {name}: CPU {statistics.median(values):.3f} ms "
+              f"[{min(values):.3f}, {max(values):.3f}] over 10 rounds", flush=True)
+    if args.springs_only:
+        return
     cpu = {}
     for steps in (args.short, args.long):
         for loss in LOSSES:
