@@ -84,6 +84,13 @@ def _torchmd_fit(task: str, precision: str) -> torch.Tensor:
     from torch_geometric.loader import DataLoader
 
     module = torchmd_module(task, "energy", model="equivariant-transformer")
+    # The heads' last layers start at zero (an untrained model returns its input), which would hide bf16 from the
+    # first loss: the same small seeded weights in both precisions.
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
     loader = DataLoader(torchmd_data(task, "energy"), batch_size=N_MOLECULES)
     # a validation loader: PositionLNNP's scheduler (ReduceLROnPlateau) monitors val_total_energy_loss
     return _fit(pl, module, loader, precision, val=loader)
@@ -116,4 +123,5 @@ def test_trainer_bf16_mixed_fit_is_finite_and_close_to_float32(db, adapter):
         lambda precision: _torchmd_fit("structure", precision))
     full, mixed = fit("32-true"), fit("bf16-mixed")
     assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+    assert mixed[0] != full[0]  # the network did run in bf16 (same parameters and batch in the first step)
     torch.testing.assert_close(mixed, full, rtol=RTOL, atol=0.0)
