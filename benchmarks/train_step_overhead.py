@@ -2,6 +2,8 @@
 
     python benchmarks/train_step_overhead.py                 # CPU, 1 thread: ~2-4 minutes
     python benchmarks/train_step_overhead.py --device cuda   # GPU
+    python benchmarks/train_step_overhead.py --variants mse adapter-mse adapter-energy --rounds 6 --batches 2
+        # the adapter's step only (springs from PairSpringsTransform), 16 and 128 molecules: a few minutes
 
 One process, one run: a SchNetPack PaiNN (128 features, 3 interactions, cutoff 5 Å, 20 Gaussians)
 with the package's equivariant position head, on QM9-size batches of 16 and of 128 random
@@ -25,7 +27,11 @@ Loss variants (all exp springs, complete graph, energy per atom, mean over struc
   ``validate_args=False``; for the energy, the springs of ``schnetpack_ext.PairSpringsTransform``
   (per molecule, concatenated as SchNetPack's collate does) offset in the step by
   ``schnetpack_ext.transforms.batch_springs``. ``adapter-energy`` against ``adapter-mse`` is the
-  overhead a user of the shipped experiments sees.
+  overhead a user of the shipped experiments sees. The transform's own time (per batch, the
+  loader's work outside the step) is reported beside the collation.
+
+``--variants`` times a subset (``mse`` always runs: the ratios are taken against it), so that
+128-molecule batches (seconds per CPU step) fit a few minutes.
 
 Timing: rounds of blocks; in each round every variant runs ``--steps`` consecutive steps (its
 steady state; scaled by 16 / molecules per batch, at least 1, so that blocks take similar times),
@@ -77,6 +83,8 @@ def build_batches(n_molecules: int, n_batches: int, device: str, seed: int) -> l
     from energyloss_plugins import PairSprings, resolve_springs
 
     converter = AtomsConverter(neighbor_list=MatScipyNeighborList(cutoff=5.0), device=device, dtype=torch.float32)
+    warm = molecules(1, seed - 1)  # the transform's first call pays one-off set-up, not per-molecule work
+    _pipeline_springs(warm, [torch.as_tensor(t, dtype=torch.float32) for _, t in warm], device)
     batches = []
     for b in range(n_batches):
         mols = molecules(n_molecules, seed + b)
@@ -86,9 +94,11 @@ def build_batches(n_molecules: int, n_batches: int, device: str, seed: int) -> l
         start = time.perf_counter()
         springs = PairSprings.collate(cached).to(device)
         collate_s = time.perf_counter() - start
+        start = time.perf_counter()
         inputs.update(_pipeline_springs(mols, targets, device))
+        transform_s = time.perf_counter() - start
         batches.append({"inputs": inputs, "target": torch.cat(targets).to(device), "springs": springs,
-                        "n_structures": n_molecules, "collate_s": collate_s})
+                        "n_structures": n_molecules, "collate_s": collate_s, "transform_s": transform_s})
     return batches
 
 
@@ -165,23 +175,24 @@ def make_step(model, optimizer, loss):
 def measure(n_molecules: int, args) -> dict:
     batches = build_batches(n_molecules, args.batches, args.device, seed=1000 * n_molecules)
     base = painn_model(0).to(args.device)
+    variants = tuple(getattr(args, "variants", VARIANTS))  # device_suite passes no subset
     steps = {}
-    for variant in VARIANTS:
+    for variant in variants:
         model = copy.deepcopy(base)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         steps[variant] = make_step(model, optimizer, loss_fn(variant))
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for variant in VARIANTS:  # warm-up: allocator pools, lazy caches, Adam state
+    for variant in variants:  # warm-up: allocator pools, lazy caches, Adam state
         for data in batches:
             steps[variant](data)
     sync()
-    times = {v: [] for v in VARIANTS}
-    walls = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
+    walls = {v: [] for v in variants}
     k = 0
     n_steps = max(1, round(args.steps * 16 / n_molecules))
     for r in range(args.rounds):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
         for variant in order:
             sync()
             c0, w0 = time.process_time(), time.perf_counter()
@@ -198,7 +209,8 @@ def measure(n_molecules: int, args) -> dict:
     return {"n_molecules": n_molecules, "times": times, "walls": walls, "loss_times": loss_times,
             "atoms": statistics.mean(n_atoms), "nbh_pairs": statistics.mean(n_pairs),
             "loss_pairs": statistics.mean(int(b["springs"].pairs.shape[1]) for b in batches),
-            "collate_ms": 1e3 * statistics.median(b["collate_s"] for b in batches), "steps": n_steps}
+            "collate_ms": 1e3 * statistics.median(b["collate_s"] for b in batches),
+            "transform_ms": 1e3 * statistics.median(b["transform_s"] for b in batches), "steps": n_steps}
 
 
 def _loss_only(batches: list[dict], steps: dict, model, args, sync) -> dict:
@@ -212,11 +224,12 @@ def _loss_only(batches: list[dict], steps: dict, model, args, sync) -> dict:
     with torch.no_grad():
         for data in batches:
             preds.append(model(dict(data["inputs"]))["positions_pred"].detach())
-    fns = {v: loss_fn(v) for v in VARIANTS}
-    out = {v: [] for v in VARIANTS}
+    variants = tuple(getattr(args, "variants", VARIANTS))  # device_suite passes no subset
+    fns = {v: loss_fn(v) for v in variants}
+    out = {v: [] for v in variants}
     reps = 20
     for r in range(args.rounds):
-        for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
+        for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
             data, pred = batches[r % len(batches)], preds[r % len(batches)]
             sync()
             c0, w0 = time.process_time(), time.perf_counter()
@@ -235,7 +248,7 @@ def report(results: list[dict], args) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for res in results:
         t, w = res["times"], res["walls"]
-        for variant in VARIANTS:
+        for variant in args.variants:
             ratios = [a / b for a, b in zip(t[variant], t["mse"], strict=True)]
             per_step = 1e3 * statistics.median(t[variant]) / res["steps"]
             wall = 1e3 * statistics.median(w[variant]) / res["steps"]
@@ -250,19 +263,21 @@ def report(results: list[dict], args) -> None:
     for res in results:
         lt, t = res["loss_times"], res["times"]
         step = statistics.median(t["mse"]) / res["steps"]
-        for variant in VARIANTS:
+        for variant in args.variants:
             extra = statistics.median(lt[variant]) - statistics.median(lt["mse"])
             print(f"| {res['n_molecules']} molecules | {variant} | {1e3 * statistics.median(lt[variant]):.3f} | "
                   f"{100 * extra / step:+.3f} % |")
     print("\ncollation of per-molecule springs (outside the step, with the batch): "
           + ", ".join(f"{r['n_molecules']} molecules {r['collate_ms']:.2f} ms" for r in results))
+    print("PairSpringsTransform on every molecule of a batch (the loader's work, outside the step): "
+          + ", ".join(f"{r['n_molecules']} molecules {r['transform_ms']:.1f} ms" for r in results))
     print("\nTarget: a step with the energy loss costs at most 2 % more than with MSE "
           "(median step ratio <= 1.02, and the loss's own extra cost < 2 % of the step); adapter-energy against "
           "adapter-mse")
     for res in results:
         t, lt = res["times"], res["loss_times"]
-        for variant in VARIANTS[1:]:
-            base = "adapter-mse" if variant == "adapter-energy" else "mse"
+        for variant in args.variants[1:]:
+            base = "adapter-mse" if variant == "adapter-energy" and "adapter-mse" in t else "mse"
             step = statistics.median(t[base]) / res["steps"]
             med = statistics.median(a / b for a, b in zip(t[variant], t[base], strict=True))
             extra = (statistics.median(lt[variant]) - statistics.median(lt[base])) / step
@@ -279,7 +294,10 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=8, help="consecutive steps per variant and round (at 16 molecules)")
     p.add_argument("--batches", type=int, default=4, help="distinct batches per size, cycled")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                   help="loss variants to time (mse always runs: the ratios are taken against it)")
     args = p.parse_args(argv)
+    args.variants = tuple(["mse"] + [v for v in VARIANTS if v in args.variants and v != "mse"])
     torch.set_num_threads(args.threads)
     import schnetpack
 
@@ -287,7 +305,7 @@ def main(argv=None) -> None:
     dev = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"# train_step_overhead.py: {dev}, torch {torch.__version__}, schnetpack {schnetpack.__version__}; "
           f"PaiNN 128 features x 3 interactions, cutoff 5 Å; {args.rounds} rounds of blocks of "
-          f"{args.steps} x 16 / molecules steps per variant")
+          f"{args.steps} x 16 / molecules steps per variant; variants {', '.join(args.variants)}")
     start = time.perf_counter()
     results = [measure(n, args) for n in args.sizes]
     report(results, args)

@@ -31,6 +31,7 @@ which then runs :func:`~energyloss_plugins.losses.pair_energy_kernel` alone.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import zlib
 from collections.abc import Mapping
@@ -40,9 +41,16 @@ import torch
 from torch import Tensor
 
 from energyloss_plugins import _checks
-from energyloss_plugins.coefficients import CoefficientFn, coefficient_names, scheme_function
-from energyloss_plugins.graphs import GRAPH_NAMES, rigid_sparse_graph, symmetrize_pairs
+from energyloss_plugins.coefficients import CoefficientFn, coefficient_names, resolve_coefficients, scheme_function
+from energyloss_plugins.graphs import (
+    GRAPH_NAMES,
+    TEMPLATE_MAX_ATOMS,
+    complete_template,
+    rigid_sparse_graph,
+    symmetrize_pairs,
+)
 from energyloss_plugins.losses import LOSSES, REDUCTIONS, PairSprings, call_loss, resolve_springs
+from energyloss_plugins.losses.pair_energy import check_reference_distances
 
 #: Coefficient name for springs stored per structure with the data (fitted to a Hessian by
 #: :func:`energyloss_plugins.ase.add_springs_to_db`); read from each batch by the task objectives.
@@ -227,6 +235,8 @@ class LossConfig:
                                      "(energyloss_plugins.ase.add_springs_to_db); this structure has none.")
                 return resolve_springs(target, edge_index=stored[0], coefficients=stored[1].to(target.dtype),
                                        numbers=numbers, bonds=bonds)
+            if self.graph == "complete" and bonds is None and target.shape[0] <= TEMPLATE_MAX_ATOMS:
+                return self._complete_springs(target, numbers)
             edge_index = None
             if self.graph == "rigid_sparse":
                 seed = int(self.graph_kwargs.get("seed", 0))
@@ -238,6 +248,39 @@ class LossConfig:
                                                                                     device=target.device), numbers)
             return resolve_springs(target, edge_index=edge_index, numbers=numbers, bonds=bonds,
                                    **self.energy_kwargs())
+
+
+    def _complete_springs(self, target: Tensor, numbers: Tensor | None) -> PairSprings:
+        """:meth:`structure_springs` of one small molecule's complete graph, the data pipeline's common case.
+
+        The same pairs (the cached per-size template, in the order the flat-batch path yields them),
+        springs and checks (finite reference, no coincident atoms, scheme parameters and springs) as
+        :func:`resolve_springs` with ``graph="complete"``, without its flat-batch machinery (which
+        reads the structure sizes back to plan chunks): about 3x less time per molecule, paid in the
+        loader at every epoch.
+        """
+        _checks.check_finite("target", target)
+        pairs = complete_template(target.shape[0], str(target.device)).long()
+        springs = resolve_springs(target, edge_index=pairs, numbers=numbers, validate_args=False,
+                                  coefficients=_checked_scheme(self.coefficients, self.coefficient_kwargs))
+        check_reference_distances(springs.distances, springs.pairs)
+        return springs
+
+
+def _checked_scheme(scheme: str | CoefficientFn, params: Mapping) -> CoefficientFn:
+    """:func:`~energyloss_plugins.coefficients.resolve_coefficients` (the checked scheme), built once per named
+    scheme and parameters: building it inspects the scheme's signature, a third of a small molecule's springs."""
+    try:
+        return _checked_named_scheme(scheme, tuple(sorted(params.items())))
+    except TypeError:  # a callable scheme or unhashable parameters: built per call
+        return resolve_coefficients(scheme, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_named_scheme(scheme: str, params: tuple) -> CoefficientFn:
+    if not isinstance(scheme, str):
+        raise TypeError(scheme)
+    return resolve_coefficients(scheme, dict(params))
 
 
 def _check_parameters(what: str, fn, kwargs: Mapping, skip: int) -> None:

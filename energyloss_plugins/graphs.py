@@ -60,13 +60,13 @@ class PairSet:
         return torch.cat(chunks, dim=1) if chunks else torch.zeros(2, 0, dtype=torch.long, device=self.batch.device)
 
 
-# Structures of up to this many atoms get their complete graph from cached per-size templates
-# (three passes over the pairs per chunk instead of ~10); larger ones are generated row by row.
-_TEMPLATE_MAX_ATOMS = 256
+#: Structures of up to this many atoms get their complete graph from cached per-size templates
+#: (three passes over the pairs per chunk instead of ~10); larger ones are generated row by row.
+TEMPLATE_MAX_ATOMS = 256
 
 
 @functools.lru_cache(maxsize=512)
-def _complete_template(n: int, device: str) -> Tensor:
+def complete_template(n: int, device: str) -> Tensor:
     """``(2, n(n-1)/2)`` int32 local pairs (a, a + o) of one n-atom structure, ordered by offset o."""
     offsets = torch.repeat_interleave(torch.arange(1, n), torch.arange(n - 1, 0, -1))
     first = torch.cumsum(torch.arange(n - 1, 0, -1), 0) - torch.arange(n - 1, 0, -1)
@@ -79,7 +79,7 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
 
     Pairs are ordered by offset j - i inside each structure (diagonals of the pair matrix), so
     consecutive pairs never share an atom and the loss's scatter-adds onto either atom do not
-    serialise on one address. Small structures (``_TEMPLATE_MAX_ATOMS``) come from cached per-size
+    serialise on one address. Small structures (``TEMPLATE_MAX_ATOMS``) come from cached per-size
     templates, several whole structures per chunk; larger ones in chunks of consecutive first
     atoms (one atom's row may exceed ``max_pairs``), without a Python loop over structures.
     """
@@ -94,7 +94,7 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
     counts = structure_counts(batch, n_structures)
     starts = first_atoms(counts)
     n_pairs = counts * (counts - 1) // 2
-    small = (counts >= 2) & (counts <= _TEMPLATE_MAX_ATOMS) & (n_pairs <= max_pairs)
+    small = (counts >= 2) & (counts <= TEMPLATE_MAX_ATOMS) & (n_pairs <= max_pairs)
     large = (counts >= 2) & ~small
     yielded = False
 
@@ -106,7 +106,7 @@ def _complete_chunks(batch: Tensor, n_structures: int, max_pairs: int) -> Iterat
         total, lo = int(ends[-1]), 0
         while (base := int(ends[lo - 1]) if lo else 0) < total:
             hi = int(torch.searchsorted(ends, base + max_pairs, right=True))  # > lo: n_pairs <= max_pairs
-            local = torch.cat([_complete_template(n, str(device)) for n in sizes[lo:hi]], dim=1)
+            local = torch.cat([complete_template(n, str(device)) for n in sizes[lo:hi]], dim=1)
             shift = torch.repeat_interleave(first_atom[lo:hi], n_small[lo:hi], output_size=local.shape[1])
             chunk = local + shift  # int32 + int64 -> int64
             yield chunk if order is None else order[chunk]

@@ -21,7 +21,8 @@ edge set); options only the energy takes are ignored by the baselines, so one co
     loss_fn:
       _target_: schnetpack_ext.EnergyLoss
       loss: energy            # energy | mse | mae | kabsch
-      coefficients: exp       # constant | inverse | inverse_square | exp | bond_aware | morse | lennard_jones
+      coefficients: exp       # constant | inverse | inverse_square | exp | bond_aware | morse | lennard_jones |
+                              # hessian (stored springs, through PairSpringsTransform; docs/schnetpack.md)
       coefficient_kwargs: {k0: 1.0, length_scale: 1.0}
       graph: complete         # complete | radius | bonds | rigid_sparse
     loss_weight: 1.0          # on the output, as for every SchNetPack ModelOutput
@@ -44,11 +45,12 @@ from energyloss_plugins.config import LossConfig
 from energyloss_plugins.diffusion import PerStructureLoss
 from energyloss_plugins.tasks import BatchSprings, StructureObjective
 
-#: Why and how to replace ``coefficients: hessian`` in SchNetPack (the rest of the error message).
-HESSIAN_FIX = ("the SchNetPack adapter cannot read (its loader does not carry per-structure pair lists). Train with "
-               "the TorchMD-Net adapter (dataset: EnergyLossDB reads the springs of "
-               "energyloss_plugins.ase.add_springs_to_db), or choose a scheme computed from the reference, "
-               "e.g. coefficients: exp.")
+#: What ``coefficients: hessian`` needs in SchNetPack (the rest of its error messages).
+HESSIAN_FIX = ("the SchNetPack adapter reads from the data pipeline only: fit and store them with "
+               "energyloss_plugins.ase.add_springs_to_db(db, calculator) (which lists them in the database's "
+               "_property_unit_dict), load them with data.load_properties: [target_positions, spring_pairs, spring_k], "
+               "and list schnetpack_ext.PairSpringsTransform with coefficients: hessian in data.transforms "
+               "(docs/schnetpack.md); or choose a scheme computed from the reference, e.g. coefficients: exp.")
 
 
 def plain_config(value):
@@ -110,8 +112,10 @@ class EnergyLoss(nn.Module):
         reduction: ``mean`` over structures (default) or ``sum``.
         normalize: divide each structure's value by its atom count (default True).
 
-    ``coefficients: hessian`` (springs fitted per structure and stored in the database) is refused
-    here: SchNetPack's loader does not carry the stored per-structure pair lists.
+    ``coefficients: hessian`` (springs fitted per structure and stored in the database) reads the
+    springs the data pipeline's :class:`schnetpack_ext.PairSpringsTransform` emits from the stored
+    ``spring_pairs``/``spring_k``; the task checks at the start of training that its training data
+    provide them (:func:`schnetpack_ext.tasks.check_data_springs`).
     """
 
     def __init__(self, loss: str = "energy", coefficients: str = "exp", coefficient_kwargs: Mapping | None = None,
@@ -121,7 +125,6 @@ class EnergyLoss(nn.Module):
         # Validated now: a typo fails here, not at the first batch.
         self.config = LossConfig(loss, plain_config(coefficients), plain_config(coefficient_kwargs), graph,
                                  plain_config(graph_kwargs), reduction, normalize)
-        self.config.require_scheme_springs(HESSIAN_FIX)
         self.objective = StructureObjective(self.config)
 
     @property
@@ -138,6 +141,9 @@ class EnergyLoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor, context: LossContext | None = None) -> Tensor:
         """The loss of ``pred`` against ``target`` ``(N, 3)`` Å; ``context`` None: one structure."""
         context = context or LossContext.single(pred)
+        if context.springs is None and self.config.uses_data_springs:
+            raise ValueError(f"coefficients='hessian' means the springs stored with each structure, but this batch "
+                             f"has none; {HESSIAN_FIX}")
         return self.objective.loss(pred, target, context.idx_m, context.numbers, springs=context.springs,
                                    n_structures=context.n_structures, validate_args=context.validate_args,
                                    reduction=context.reduction)

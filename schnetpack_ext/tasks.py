@@ -34,7 +34,7 @@ from energyloss_plugins.metrics.epoch import StructureMetrics
 from schnetpack_ext.checkpoint import plain_hparams, save_plain_hparams
 from schnetpack_ext.heads import DIFFUSION_TIME
 from schnetpack_ext.outputs import BATCH_CONTEXT, SPRINGS, DiffusionOutput, StructureOutput
-from schnetpack_ext.transforms import COMPLETE_PAIRS, batch_springs
+from schnetpack_ext.transforms import COMPLETE_PAIRS, STORED_SPRINGS, PairSpringsTransform, batch_springs
 
 _SUBSETS = ("train", "val", "test")
 #: Checkpoint key naming the task class (``module.Class``), so a checkpoint can be loaded without knowing it.
@@ -111,6 +111,10 @@ class ContextTask(AtomisticTask):
         with self._context(batch, extra):
             return step(self, batch, batch_idx)
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        check_data_springs(self.outputs, getattr(self.trainer.train_dataloader, "dataset", None))
+
     def training_step(self, batch, batch_idx):
         return self._step(AtomisticTask.training_step, "train", batch, batch_idx)
 
@@ -119,6 +123,31 @@ class ContextTask(AtomisticTask):
 
     def test_step(self, batch, batch_idx):
         return self._step(AtomisticTask.test_step, "test", batch, batch_idx)
+
+
+def check_data_springs(outputs: Sequence[ModelOutput], dataset) -> None:
+    """Raise before the first step when a loss takes the springs stored with the data (``coefficients:
+    hessian``) and the SchNetPack training dataset does not provide them.
+
+    They reach the loss only through :class:`schnetpack_ext.PairSpringsTransform` with ``coefficients:
+    hessian`` in the dataset's transforms and ``spring_pairs``/``spring_k`` in its ``load_properties``.
+    A dataset that is not SchNetPack's (no ``transforms``) is not checked: a step without springs
+    raises the same fix.
+    """
+    from schnetpack_ext.losses import HESSIAN_FIX
+
+    names = [o.name for o in outputs if getattr(getattr(o.loss_fn, "config", None), "uses_data_springs", False)]
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    if not names or not isinstance(getattr(dataset, "transforms", None), list):
+        return
+    transform = any(isinstance(t, PairSpringsTransform) and t.config.uses_data_springs for t in dataset.transforms)
+    missing = [key for key in STORED_SPRINGS if key not in (getattr(dataset, "load_properties", None) or ())]
+    if not transform or missing:
+        lacks = ([] if transform else ["no PairSpringsTransform(coefficients: hessian) in data.transforms"]) + (
+            [f"no {' or '.join(missing)} in data.load_properties"] if missing else [])
+        raise ValueError(f"Output(s) {', '.join(names)}: coefficients='hessian' means the springs stored with each "
+                         f"structure, but the training data give none ({'; '.join(lacks)}); {HESSIAN_FIX}")
 
 
 class StructureTask(ContextTask):

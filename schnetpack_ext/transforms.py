@@ -49,6 +49,9 @@ class RotateTarget(Transform):
 #: neighbour-list keys); :func:`batch_springs` adds the atom offsets in the step, from ``_n_atoms``.
 SPRING_I, SPRING_J, SPRING_DISTANCE, SPRING_K, SPRING_COUNT = (
     "_springs_i", "_springs_j", "_springs_distance", "_springs_k", "_springs_n")
+#: Row-data keys of the springs :func:`energyloss_plugins.ase.add_springs_to_db` stores:
+#: ``(E, 2)`` pairs, ``(E,)`` eV/Å².
+STORED_SPRINGS = ("spring_pairs", "spring_k")
 #: Marks a batch whose ``_idx_i``/``_idx_j`` are all ordered pairs of each molecule (:class:`CompleteNeighborList`).
 COMPLETE_PAIRS = "_complete_pairs"
 
@@ -71,6 +74,11 @@ class PairSpringsTransform(Transform):
 
     A ``rigid_sparse`` graph is drawn per molecule from its dataset index (``_idx``), so each
     molecule keeps one graph in every epoch and process.
+
+    ``coefficients: hessian`` takes the springs stored with each row
+    (:func:`energyloss_plugins.ase.add_springs_to_db`: ``spring_pairs`` ``(E, 2)``, ``spring_k``
+    ``(E,)`` eV/Å²), which the dataset loads when ``data.load_properties`` lists them; the raw keys are
+    replaced by the batch keys above (SchNetPack's collate would not offset the stored pairs).
     """
 
     is_preprocessor: bool = True
@@ -79,12 +87,11 @@ class PairSpringsTransform(Transform):
     def __init__(self, loss: str = "energy", coefficients="exp", coefficient_kwargs=None, graph: str = "complete",
                  graph_kwargs=None, reference: str | None = "target_positions"):
         from energyloss_plugins.config import LossConfig
-        from schnetpack_ext.losses import HESSIAN_FIX, plain_config
+        from schnetpack_ext.losses import plain_config
 
         super().__init__()
         self.config = LossConfig(loss, plain_config(coefficients), plain_config(coefficient_kwargs), graph,
                                  plain_config(graph_kwargs))
-        self.config.require_scheme_springs(HESSIAN_FIX)
         self.reference = reference or properties.R
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,11 +101,26 @@ class PairSpringsTransform(Transform):
             raise KeyError(f"PairSpringsTransform: no {self.reference!r} in the sample; load it "
                            f"(data.load_properties) or set reference to the key of the reference positions.")
         springs = self.config.structure_springs(inputs[self.reference], numbers=inputs[properties.Z],
+                                                stored=self._stored(inputs),
                                                 key=int(inputs[properties.idx].reshape(-1)[0]))
         inputs[SPRING_I], inputs[SPRING_J] = springs.pairs[0], springs.pairs[1]
         inputs[SPRING_DISTANCE], inputs[SPRING_K] = springs.distances, springs.springs
         inputs[SPRING_COUNT] = torch.tensor([springs.pairs.shape[1]], dtype=torch.long)
         return inputs
+
+    def _stored(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The row's stored springs ``(pairs (2, E) long, k (E,))``, popped from ``inputs`` (hessian only)."""
+        from schnetpack_ext.losses import HESSIAN_FIX
+
+        if not self.config.uses_data_springs:
+            return None
+        missing = [key for key in STORED_SPRINGS if key not in inputs]
+        if missing:
+            raise KeyError(f"PairSpringsTransform(coefficients='hessian'): no {' or '.join(map(repr, missing))} in the "
+                           f"sample; {HESSIAN_FIX}")
+        pairs, k = (inputs.pop(key) for key in STORED_SPRINGS)
+        # SchNetPack multiplies every loaded property by a unit factor (1.0), which turns the int64 pairs into floats.
+        return pairs.reshape(-1, 2).round().long().T.contiguous(), k.reshape(-1)
 
 
 def batch_springs(batch: dict[str, torch.Tensor]):

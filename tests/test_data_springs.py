@@ -122,10 +122,3 @@ def test_loss_config_is_validated_once_with_the_valid_names():
     assert config.call_kwargs() == {"reduction": "sum", "normalize": True}  # energy options unused by baselines
     assert LossConfig.from_options(config.name, config.options()) == config
 
-
-def test_schnetpack_hessian_springs_fail_at_construction_with_the_fix():
-    from schnetpack_ext import EnergyLoss, PairSpringsTransform
-
-    for build in (lambda: EnergyLoss(coefficients="hessian"), lambda: PairSpringsTransform(coefficients="hessian")):
-        with pytest.raises(ValueError, match="TorchMD-Net adapter"):
-            build()

@@ -309,3 +309,26 @@ def test_data_springs_route_through_the_task_objective_still_works():
     assert torch.allclose(got, pair_energy_loss(pred, target, batch))
     with pytest.raises(ValueError, match="graph_kwargs: unknown option"):
         StructureObjective("energy", {"graph_kwargs": {"cuttoff": 5.0}})
+
+
+@pytest.mark.parametrize("scheme", [("exp", {"k0": 2.0, "length_scale": 0.7}), ("inverse_square", {}),
+                                    ("morse", {})])
+def test_structure_springs_of_a_molecule_equal_resolve_springs(scheme):
+    """The data pipeline's per-molecule path (LossConfig.structure_springs, complete graph) gives the pairs, in
+    the same order, springs and distances of resolve_springs, and keeps its checks."""
+    from energyloss_plugins.config import LossConfig
+
+    name, kwargs = scheme
+    config = LossConfig(coefficients=name, coefficient_kwargs=kwargs)
+    _, target, _ = random_batch([11], seed=5)
+    numbers = torch.randint(1, 10, (11,), generator=torch.Generator().manual_seed(1))
+    fast = config.structure_springs(target, numbers=numbers)
+    ref = resolve_springs(target, numbers=numbers, coefficients=name, coefficient_kwargs=kwargs)
+    assert torch.equal(fast.pairs, ref.pairs) and torch.equal(fast.batch, ref.batch)
+    torch.testing.assert_close(fast.springs, ref.springs, rtol=0, atol=0)
+    torch.testing.assert_close(fast.distances, ref.distances, rtol=0, atol=0)
+    duplicated = torch.cat([target, target[:1]])
+    with pytest.raises(ValueError, match="coincide"):
+        config.structure_springs(duplicated, numbers=torch.cat([numbers, numbers[:1]]))
+    with pytest.raises(ValueError, match="target"):
+        config.structure_springs(target.masked_fill(torch.eye(11, 3, dtype=torch.bool), float("nan")), numbers=numbers)

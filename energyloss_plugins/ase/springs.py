@@ -22,7 +22,9 @@ otherwise from central finite differences of its forces (6n force calls).
 Springs are stored per structure in an ASE database row as ``data["spring_pairs"]`` ``(E, 2)``
 int64 and ``data["spring_k"]`` ``(E,)`` float64 in eV/Å² (plus ``data["spring_fit"]``, the report),
 and used in the loss as ``pair_energy_loss(..., edge_index=pairs, coefficients=k)``; for batches,
-:func:`collate_springs` offsets each structure's pairs to flat atom indices.
+:func:`collate_springs` offsets each structure's pairs to flat atom indices. In a database with
+SchNetPack's metadata, :func:`add_springs_to_db` also lists both keys in ``_property_unit_dict``
+(:data:`SPRING_UNITS`), so that SchNetPack's ``load_properties`` can read them.
 """
 
 from __future__ import annotations
@@ -490,6 +492,22 @@ def springs_from_data(data: Mapping, dtype: torch.dtype = torch.float64) -> tupl
     return pairs, k
 
 
+#: ``_property_unit_dict`` entries of the stored springs (pairs are atom indices: no unit).
+SPRING_UNITS = {"spring_pairs": None, "spring_k": "eV/Ang/Ang"}
+
+
+def register_spring_units(con) -> None:
+    """List the stored springs in a SchNetPack database's ``_property_unit_dict`` (no-op for other databases).
+
+    SchNetPack's ``ASEAtomsData`` loads only the row-data keys its metadata names (``data.load_properties``).
+    """
+    metadata = dict(con.metadata)
+    units = metadata.get("_property_unit_dict")
+    if isinstance(units, dict) and any(units.get(key, "?") != unit for key, unit in SPRING_UNITS.items()):
+        metadata["_property_unit_dict"] = {**units, **SPRING_UNITS}
+        con.metadata = metadata
+
+
 def store_springs(db, row_id: int, edge_index, k, report: SpringFitReport | None = None) -> None:
     """Write fitted springs into row ``row_id`` of an ASE database (connection or path), merged into its ``data``."""
     import ase.db
@@ -519,6 +537,9 @@ def add_springs_to_db(
         overwrite: refit rows that already have springs.
         fit_kwargs: passed to :func:`coefficients_from_calculator` (graph, method, weighting, ...).
 
+    A database with SchNetPack's metadata gets both keys in its ``_property_unit_dict``
+    (:func:`register_spring_units`): ``data.load_properties: [..., spring_pairs, spring_k]`` loads them.
+
     Returns:
         The number of rows fitted.
     """
@@ -538,6 +559,7 @@ def add_springs_to_db(
         if verbose:
             print(f"row {row.id} ({row.formula}): {report.summary()}")
         count += 1
+    register_spring_units(con)
     return count
 
 

@@ -124,7 +124,7 @@ class _SchemeSprings:
     def springs(self, chunk: Tensor, d_ref: Tensor) -> Tensor:
         i, j = chunk[0], chunk[1]
         if self.validate:
-            _check_reference_distances(d_ref, chunk)
+            check_reference_distances(d_ref, chunk)
         bonded = None
         if self.bond_keys is not None:
             n = self.target.shape[0]
@@ -403,7 +403,7 @@ def _given_pairs(flat: FlatBatch, edge_index: Tensor, coefficients, image: Minim
     vec = target[edge_index[1]] - target[edge_index[0]]
     distances = (vec if shifts is None else vec + shifts).norm(dim=-1)
     if validate_args:
-        _check_reference_distances(distances, edge_index)
+        check_reference_distances(distances, edge_index)
     return PairSprings(edge_index, k, distances, batch, n_structures, shifts, image, dim=target.shape[1])
 
 
@@ -425,7 +425,8 @@ def _coefficient_function(coefficients, coefficient_kwargs: Mapping | None,
 MIN_REFERENCE_DISTANCE = 1e-3
 
 
-def _check_reference_distances(d_ref: Tensor, pairs: Tensor) -> None:
+def check_reference_distances(d_ref: Tensor, pairs: Tensor) -> None:
+    """ValueError naming the first pair of coincident reference atoms (``d_ref`` ``(E,)`` Å of ``pairs`` ``(2, E)``)."""
     close = d_ref < MIN_REFERENCE_DISTANCE
     if d_ref.numel() and bool(close.any()):
         first = int(close.to(torch.uint8).argmax())

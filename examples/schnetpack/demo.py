@@ -79,20 +79,25 @@ def main(argv=None):
 
 def train(datapath: str, loss: str, run_path: str, steps: int) -> str:
     """``spktrain experiment=energyloss_structure`` for ``steps`` optimiser steps; returns the run directory."""
-    spktrain = shutil.which("spktrain") or os.path.join(os.path.dirname(sys.executable), "spktrain")
     run_id = f"painn_{loss}"
-    cmd = [spktrain, "experiment=energyloss_structure", f"data.datapath={datapath}", f"globals.loss={loss}",
-           f"run.path={os.path.abspath(run_path)}", f"run.id={run_id}", "trainer.accelerator=cpu",
-           f"++trainer.max_steps={steps}",
-           "data.num_workers=0",
-           "print_config=false", "data.batch_size=8", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
-           "model.representation.n_interactions=2", "globals.displacement_scale=0.1",
-           "trainer.enable_model_summary=false"]
+    cmd = train_command(datapath, loss, run_path, run_id, steps)
     print("$ " + " ".join(cmd), flush=True)
     os.makedirs(run_path, exist_ok=True)
     subprocess.run(cmd, cwd=run_path, check=True,
                    env=dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore"))
     return os.path.join(run_path, run_id)
+
+
+def train_command(datapath: str, loss: str, run_path: str, run_id: str, steps: int) -> list[str]:
+    """The demo's ``spktrain`` command line (also timed by ``benchmarks/demo_step_cost.py``)."""
+    spktrain = shutil.which("spktrain") or os.path.join(os.path.dirname(sys.executable), "spktrain")
+    return [spktrain, "experiment=energyloss_structure", f"data.datapath={datapath}", f"globals.loss={loss}",
+            f"run.path={os.path.abspath(run_path)}", f"run.id={run_id}", "trainer.accelerator=cpu",
+            f"++trainer.max_steps={steps}",
+            "data.num_workers=0",
+            "print_config=false", "data.batch_size=8", "globals.lr=1e-3", "model.representation.n_atom_basis=32",
+            "model.representation.n_interactions=2", "globals.displacement_scale=0.1",
+            "trainer.enable_model_summary=false"]
 
 
 def evaluate(positions: torch.Tensor, flat: dict) -> dict:
