@@ -247,20 +247,25 @@ def watch_long_pair(args, db, smiles, chosen, procs) -> dict:
 
 
 def rescore(args, db, smiles, results) -> dict:
-    """Every scored point, with the metrics its saved samples lack computed now against the training molecules."""
+    """Every sampled point, with the metrics its saved samples lack (or all, if scoring was cut short) computed now."""
     reference, curves = None, {}
     for loss in LOSSES:
         curves[loss] = []
         for step in range(args.every, args.steps + 1, args.every):
             source = results["chosen"][loss]["run"] if step <= args.select_steps else f"long-{loss}"
-            path = os.path.join(args.out, "runs", source, f"score_step{step}.json")
+            run_dir = os.path.join(args.out, "runs", source)
+            path = os.path.join(run_dir, f"score_step{step}.json")
+            samples = os.path.join(run_dir, f"samples_step{step}.extxyz")
+            xhat = base._read_json(os.path.join(run_dir, f"xhat_step{step}.json"))
             point = base._read_json(path)
+            if point is None and xhat is not None and os.path.exists(samples):  # sampled, scoring interrupted
+                point = {"run": source, "step": step, "samples": args.samples,
+                         "sampler": f"ancestral, {args.sample_steps} steps", **xhat}
             if point is None:
                 continue
             if "bond_length_distance" not in point:
                 if reference is None:
                     reference = base.reference_profile(db, base.split_path(args.out))
-                samples = os.path.join(args.out, "runs", source, f"samples_step{step}.extxyz")
                 point.update(base.evaluate(base._read(samples), smiles, reference))
                 base._write_json(path, point)
             curves[loss].append(point)
