@@ -595,6 +595,17 @@ def _write_text(path: str, text: str = "my notes\n") -> None:
         fh.write(text)
 
 
+def _bad_file(tmp: str, content: bytes | None, name: str) -> str:
+    """``name`` in a fresh folder under ``tmp``, holding ``content`` (a directory of that name if None)."""
+    p = os.path.join(tempfile.mkdtemp(dir=tmp), name)
+    if content is None:
+        os.makedirs(p)
+    else:
+        with open(p, "wb") as fh:
+            fh.write(content)
+    return p
+
+
 def _snapshot(paths) -> dict[str, bytes | None]:
     return {p: open(p, "rb").read() if os.path.isfile(p) else None for p in paths}
 
@@ -1334,24 +1345,15 @@ def _evaluate_cases(tmp: str) -> None:
     def run(argv, protect=()):
         return _run_main(evaluate, [*argv, "--no-progress"], list(protect))
 
-    def with_file(content: bytes | None, name: str):
-        p = os.path.join(tempfile.mkdtemp(dir=tmp), name)
-        if content is None:
-            os.makedirs(p)
-        else:
-            with open(p, "wb") as fh:
-                fh.write(content)
-        return p
-
     for label, content, name, expect in [
         ("empty file", b"", "x.extxyz", "empty"), ("binary file", bytes(range(256)) * 8, "x.extxyz", "x.extxyz"),
         ("unknown format", b"hello\n", "x.qqq", "x.qqq"), ("directory", None, "x.extxyz", "directory"),
         ("text named .db", b"notes\n", "x.db", "ASE database"), ("empty .db", b"", "x.db", "ASE database"),
         ("truncated xyz", b"3\n\nH 0 0 0\n", "x.xyz", "x.xyz")]:
         add(s, f"evaluate an {label}", lambda content=content, name=name: (
-            lambda p: run([p], [p] if os.path.isfile(p) else []))(with_file(content, name)), Kept((expect,)))
+            lambda p: run([p], [p] if os.path.isfile(p) else []))(_bad_file(tmp, content, name)), Kept((expect,)))
         add(s, f"--train an {label}", lambda content=content, name=name: (
-            lambda p: run([mols, "--train", p], [p] if os.path.isfile(p) else []))(with_file(content, name)),
+            lambda p: run([mols, "--train", p], [p] if os.path.isfile(p) else []))(_bad_file(tmp, content, name)),
             Kept((expect,)))
 
     def sqlite_kept():
@@ -1480,13 +1482,7 @@ def _sample_cli_cases(tmp: str) -> None:
         ("empty", b"", "x.extxyz", "empty"), ("binary", bytes(range(256)) * 8, "x.extxyz", "x.extxyz"),
         ("unknown-format", b"hello\n", "x.qqq", "x.qqq"), ("directory", None, "dir.extxyz", "directory")]:
         def bad_inputs(content=content, name=name):
-            p = os.path.join(tempfile.mkdtemp(dir=tmp), name)
-            if content is None:
-                os.makedirs(p)
-            else:
-                with open(p, "wb") as fh:
-                    fh.write(content)
-            return run([ckpt, "--inputs", p, "-o", out_path()])
+            return run([ckpt, "--inputs", _bad_file(tmp, content, name), "-o", out_path()])
 
         add(s, f"--inputs {label} file", bad_inputs, Kept((expect,)))
     add(s, "missing --inputs file", lambda: run([ckpt, "--inputs", os.path.join(d, "nope.xyz"), "-o", out_path()]),
