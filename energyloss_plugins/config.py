@@ -249,7 +249,6 @@ class LossConfig:
             return resolve_springs(target, edge_index=edge_index, numbers=numbers, bonds=bonds,
                                    **self.energy_kwargs())
 
-
     def _complete_springs(self, target: Tensor, numbers: Tensor | None) -> PairSprings:
         """:meth:`structure_springs` of one small molecule's complete graph, the data pipeline's common case.
 
@@ -270,16 +269,19 @@ class LossConfig:
 def _checked_scheme(scheme: str | CoefficientFn, params: Mapping) -> CoefficientFn:
     """:func:`~energyloss_plugins.coefficients.resolve_coefficients` (the checked scheme), built once per named
     scheme and parameters: building it inspects the scheme's signature, a third of a small molecule's springs."""
-    try:
-        return _checked_named_scheme(scheme, tuple(sorted(params.items())))
-    except TypeError:  # a callable scheme or unhashable parameters: built per call
-        return resolve_coefficients(scheme, params)
+    if isinstance(scheme, str):
+        key = tuple(sorted(params.items()))
+        try:
+            hash(key)
+        except TypeError:  # unhashable parameter values (e.g. a list): built per call below
+            pass
+        else:
+            return _checked_named_scheme(scheme, key)
+    return resolve_coefficients(scheme, params)
 
 
 @functools.lru_cache(maxsize=64)
 def _checked_named_scheme(scheme: str, params: tuple) -> CoefficientFn:
-    if not isinstance(scheme, str):
-        raise TypeError(scheme)
     return resolve_coefficients(scheme, dict(params))
 
 
