@@ -142,6 +142,11 @@ json.dump({"xhat_rmsd_low_noise": float(np.mean(errors)), "xhat_molecules": len(
 """
 
 
+def _point(args, name: str, step: int) -> dict:
+    """What identifies one learning-curve point: the run, its step and how it was sampled."""
+    return {"run": name, "step": step, "samples": args.samples, "sampler": f"ancestral, {args.sample_steps} steps"}
+
+
 def score(args, name: str, step: int, db: str, smiles) -> dict:
     """Metrics of one step checkpoint (cached in ``runs/<name>/score_step<step>.json``)."""
     run_dir = os.path.join(args.out, "runs", name)
@@ -156,8 +161,7 @@ def score(args, name: str, step: int, db: str, smiles) -> dict:
         subprocess.run([sys.executable, "-c", SCORE_CODE, checkpoint(args, name, step), str(args.samples),
                         str(args.sample_steps), samples, xhat, db, base.split_path(args.out)],
                        env=base._env(), stdout=log, stderr=subprocess.STDOUT, check=True)
-    result = {"run": name, "step": step, "samples": args.samples, "sampler": f"ancestral, {args.sample_steps} steps",
-              "score_wall_s": round(time.time() - start, 1), **base._read_json(xhat),
+    result = {**_point(args, name, step), "score_wall_s": round(time.time() - start, 1), **base._read_json(xhat),
               **base.evaluate(base._read(samples), smiles)}
     base._write_json(path, result)
     print(f"[{name}] step {step}: " + json.dumps({k: result.get(k) for k in (
@@ -259,8 +263,7 @@ def rescore(args, db, smiles, results) -> dict:
             xhat = base._read_json(os.path.join(run_dir, f"xhat_step{step}.json"))
             point = base._read_json(path)
             if point is None and xhat is not None and os.path.exists(samples):  # sampled, scoring interrupted
-                point = {"run": source, "step": step, "samples": args.samples,
-                         "sampler": f"ancestral, {args.sample_steps} steps", **xhat}
+                point = {**_point(args, source, step), **xhat}
             if point is None:
                 continue
             if "bond_length_distance" not in point:
